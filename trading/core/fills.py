@@ -1,0 +1,62 @@
+"""The one fill model: walk a book side, return the fills with fees.
+
+Paper trading, the strategy's sizing and the backtest all fill through `fill`; nothing else in the
+project decides what a market order would have paid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+from trading.core.types import ZERO, Fill, Level, Side
+
+
+def _within(price: Decimal, side: Side, limit: Decimal | None) -> bool:
+    if limit is None:
+        return True
+    return price <= limit if side is Side.BUY else price >= limit
+
+
+def fill(
+    levels: Sequence[Level],
+    side: Side,
+    amount: Decimal,
+    fee_rate: Decimal,
+    limit: Decimal | None = None,
+) -> list[Fill]:
+    """Take up to `amount` from `levels` (best first), never past `limit`.
+
+    A buy walks asks, a sell walks bids. Each touched level gives one Fill whose fee is
+    `fee_rate` of its notional. Returns fewer than `amount` in total when the book (or the limit)
+    runs out; returns [] for a non-positive amount.
+    """
+    fills: list[Fill] = []
+    remaining = amount
+    for price, available in levels:
+        if remaining <= ZERO or not _within(price, side, limit):
+            break
+        taken = available if available < remaining else remaining
+        fills.append(Fill(price=price, amount=taken, fee=price * taken * fee_rate))
+        remaining -= taken
+    return fills
+
+
+def filled_amount(fills: Iterable[Fill]) -> Decimal:
+    return sum((f.amount for f in fills), ZERO)
+
+
+def notional(fills: Iterable[Fill]) -> Decimal:
+    return sum((f.notional for f in fills), ZERO)
+
+
+def fees_paid(fills: Iterable[Fill]) -> Decimal:
+    return sum((f.fee for f in fills), ZERO)
+
+
+def average_price(fills: Sequence[Fill]) -> Decimal:
+    """Volume-weighted average price of `fills`; raises ValueError when nothing filled."""
+    amount = filled_amount(fills)
+    if amount <= ZERO:
+        raise ValueError("no fills to average")
+    return notional(fills) / amount

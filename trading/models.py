@@ -1,0 +1,202 @@
+"""The durable record: venues, quotes, strategy configs, opportunities, orders, trades, balances."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+
+MONEY = {"max_digits": 28, "decimal_places": 12}
+
+
+class Venue(models.Model):
+    class Kind(models.TextChoices):
+        CCXT = "ccxt", "ccxt exchange"
+        SIMULATED = "simulated", "simulated venue"
+
+    class Status(models.TextChoices):
+        UP = "up"
+        DOWN = "down"
+
+    name = models.SlugField(max_length=40, unique=True, help_text="Our name for the venue")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.CCXT)
+    ccxt_id = models.CharField(max_length=40, blank=True, help_text="ccxt exchange id, e.g. binance")
+    api_url = models.URLField(
+        blank=True, help_text="Overrides the venue's API root (an emulator or a sandbox)"
+    )
+    taker_fee = models.DecimalField(max_digits=8, decimal_places=6, default=Decimal("0.001"))
+    maker_fee = models.DecimalField(max_digits=8, decimal_places=6, default=Decimal("0.001"))
+    amount_step = models.DecimalField(max_digits=20, decimal_places=12, default=Decimal("0.00001"))
+    min_amount = models.DecimalField(max_digits=20, decimal_places=12, default=Decimal("0"))
+    min_cost = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal("0"))
+    max_notional = models.DecimalField(
+        max_digits=20, decimal_places=8, null=True, blank=True,
+        help_text="Largest notional one leg may trade here (quote currency); empty for no limit",
+    )
+    enabled = models.BooleanField(default=True)
+    max_quote_age_ms = models.PositiveIntegerField(default=5_000)
+    status = models.CharField(max_length=4, choices=Status.choices, default=Status.UP)
+    status_reason = models.CharField(max_length=200, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Quote(models.Model):
+    """Append-only: one row per collected book, written in batches with COPY."""
+
+    venue = models.ForeignKey(Venue, on_delete=models.CASCADE, related_name="+")
+    symbol = models.CharField(max_length=20)
+    bid = models.DecimalField(**MONEY)
+    bid_size = models.DecimalField(**MONEY)
+    ask = models.DecimalField(**MONEY)
+    ask_size = models.DecimalField(**MONEY)
+    depth = models.JSONField(help_text='{"bids": [[price, amount], ...], "asks": [...]}')
+    venue_ts = models.DateTimeField(null=True)
+    received_at = models.DateTimeField()
+    seq = models.BigIntegerField()
+
+    class Meta:
+        # The BRIN index on received_at is created in a migration (PostgreSQL only).
+        indexes = [models.Index(fields=["venue", "symbol", "seq"], name="quote_venue_symbol_seq")]
+
+
+class StrategyConfig(models.Model):
+    """A versioned parameter set for the strategy; exactly one is active."""
+
+    version = models.PositiveIntegerField(unique=True)
+    active = models.BooleanField(default=False)
+    symbols = models.JSONField(default=list, help_text='e.g. ["BTC/USDT"]')
+    min_profit_bps = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("5"))
+    trade_size = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal("0.01"))
+    max_quote_age_ms = models.PositiveIntegerField(default=5_000)
+    ttl_ms = models.PositiveIntegerField(default=3_000, help_text="An opportunity's time to live")
+    venue_limits = models.JSONField(
+        default=dict, blank=True, help_text='Per-venue max notional, e.g. {"binance": "5000"}'
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["active"], condition=Q(active=True), name="one_active_strategy")
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version}{' (active)' if self.active else ''}"
+
+
+class Opportunity(models.Model):
+    class Status(models.TextChoices):
+        DETECTED = "detected"
+        REJECTED = "rejected"
+        DISPATCHED = "dispatched"
+        EXECUTING = "executing"
+        EXECUTED = "executed"
+        EXPIRED = "expired"
+        FAILED = "failed"
+
+    symbol = models.CharField(max_length=20)
+    buy_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
+    sell_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
+    amount = models.DecimalField(**MONEY, null=True, blank=True)
+    buy_price = models.DecimalField(**MONEY, null=True, blank=True)
+    sell_price = models.DecimalField(**MONEY, null=True, blank=True)
+    buy_worst_price = models.DecimalField(**MONEY, null=True, blank=True)
+    sell_worst_price = models.DecimalField(**MONEY, null=True, blank=True)
+    expected_fees = models.DecimalField(**MONEY, null=True, blank=True)
+    expected_profit = models.DecimalField(**MONEY, null=True, blank=True)
+    expected_bps = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, db_index=True)
+    reason = models.CharField(max_length=200, blank=True)
+    strategy = models.ForeignKey(StrategyConfig, null=True, on_delete=models.SET_NULL, related_name="+")
+    detected_at = models.DateTimeField(db_index=True)
+    last_seen_at = models.DateTimeField()
+    ticks = models.PositiveIntegerField(default=1, help_text="Listener ticks the gap persisted for")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+        verbose_name_plural = "opportunities"
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.symbol} {self.buy_venue_id}->{self.sell_venue_id} {self.status}"
+
+
+class Order(models.Model):
+    class Side(models.TextChoices):
+        BUY = "buy"
+        SELL = "sell"
+
+    class Status(models.TextChoices):
+        NEW = "new"
+        OPEN = "open"
+        FILLED = "filled"
+        PARTIAL = "partial"
+        CANCELED = "canceled"
+        REJECTED = "rejected"
+
+    opportunity = models.ForeignKey(Opportunity, on_delete=models.PROTECT, related_name="orders")
+    venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
+    symbol = models.CharField(max_length=20)
+    side = models.CharField(max_length=4, choices=Side.choices)
+    client_order_id = models.CharField(max_length=64, unique=True)
+    venue_order_id = models.CharField(max_length=64, blank=True)
+    price = models.DecimalField(**MONEY, help_text="Limit (guard) price")
+    amount = models.DecimalField(**MONEY)
+    filled = models.DecimalField(**MONEY, default=Decimal(0))
+    average_price = models.DecimalField(**MONEY, null=True, blank=True)
+    fee = models.DecimalField(**MONEY, default=Decimal(0))
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.NEW)
+    raw = models.JSONField(default=dict, blank=True, help_text="The venue's response")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.client_order_id
+
+
+class Trade(models.Model):
+    """One arbitrage cycle: both legs of an opportunity, with expected and realized PnL."""
+
+    opportunity = models.OneToOneField(Opportunity, on_delete=models.PROTECT, related_name="trade")
+    symbol = models.CharField(max_length=20)
+    buy_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
+    sell_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
+    amount = models.DecimalField(**MONEY)
+    expected_pnl = models.DecimalField(**MONEY)
+    realized_pnl = models.DecimalField(**MONEY)
+    fees = models.DecimalField(**MONEY)
+    mode = models.CharField(max_length=5, default="paper")
+    reviewed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"trade #{self.pk} {self.symbol} {self.realized_pnl:+f}"
+
+
+class Balance(models.Model):
+    venue = models.ForeignKey(Venue, on_delete=models.CASCADE, related_name="balances")
+    asset = models.CharField(max_length=12)
+    free = models.DecimalField(**MONEY, default=Decimal(0))
+    locked = models.DecimalField(**MONEY, default=Decimal(0))
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["venue", "asset"], name="one_balance_per_asset")]
+        ordering = ["venue", "asset"]
+
+    def __str__(self) -> str:
+        return f"{self.venue_id} {self.asset} {self.free}"

@@ -1,0 +1,127 @@
+"""Redis names, message encoding and the quote publisher.
+
+Every channel and key carries the configured prefix, because Pub/Sub channels are server-wide.
+Price channels are one per symbol (`<prefix>prices.BTC-USDT`), so a listener can own a set of
+symbols by subscribing to exactly their channels, which also works with sharded Pub/Sub.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from trading.core.types import Quote
+from trading.core.validate import QuoteRejected, parse_quote, quote_to_payload
+
+
+@dataclass(frozen=True)
+class Names:
+    """Channel and key names under one prefix."""
+
+    prefix: str
+
+    def prices(self, symbol: str) -> str:
+        return f"{self.prefix}prices.{symbol.replace('/', '-')}"
+
+    @property
+    def prices_pattern(self) -> str:
+        return f"{self.prefix}prices.*"
+
+    @property
+    def opportunity_events(self) -> str:
+        return f"{self.prefix}events.opportunity"
+
+    @property
+    def trade_events(self) -> str:
+        return f"{self.prefix}events.trade"
+
+    @property
+    def strategy_control(self) -> str:
+        return f"{self.prefix}control.strategy"
+
+    def sequence(self, venue: str, symbol: str) -> str:
+        return f"{self.prefix}seq:{venue}:{symbol}"
+
+    def latest_books(self, symbol: str) -> str:
+        return f"{self.prefix}book:{symbol}"
+
+    @property
+    def pending_quotes(self) -> str:
+        return f"{self.prefix}quotes:pending"
+
+    def heartbeat(self, process: str) -> str:
+        return f"{self.prefix}heartbeat:{process}"
+
+    def venue_key(self, venue: str, what: str) -> str:
+        return f"{self.prefix}venue:{venue}:{what}"
+
+
+def names() -> Names:
+    return Names(settings.ARB_PREFIX)
+
+
+def connect() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def encode_quote(quote: Quote) -> bytes:
+    return encode(quote_to_payload(quote))
+
+
+def decode_quote(raw: bytes | str) -> Quote:
+    """Decode a price message. Raises QuoteRejected (reason bad_json, or parse_quote's reasons)."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QuoteRejected("bad_json", str(exc)) from None
+    return parse_quote(payload)
+
+
+def reserve_sequences(client: redis.Redis, keys: Sequence[tuple[str, str]]) -> list[int]:
+    """Next sequence number for each (venue, symbol) stream, in one round trip."""
+    n = names()
+    pipe = client.pipeline(transaction=False)
+    for venue, symbol in keys:
+        pipe.incr(n.sequence(venue, symbol))
+    return [int(value) for value in pipe.execute()]
+
+
+def publish_quotes(client: redis.Redis, quotes: Iterable[Quote], *, store: bool = True) -> int:
+    """Publish each quote on its symbol's channel, keep it as the venue's latest book, and queue
+    it for storage (unless `store` is off), all in one round trip. Returns how many were sent."""
+    n = names()
+    pipe = client.pipeline(transaction=False)
+    count = 0
+    for quote in quotes:
+        message = encode_quote(quote)
+        pipe.publish(n.prices(quote.symbol), message)
+        pipe.hset(n.latest_books(quote.symbol), quote.venue, message)
+        if store:
+            pipe.rpush(n.pending_quotes, message)
+        count += 1
+    pipe.execute()
+    return count
+
+
+def latest_books(client: redis.Redis, symbol: str) -> dict[str, Quote]:
+    """The most recent book of every venue for `symbol`, as last published; bad entries skipped."""
+    books: dict[str, Quote] = {}
+    for venue, raw in client.hgetall(names().latest_books(symbol)).items():
+        try:
+            books[venue.decode()] = decode_quote(raw)
+        except QuoteRejected:
+            continue
+    return books
+
+
+def publish_event(client: redis.Redis, channel: str, payload: dict[str, Any]) -> None:
+    client.publish(channel, encode(payload))

@@ -1,0 +1,1 @@
+"""Venue gateways: one protocol (base.Gateway), one adapter per kind of venue."""

@@ -1,0 +1,72 @@
+"""The gateway protocol every venue adapter implements, and the errors they raise.
+
+Adapters translate their library's errors into these at the boundary; nothing above the venue
+layer catches a ccxt exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from trading.core.types import Fill, Quote, Side
+
+
+class VenueError(Exception):
+    """Anything a venue did wrong."""
+
+
+class TemporaryVenueError(VenueError):
+    """Worth retrying later: timeouts, rate limits (429), server errors (5xx), network trouble."""
+
+
+class OrderRejected(VenueError):
+    """The venue refused the order; retrying the same order will not help."""
+
+
+class InsufficientBalance(OrderRejected):
+    """The venue (or the paper ledger) lacks the funds for the order."""
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    symbol: str
+    side: Side
+    amount: Decimal
+    price: Decimal  # the limit: never buy above it, never sell below it
+    client_order_id: str
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    client_order_id: str
+    venue_order_id: str
+    status: str  # one of trading.models.Order.Status values
+    amount: Decimal
+    filled: Decimal
+    average_price: Decimal | None
+    fee: Decimal
+    fills: tuple[Fill, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway(Protocol):
+    """One venue. `capabilities` names what it can do: "books", "orders"."""
+
+    name: str
+    capabilities: frozenset[str]
+
+    async def fetch_order_book(self, symbol: str, depth: int) -> Quote:
+        """The current book; `seq` is 0 (the collector numbers the stream)."""
+        ...
+
+    async def create_order(self, request: OrderRequest) -> OrderResult: ...
+
+    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult: ...
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult: ...
+
+    async def fetch_balance(self) -> dict[str, Decimal]: ...
+
+    async def close(self) -> None: ...
