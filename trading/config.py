@@ -1,0 +1,65 @@
+"""Adapting database rows into the pure core's inputs: strategy params and venue states."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from decimal import Decimal
+
+from trading.core.types import Fees, MarketRules, StrategyParams, VenueState
+from trading.models import Balance, StrategyConfig, Venue
+
+
+class NoActiveStrategy(LookupError):
+    """No StrategyConfig is marked active: nothing may trade until one is."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def active_strategy() -> StrategyConfig:
+    config = StrategyConfig.objects.filter(active=True).first()
+    if config is None:
+        raise NoActiveStrategy("no active StrategyConfig; activate one in the admin")
+    return config
+
+
+def strategy_params(config: StrategyConfig) -> StrategyParams:
+    return StrategyParams(
+        symbols=tuple(config.symbols),
+        min_profit_bps=Decimal(config.min_profit_bps),
+        trade_size=Decimal(config.trade_size),
+        max_quote_age_ms=config.max_quote_age_ms,
+        ttl_ms=config.ttl_ms,
+    )
+
+
+def _notional_limit(venue: Venue, config: StrategyConfig) -> Decimal | None:
+    limits = [venue.max_notional] if venue.max_notional is not None else []
+    if venue.name in config.venue_limits:
+        limits.append(Decimal(str(config.venue_limits[venue.name])))
+    return min(limits) if limits else None
+
+
+def venue_state(venue: Venue, config: StrategyConfig, balances: dict[str, Decimal]) -> VenueState:
+    return VenueState(
+        name=venue.name,
+        fees=Fees(taker=venue.taker_fee, maker=venue.maker_fee),
+        rules=MarketRules(
+            amount_step=venue.amount_step, min_amount=venue.min_amount, min_cost=venue.min_cost
+        ),
+        up=venue.status == Venue.Status.UP,
+        max_quote_age_ms=venue.max_quote_age_ms,
+        max_notional=_notional_limit(venue, config),
+        balances=balances,
+    )
+
+
+def load_venue_states(config: StrategyConfig) -> dict[str, VenueState]:
+    """Every enabled venue with its free balances, keyed by venue name."""
+    venues = list(Venue.objects.filter(enabled=True))
+    free: dict[int, dict[str, Decimal]] = defaultdict(dict)
+    for balance in Balance.objects.filter(venue__in=venues):
+        free[balance.venue_id][balance.asset] = balance.free
+    return {v.name: venue_state(v, config, free[v.pk]) for v in venues}
