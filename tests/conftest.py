@@ -132,3 +132,13 @@ def make_strategy(**fields: object) -> StrategyConfig:
     }
     defaults.update(fields)
     return StrategyConfig.objects.create(**defaults)
+
+
+def next_message(channel: redis.client.PubSub, timeout: float = 5) -> dict | None:
+    """The next published message on `channel` (subscription confirmations skipped), or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = channel.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            return message
+    return None

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from decimal import Decimal
+
+from django.conf import settings
 
 from trading.core.types import Fees, MarketRules, StrategyParams, VenueState
 from trading.models import Balance, StrategyConfig, Venue
+
+log = logging.getLogger(__name__)
 
 
 class NoActiveStrategy(LookupError):
@@ -63,3 +69,21 @@ def load_venue_states(config: StrategyConfig) -> dict[str, VenueState]:
     for balance in Balance.objects.filter(venue__in=venues):
         free[balance.venue_id][balance.asset] = balance.free
     return {v.name: venue_state(v, config, free[v.pk]) for v in venues}
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def trading_mode() -> str:
+    """The mode trades really run in. Live order placement is not available yet, so a request for
+    live mode is refused loudly and the system trades on paper."""
+    if settings.TRADING_MODE == "live":
+        log.warning(
+            "TRADING_MODE=live requested, but live order placement is not available: trading on paper"
+        )
+    return "paper"

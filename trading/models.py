@@ -31,7 +31,10 @@ class Venue(models.Model):
     min_amount = models.DecimalField(max_digits=20, decimal_places=12, default=Decimal("0"))
     min_cost = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal("0"))
     max_notional = models.DecimalField(
-        max_digits=20, decimal_places=8, null=True, blank=True,
+        max_digits=20,
+        decimal_places=8,
+        null=True,
+        blank=True,
         help_text="Largest notional one leg may trade here (quote currency); empty for no limit",
     )
     enabled = models.BooleanField(default=True)
@@ -64,6 +67,9 @@ class Quote(models.Model):
     class Meta:
         # The BRIN index on received_at is created in a migration (PostgreSQL only).
         indexes = [models.Index(fields=["venue", "symbol", "seq"], name="quote_venue_symbol_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.venue_id} {self.symbol} #{self.seq} {self.bid}/{self.ask}"
 
 
 class StrategyConfig(models.Model):

@@ -1,0 +1,116 @@
+"""Executing opportunities on paper: re-check, both legs, the record, and idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from tests.conftest import fund, make_strategy, make_venue, next_message
+from tests.quotes import book, publish
+from trading import execution, pubsub
+from trading.config import now_ms
+from trading.core.types import Side
+from trading.listener import Listener
+from trading.models import Balance, Opportunity, Order, Trade
+from trading.venues.base import OrderRequest
+from trading.venues.paper import PaperGateway
+
+pytestmark = pytest.mark.django_db
+
+CHEAP = [("29990", "1")], [("30000", "1")]
+DEAR = [("30100", "1")], [("30110", "1")]
+FLAT = [("29995", "1")], [("30005", "1")]
+
+
+@pytest.fixture
+def detected(redis_client) -> Opportunity:
+    """alpha sells at 30000, bravo buys at 30100: a 0.5 BTC opportunity, dispatched by the listener."""
+    fund(make_venue("alpha"), BTC="0", USDT="100000")
+    fund(make_venue("bravo"), BTC="2", USDT="0")
+    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
+    listener = Listener(redis_client)
+    listener.load_strategy()
+    for quote in pubsub.latest_books(redis_client, "BTC/USDT").values():
+        listener.on_price(pubsub.encode_quote(quote), now_ms())
+    return Opportunity.objects.get()
+
+
+def balances() -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+    return {(b.venue.name, b.asset): (b.free, b.locked) for b in Balance.objects.select_related("venue")}
+
+
+def test_both_legs_fill_and_the_trade_records_the_hand_computed_pnl(
+    detected: Opportunity, redis_client, names, django_capture_on_commit_callbacks
+) -> None:
+    events = redis_client.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(names.trade_events)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert execution.execute_opportunity(detected.pk) == "executed"
+
+    trade = Trade.objects.get()
+    # buy 0.5 at 30000 (fee 15), sell 0.5 at 30100 (fee 15.05): 50 - 30.05
+    assert trade.realized_pnl == Decimal("19.95")
+    assert trade.expected_pnl == Decimal("19.95")
+    assert trade.fees == Decimal("30.05")
+    legs = {o.side: o for o in Order.objects.all()}
+    assert legs["buy"].client_order_id == f"arb{detected.pk}-buy"
+    assert (legs["buy"].filled, legs["buy"].average_price) == (Decimal("0.5"), Decimal("30000"))
+    assert (legs["sell"].filled, legs["sell"].average_price) == (Decimal("0.5"), Decimal("30100"))
+    assert balances() == {
+        ("alpha", "BTC"): (Decimal("0.5"), 0),
+        ("alpha", "USDT"): (Decimal("84985"), 0),
+        ("bravo", "BTC"): (Decimal("1.5"), 0),
+        ("bravo", "USDT"): (Decimal("15034.95"), 0),
+    }
+    detected.refresh_from_db()
+    assert detected.status == Opportunity.Status.EXECUTED
+    event = next_message(events)
+    assert event is not None and b'"realized_pnl":"19.95' in event["data"]
+
+
+def test_a_second_delivery_trades_nothing(detected: Opportunity) -> None:
+    assert execution.execute_opportunity(detected.pk) == "executed"
+    assert execution.execute_opportunity(detected.pk) == "not_claimed"
+    assert Trade.objects.count() == 1
+    assert Order.objects.count() == 2
+
+
+def test_an_opportunity_past_its_ttl_expires_untraded(detected: Opportunity) -> None:
+    Opportunity.objects.filter(pk=detected.pk).update(detected_at=timezone.now() - timedelta(minutes=5))
+    assert execution.execute_opportunity(detected.pk) == "expired"
+    detected.refresh_from_db()
+    assert detected.reason.startswith("ttl_exceeded")
+    assert not Order.objects.exists()
+
+
+def test_a_gap_gone_by_execution_time_is_rejected(detected: Opportunity, redis_client) -> None:
+    publish(redis_client, book("bravo", *FLAT))
+    assert execution.execute_opportunity(detected.pk) == "rejected"
+    detected.refresh_from_db()
+    assert detected.reason == "no_longer_profitable: gap_closed"
+    assert not Order.objects.exists()
+    assert balances()[("alpha", "USDT")] == (Decimal("100000"), 0)
+
+
+def test_balances_spent_elsewhere_are_rechecked(detected: Opportunity) -> None:
+    Balance.objects.filter(venue__name="bravo", asset="BTC").update(free=0)
+    assert execution.execute_opportunity(detected.pk) == "rejected"
+    detected.refresh_from_db()
+    assert detected.reason == "no_longer_profitable: insufficient_balance"
+
+
+def test_paper_orders_fill_immediately_or_cancel_within_their_limit() -> None:
+    quote = book("alpha", [("99", "1")], [("100", "1"), ("101", "2"), ("103", "5")])
+    gateway = PaperGateway("alpha", Decimal("0.001"), lambda symbol: quote)
+    request = OrderRequest("BTC/USDT", Side.BUY, Decimal("5"), Decimal("101"), "c1")
+
+    result = asyncio.run(gateway.create_order(request))
+
+    assert (result.status, result.filled, result.average_price) == ("partial", Decimal("3"), Decimal("302") / 3)
+    assert result.fee == Decimal("0.302")
+    assert asyncio.run(gateway.create_order(request)) is result  # same client order id: no second fill

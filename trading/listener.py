@@ -1,0 +1,325 @@
+"""The Pub/Sub listener's steps: decode a price event, update the book, decide, record, dispatch.
+
+Each step is a method a test can call alone; `Listener.run` wires them to a Redis subscription.
+Pub/Sub may drop messages (a slow subscriber, a reconnect), so every stream is numbered and the
+listener counts what it missed; nothing that must not be lost lives only here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import redis
+from django.db import DatabaseError, close_old_connections, transaction
+from kombu.exceptions import OperationalError
+
+from trading import pubsub
+from trading.config import from_ms, load_venue_states, now_ms, strategy_params
+from trading.core.strategy import find_decisions
+from trading.core.types import Decision, Quote, StrategyParams, VenueState
+from trading.core.validate import QuoteRejected
+from trading.models import Opportunity, StrategyConfig, Venue
+
+log = logging.getLogger(__name__)
+GapKey = tuple[str, str, str]  # (symbol, buy venue, sell venue)
+
+REFRESH_SECONDS = 1.0
+HEARTBEAT_TTL_SECONDS = 10
+
+
+@dataclass
+class Stats:
+    ticks: int = 0  # price events that updated a book and ran the strategy
+    rejected: Counter[str] = field(default_factory=Counter)  # bad price events, by reason
+    missed: int = 0  # messages a sequence gap says Pub/Sub never delivered
+    ignored: int = 0  # price events for symbols this listener does not own
+    opportunities: int = 0
+    dispatched: int = 0
+    errors: int = 0
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rejected"] = dict(self.rejected)
+        return data
+
+
+@dataclass
+class OpenGap:
+    """A crossing that is still there: one Opportunity row however many ticks it lasts."""
+
+    opportunity_id: int
+    accepted: bool
+    first_seen_ms: int
+    last_seen_ms: int
+    ticks: int = 1
+
+
+class Listener:
+    """Latest book per venue and symbol, the strategy, and the record of what it decided.
+
+    `symbols` limits the listener to those symbols (their channels only); None follows the active
+    strategy's symbols on the `prices.*` pattern.
+    """
+
+    def __init__(self, client: redis.Redis, symbols: Sequence[str] | None = None, name: str = "") -> None:
+        self.client = client
+        self.names = pubsub.names()
+        self.name = name or f"listener-{os.getpid()}"
+        self.own_symbols = tuple(symbols) if symbols else None
+        self.stats = Stats()
+        self.books: dict[str, dict[str, Quote]] = defaultdict(dict)
+        self.last_seq: dict[tuple[str, str], int] = {}
+        self.open: dict[GapKey, OpenGap] = {}
+        self.config: StrategyConfig | None = None
+        self.params: StrategyParams | None = None
+        self.venues: dict[str, VenueState] = {}
+        self.venue_ids: dict[str, int] = {}
+        self._next_refresh = 0.0
+
+    # --- configuration -------------------------------------------------------------------------
+
+    def load_strategy(self) -> None:
+        """(Re)load the active strategy and the venues; keeps going without one, deciding nothing."""
+        self.config = StrategyConfig.objects.filter(active=True).first()
+        self.params = strategy_params(self.config) if self.config else None
+        if self.config is None:
+            log.warning("no active strategy config: listening, but deciding nothing")
+        else:
+            log.info("strategy v%s loaded: %s", self.config.version, self.params)
+        self.refresh_venues()
+
+    def refresh_venues(self) -> None:
+        """Venue health, limits and free balances change while we run: re-read them."""
+        self.venue_ids = dict(Venue.objects.filter(enabled=True).values_list("name", "pk"))
+        self.venues = load_venue_states(self.config) if self.config else {}
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        if self.own_symbols is not None:
+            return self.own_symbols
+        return self.params.symbols if self.params else ()
+
+    def subscribe(self) -> redis.client.PubSub:
+        channel = self.client.pubsub(ignore_subscribe_messages=True)
+        channel.subscribe(self.names.strategy_control)
+        if self.own_symbols is None:
+            channel.psubscribe(self.names.prices_pattern)
+        else:
+            channel.subscribe(*(self.names.prices(symbol) for symbol in self.own_symbols))
+        return channel
+
+    # --- the steps of one price event ----------------------------------------------------------
+
+    def decode(self, raw: bytes | str) -> Quote | None:
+        try:
+            return pubsub.decode_quote(raw)
+        except QuoteRejected as exc:
+            return self.reject(exc.reason, exc.detail)
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.stats.rejected[reason] += 1
+        log.warning("price event rejected (%s): %s", reason, detail[:200])
+
+    def accept(self, quote: Quote) -> bool:
+        """Take the quote into the book unless its venue, symbol or sequence number says not to."""
+        if quote.symbol not in self.symbols:
+            self.stats.ignored += 1
+            return False
+        if quote.venue not in self.venues:
+            self.reject("unknown_venue", f"{quote.venue!r} is not an enabled venue")
+            return False
+        stream = (quote.venue, quote.symbol)
+        last = self.last_seq.get(stream)
+        if last is not None and quote.seq <= last and quote.seq != 1:
+            self.reject("out_of_order", f"{stream} seq {quote.seq} after {last}")
+            return False
+        if last is not None and quote.seq > last + 1:
+            self.stats.missed += quote.seq - last - 1
+        self.last_seq[stream] = quote.seq
+        self.books[quote.symbol][quote.venue] = quote
+        return True
+
+    def decide(self, symbol: str, now: int) -> list[Decision]:
+        if self.params is None:
+            return []
+        return find_decisions(self.books[symbol], self.venues, self.params, now)
+
+    def record(self, symbol: str, decisions: list[Decision], now: int) -> list[int]:
+        """Open one Opportunity per new crossing; close crossings that are gone. Returns new ids.
+
+        A crossing that persists is the same opportunity. A rejected one that becomes tradeable
+        opens a new, accepted opportunity.
+        """
+        new_ids: list[int] = []
+        seen: set[GapKey] = set()
+        for decision in decisions:
+            seen.add(decision.key)
+            gap = self.open.get(decision.key)
+            if gap is not None and (gap.accepted or not decision.accepted):
+                gap.ticks += 1
+                gap.last_seen_ms = now
+                continue
+            self.open[decision.key] = self.open_opportunity(decision, now)
+            new_ids.append(self.open[decision.key].opportunity_id)
+        for key in [key for key in self.open if key[0] == symbol and key not in seen]:
+            self.close_gap(key)
+        return new_ids
+
+    def open_opportunity(self, decision: Decision, now: int) -> OpenGap:
+        status = Opportunity.Status.DISPATCHED if decision.accepted else Opportunity.Status.REJECTED
+        row = Opportunity.objects.create(
+            symbol=decision.symbol,
+            buy_venue_id=self.venue_ids[decision.buy_venue],
+            sell_venue_id=self.venue_ids[decision.sell_venue],
+            status=status,
+            reason="" if decision.accepted else decision.reason,
+            strategy=self.config,
+            detected_at=from_ms(now),
+            last_seen_at=from_ms(now),
+            **_expected(decision),
+        )
+        self.stats.opportunities += 1
+        if decision.accepted:
+            transaction.on_commit(lambda: self.dispatch(row.pk))
+        self.announce(row)
+        return OpenGap(row.pk, decision.accepted, first_seen_ms=now, last_seen_ms=now)
+
+    def close_gap(self, key: GapKey) -> None:
+        gap = self.open.pop(key)
+        Opportunity.objects.filter(pk=gap.opportunity_id).update(
+            last_seen_at=from_ms(gap.last_seen_ms), ticks=gap.ticks
+        )
+
+    def dispatch(self, opportunity_id: int) -> None:
+        from trading.tasks import execute_opportunity
+
+        try:
+            execute_opportunity.apply_async((opportunity_id,))
+        except (OperationalError, redis.RedisError) as exc:
+            log.exception("could not dispatch opportunity %s", opportunity_id)
+            Opportunity.objects.filter(pk=opportunity_id, status=Opportunity.Status.DISPATCHED).update(
+                status=Opportunity.Status.FAILED, reason=f"dispatch failed: {exc}"[:200]
+            )
+            return
+        self.stats.dispatched += 1
+
+    def announce(self, row: Opportunity) -> None:
+        pubsub.publish_event(
+            self.client,
+            self.names.opportunity_events,
+            {
+                "opportunity": row.pk,
+                "symbol": row.symbol,
+                "status": row.status,
+                "reason": row.reason,
+                "expected_profit": None if row.expected_profit is None else str(row.expected_profit),
+            },
+        )
+
+    def on_price(self, raw: bytes | str, now: int) -> list[int]:
+        """One price event, end to end. Returns the ids of opportunities it opened."""
+        quote = self.decode(raw)
+        if quote is None or not self.accept(quote):
+            return []
+        self.stats.ticks += 1
+        try:
+            return self.record(quote.symbol, self.decide(quote.symbol, now), now)
+        except DatabaseError:
+            self.stats.errors += 1
+            log.exception("could not record decisions for %s", quote.symbol)
+            close_old_connections()
+            return []
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def handle(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        if channel == self.names.strategy_control:
+            log.info("strategy change announced: reloading")
+            self.load_strategy()
+            return
+        self.on_price(message["data"], now_ms())
+
+    def periodic(self) -> None:
+        """Once a second: fresh balances and venue health, and a heartbeat with the counters."""
+        if time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + REFRESH_SECONDS
+        try:
+            self.refresh_venues()
+        except DatabaseError:
+            self.stats.errors += 1
+            log.exception("could not refresh venues")
+            close_old_connections()
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        beat = {"name": self.name, "pid": os.getpid(), "at_ms": now_ms(), **self.stats.as_dict()}
+        key = self.names.heartbeat(f"listener:{self.name}")
+        self.client.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_SECONDS)
+
+    def reconnect(self, should_stop: Callable[[], bool]) -> redis.client.PubSub | None:
+        """After a lost connection: forget books that may be stale, then resubscribe with back-off."""
+        self.stats.reconnects += 1
+        self.books.clear()
+        self.last_seq.clear()
+        delay = 0.1
+        while not should_stop():
+            try:
+                return self.subscribe()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable (%s): retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+    def run(self, should_stop: Callable[[], bool], on_ready: Callable[[], None] = lambda: None) -> None:
+        self.load_strategy()
+        channel: redis.client.PubSub | None = self.subscribe()
+        on_ready()
+        while channel is not None and not should_stop():
+            try:
+                message = channel.get_message(timeout=0.2)
+                if message is not None:
+                    self.handle(message)
+                self.periodic()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("lost redis (%s): reconnecting", exc)
+                _close_quietly(channel)
+                channel = self.reconnect(should_stop)
+        if channel is not None:
+            _close_quietly(channel)
+        for key in list(self.open):
+            self.close_gap(key)
+
+
+def _close_quietly(channel: redis.client.PubSub) -> None:
+    try:
+        channel.close()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        log.info("closing a broken subscription: %s", exc)
+
+
+def _expected(decision: Decision) -> dict[str, Any]:
+    sized = decision.opportunity
+    if sized is None:
+        return {}
+    return {
+        "amount": sized.buy.amount,
+        "buy_price": sized.buy.price,
+        "sell_price": sized.sell.price,
+        "buy_worst_price": sized.buy.worst_price,
+        "sell_worst_price": sized.sell.worst_price,
+        "expected_fees": sized.buy.fee + sized.sell.fee,
+        "expected_profit": sized.net_profit,
+        "expected_bps": sized.net_bps.quantize(Decimal("0.0001")),
+    }

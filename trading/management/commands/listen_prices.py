@@ -1,0 +1,44 @@
+"""`manage.py listen_prices`: the Redis Pub/Sub bridge from price events to strategy decisions."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from trading import pubsub
+from trading.config import trading_mode
+from trading.listener import Listener
+
+
+class Command(BaseCommand):
+    help = "Listen to price events on Redis Pub/Sub, decide, record and dispatch opportunities."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--symbols",
+            nargs="+",
+            help="Own only these symbols (e.g. BTC/USDT); default: the active strategy's, on prices.*",
+        )
+        parser.add_argument("--name", default="", help="Name in heartbeats (default: listener-<pid>)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stopping = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        listener = Listener(pubsub.connect(), symbols=options["symbols"], name=options["name"])
+        mode = trading_mode()
+
+        def ready() -> None:
+            owned = ", ".join(listener.symbols) or "nothing yet"
+            self.stdout.write(f"listening on {listener.names.prefix}prices ({owned}); trading on {mode}")
+
+        listener.run(should_stop=lambda: stopping, on_ready=ready)
+        self.stdout.write(f"listener stopped: {listener.stats.as_dict()}")
