@@ -1,0 +1,470 @@
+"""The Django admin: trade review, the decision record, venues and strategy versions.
+
+Trades, opportunities, orders and balances are records written by the trading path; here they are
+read and reviewed, never added, edited or deleted (a trade's only editable field is `reviewed`).
+Venues and strategy configs are the operator's settings and are editable.
+
+Quotes are deliberately not registered: the table is append-only and holds millions of rows, and a
+change list always counts its rows (the paginator runs COUNT(*) even with show_full_result_count
+off). Recorded quotes are examined through the backtest instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from typing import Any
+
+import redis
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.db.models import F, Max, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from trading import pubsub
+from trading.core.types import split_symbol
+from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
+
+logger = logging.getLogger(__name__)
+
+admin.site.site_header = "Arbitrage administration"
+admin.site.site_title = "Arbitrage"
+
+# The legs of a trade, as shown on both the trade and the opportunity pages.
+LEG_FIELDS = (
+    "client_order_id",
+    "venue",
+    "side",
+    "status",
+    "price",
+    "amount",
+    "filled",
+    "average_price",
+    "fee",
+)
+
+
+def plain(value: Decimal | None) -> str:
+    """An exact decimal without trailing zeros (columns hold 12 places); '-' when empty."""
+    if value is None:
+        return "-"
+    return f"{value.normalize():f}"
+
+
+def decimal_column(field: str, description: str | None = None) -> Callable[[models.Model], str]:
+    """A change-list column showing `field` as a plain decimal, sortable by that field."""
+
+    @admin.display(description=description or field.replace("_", " "), ordering=field)
+    def column(obj: models.Model) -> str:
+        return plain(getattr(obj, field))
+
+    column.__name__ = field  # names the column's CSS class
+    return column
+
+
+class RecordAdmin(admin.ModelAdmin):
+    """A record kept for review: viewable, never added, changed or deleted through the admin."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return False
+
+
+def leg_cell(order: Order, field: str) -> str:
+    value = getattr(order, field)
+    return plain(value) if isinstance(value, Decimal) or value is None else str(value)
+
+
+def leg_row(order: Order) -> SafeString:
+    link = format_html(
+        '<a href="{}">{}</a>', reverse("admin:trading_order_change", args=[order.pk]), order.client_order_id
+    )
+    cells = format_html_join("", "<td>{}</td>", ((leg_cell(order, f),) for f in LEG_FIELDS[1:]))
+    return format_html("<tr><td>{}</td>{}</tr>", link, cells)
+
+
+def legs_table(orders: Iterable[Order]) -> SafeString:
+    """An HTML table of the given legs, each linked to its order page."""
+    header = format_html_join(
+        "", "<th>{}</th>", ((Order._meta.get_field(f).verbose_name,) for f in LEG_FIELDS)
+    )
+    rows = format_html_join("", "{}", ((leg_row(order),) for order in orders))
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", header, rows)
+
+
+@admin.register(Trade)
+class TradeAdmin(admin.ModelAdmin):
+    # A static method, so the change view can name it in its fieldsets like a field.
+    slippage = staticmethod(decimal_column("slippage", "slippage (realized - expected)"))
+    list_display = (
+        "id",
+        "created_at",
+        "symbol",
+        "buy_venue",
+        "sell_venue",
+        decimal_column("amount"),
+        decimal_column("expected_pnl", "expected PnL"),
+        decimal_column("realized_pnl", "realized PnL"),
+        "slippage",
+        decimal_column("fees"),
+        "mode",
+        "reviewed",
+    )
+    list_select_related = ("buy_venue", "sell_venue")
+    list_filter = ("buy_venue", "sell_venue", "mode", "reviewed")
+    date_hierarchy = "created_at"
+    search_fields = (
+        "symbol",
+        "buy_venue__name",
+        "sell_venue__name",
+        "opportunity__id__exact",
+        "opportunity__orders__client_order_id",
+    )
+    fieldsets = (
+        (
+            None,
+            {"fields": ("opportunity", "symbol", "buy_venue", "sell_venue", "amount", "mode", "created_at")},
+        ),
+        ("PnL (net of fees)", {"fields": ("expected_pnl", "realized_pnl", "slippage", "fees")}),
+        ("Legs", {"fields": ("legs",)}),
+        ("Review", {"fields": ("reviewed",)}),
+    )
+    readonly_fields = (
+        "opportunity",
+        "symbol",
+        "buy_venue",
+        "sell_venue",
+        "amount",
+        "mode",
+        "created_at",
+        "expected_pnl",
+        "realized_pnl",
+        "slippage",
+        "fees",
+        "legs",
+    )
+    actions = ("mark_reviewed",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Trade]:
+        return super().get_queryset(request).annotate(slippage=F("realized_pnl") - F("expected_pnl"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # trades are written by the trade worker only
+
+    def has_delete_permission(self, request: HttpRequest, obj: Trade | None = None) -> bool:
+        return False
+
+    @admin.display(description="legs")
+    def legs(self, trade: Trade) -> SafeString | str:
+        orders = trade.opportunity.orders.select_related("venue").order_by("side")
+        return legs_table(orders) if orders else "no legs recorded"
+
+    @admin.action(description="Mark selected trades as reviewed", permissions=["change"])
+    def mark_reviewed(self, request: HttpRequest, queryset: QuerySet[Trade]) -> None:
+        count = queryset.filter(reviewed=False).update(reviewed=True)
+        self.message_user(request, f"{count} trade(s) marked as reviewed.", messages.SUCCESS)
+
+
+class LegInline(admin.TabularInline):
+    model = Order
+    fields = LEG_FIELDS
+    readonly_fields = LEG_FIELDS
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name = "leg"
+
+    def has_add_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return False
+
+
+@admin.register(Opportunity)
+class OpportunityAdmin(RecordAdmin):
+    list_display = (
+        "id",
+        "detected_at",
+        "symbol",
+        "buy_venue",
+        "sell_venue",
+        decimal_column("amount"),
+        decimal_column("expected_profit", "expected profit"),
+        decimal_column("expected_bps", "bps"),
+        "status",
+        "reason",
+        "ticks",
+        "last_seen_at",
+    )
+    list_select_related = ("buy_venue", "sell_venue")
+    list_filter = ("status", "reason", "buy_venue", "sell_venue")
+    date_hierarchy = "detected_at"
+    search_fields = ("symbol", "id__exact")
+    # Rejected opportunities accumulate; count only the filtered rows, not the whole table too.
+    show_full_result_count = False
+    readonly_fields = ("trade_link",)
+    inlines = (LegInline,)
+
+    @admin.display(description="trade")
+    def trade_link(self, opportunity: Opportunity) -> SafeString | str:
+        trade = Trade.objects.filter(opportunity=opportunity).first()
+        if trade is None:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:trading_trade_change", args=[trade.pk]), trade
+        )
+
+
+@admin.register(Order)
+class OrderAdmin(RecordAdmin):
+    list_display = (
+        "client_order_id",
+        "created_at",
+        "venue",
+        "symbol",
+        "side",
+        "status",
+        decimal_column("price"),
+        decimal_column("amount"),
+        decimal_column("filled"),
+        decimal_column("average_price", "average price"),
+        decimal_column("fee"),
+    )
+    list_select_related = ("venue",)
+    list_filter = ("venue", "side", "status")
+    search_fields = ("client_order_id", "venue_order_id")
+    fields = (
+        "opportunity",
+        "venue",
+        "symbol",
+        "side",
+        "client_order_id",
+        "venue_order_id",
+        "price",
+        "amount",
+        "filled",
+        "average_price",
+        "fee",
+        "status",
+        "created_at",
+        "updated_at",
+        "venue_response",
+    )
+    readonly_fields = ("venue_response",)
+
+    @admin.display(description="venue response")
+    def venue_response(self, order: Order) -> SafeString:
+        return format_html("<pre>{}</pre>", json.dumps(order.raw, indent=2, sort_keys=True))
+
+
+@admin.register(Venue)
+class VenueAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "kind",
+        "ccxt_id",
+        "enabled",
+        "status",
+        "status_reason",
+        "status_changed_at",
+        decimal_column("taker_fee", "taker fee"),
+        decimal_column("maker_fee", "maker fee"),
+        "max_quote_age_ms",
+    )
+    list_filter = ("kind", "enabled", "status")
+    # A URL typed without a scheme is taken as https: an exchange or sandbox, never plain http by accident.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "ccxt_id", "api_url", "enabled")}),
+        ("Fees", {"fields": ("taker_fee", "maker_fee")}),
+        ("Precision and limits", {"fields": ("amount_step", "min_amount", "min_cost", "max_notional")}),
+        ("Quotes", {"fields": ("max_quote_age_ms",)}),
+        (
+            "Status (set by the collector)",
+            {"fields": ("status", "status_reason", "status_changed_at")},
+        ),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Venue | None = None) -> tuple[str, ...]:
+        status = ("status", "status_reason", "status_changed_at")
+        # Renaming would orphan the venue's Redis sequences and strategy limits, which use the name.
+        return status if obj is None else ("name", *status)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Venue | None = None) -> bool:
+        # Deleting cascades to every recorded quote; a venue is retired by disabling it.
+        return False
+
+
+@admin.register(Balance)
+class BalanceAdmin(RecordAdmin):
+    list_display = ("venue", "asset", decimal_column("free"), decimal_column("locked"), "updated_at")
+    list_select_related = ("venue",)
+    list_filter = ("venue", "asset")
+
+
+def valid_symbols(symbols: Any) -> list[str]:
+    """`symbols` if it is a non-empty list of BASE/QUOTE strings; raises ValidationError otherwise."""
+    if not isinstance(symbols, list) or not symbols:
+        raise ValidationError('A non-empty list of symbols, e.g. ["BTC/USDT"].')
+    for symbol in symbols:
+        try:
+            split_symbol(symbol)
+        except (TypeError, ValueError, AttributeError):
+            raise ValidationError(f"{symbol!r} is not a symbol like BTC/USDT.") from None
+    return symbols
+
+
+def check_limit(venue: str, raw: Any) -> None:
+    """Raises ValidationError unless `raw` is a positive, finite amount."""
+    try:
+        limit = Decimal(str(raw))
+    except InvalidOperation:
+        raise ValidationError(f"The limit for {venue} is not a number: {raw!r}.") from None
+    if not limit.is_finite() or limit <= 0:
+        raise ValidationError(f"The limit for {venue} must be positive, got {raw!r}.")
+
+
+def valid_venue_limits(limits: Any) -> dict[str, Any]:
+    """`limits` if it maps known venue names to positive amounts; raises ValidationError otherwise."""
+    if not isinstance(limits, dict):
+        raise ValidationError('An object of venue name to notional, e.g. {"binance": "5000"}.')
+    unknown = sorted(set(limits) - set(Venue.objects.filter(name__in=limits).values_list("name", flat=True)))
+    if unknown:
+        raise ValidationError(f"Unknown venue(s): {', '.join(unknown)}.")
+    for venue, raw in limits.items():
+        check_limit(venue, raw)
+    return limits
+
+
+class StrategyConfigForm(forms.ModelForm):
+    class Meta:
+        model = StrategyConfig
+        fields = (
+            "symbols",
+            "min_profit_bps",
+            "trade_size",
+            "max_quote_age_ms",
+            "ttl_ms",
+            "venue_limits",
+            "note",
+        )
+
+    def clean_symbols(self) -> list[str]:
+        return valid_symbols(self.cleaned_data["symbols"])
+
+    def clean_venue_limits(self) -> dict[str, Any]:
+        return valid_venue_limits(self.cleaned_data["venue_limits"])
+
+    def clean_trade_size(self) -> Decimal:
+        size: Decimal = self.cleaned_data["trade_size"]
+        if size <= 0:
+            raise ValidationError("The trade size must be positive.")
+        return size
+
+
+def next_version() -> int:
+    return (StrategyConfig.objects.aggregate(top=Max("version"))["top"] or 0) + 1
+
+
+def activate_version(config: StrategyConfig) -> None:
+    """Make `config` the one active strategy version, atomically.
+
+    The others are deactivated first: the one_active_strategy constraint is checked per statement.
+    Announcing the change to listeners is the caller's job, after commit.
+    """
+    with transaction.atomic():
+        # Lock every version, so that two activations at once run one after the other.
+        list(StrategyConfig.objects.select_for_update().values_list("pk", flat=True))
+        StrategyConfig.objects.filter(active=True).exclude(pk=config.pk).update(active=False)
+        StrategyConfig.objects.filter(pk=config.pk).update(active=True)
+
+
+def announce_strategy(request: HttpRequest, version: int) -> None:
+    """Publish control.strategy so running listeners reload the active version.
+
+    Runs after commit, so a Redis failure cannot undo the change: it is logged and shown to the user.
+    """
+    try:
+        with pubsub.connect() as client:
+            pubsub.publish_event(client, pubsub.names().strategy_control, {"version": version})
+    except redis.RedisError:
+        logger.exception("strategy v%s saved but control.strategy could not be published", version)
+        messages.warning(
+            request,
+            f"Version {version} is saved, but running listeners were not told (Redis unreachable); "
+            "restart them to pick it up.",
+        )
+
+
+@admin.register(StrategyConfig)
+class StrategyConfigAdmin(admin.ModelAdmin):
+    form = StrategyConfigForm
+    list_display = (
+        "version",
+        "active",
+        "symbols",
+        decimal_column("min_profit_bps", "min profit (bps)"),
+        decimal_column("trade_size", "trade size"),
+        "max_quote_age_ms",
+        "ttl_ms",
+        "note",
+        "created_at",
+    )
+    list_filter = ("active",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": ("version", "active", "note", "created_at"),
+                "description": "New versions are numbered automatically and start inactive; "
+                "switch versions with the “Activate this version” action. "
+                "“Save as new” copies this version into a new one.",
+            },
+        ),
+        ("Parameters", {"fields": ("symbols", "min_profit_bps", "trade_size", "max_quote_age_ms", "ttl_ms")}),
+        ("Per-venue limits", {"fields": ("venue_limits",)}),
+    )
+    # Activation goes through the action only, which keeps exactly one version active.
+    readonly_fields = ("version", "active", "created_at")
+    save_as = True
+    actions = ("activate",)
+
+    def has_delete_permission(self, request: HttpRequest, obj: StrategyConfig | None = None) -> bool:
+        return False  # opportunities record the version they were decided under
+
+    def save_model(
+        self, request: HttpRequest, obj: StrategyConfig, form: forms.ModelForm, change: bool
+    ) -> None:
+        if not change:
+            obj.version = next_version()
+        super().save_model(request, obj, form, change)
+        if obj.active:
+            transaction.on_commit(partial(announce_strategy, request, obj.version))
+
+    @admin.action(description="Activate this version", permissions=["change"])
+    def activate(self, request: HttpRequest, queryset: QuerySet[StrategyConfig]) -> None:
+        configs = list(queryset[:2])
+        if len(configs) != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        config = configs[0]
+        with transaction.atomic():
+            activate_version(config)
+            self.message_user(
+                request, f"Version {config.version} is now the active strategy.", messages.SUCCESS
+            )
+            transaction.on_commit(partial(announce_strategy, request, config.version))

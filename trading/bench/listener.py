@@ -1,0 +1,135 @@
+"""`manage.py bench listener`: the listener's ticks/s against a bare decoding subscriber, and
+publish-to-decision latency at a steady rate, through real Redis Pub/Sub.
+
+The publisher is a separate process so it does not share the interpreter lock with the
+subscriber being measured. It keeps the backlog bounded, so the subscriber always has work and
+Redis never drops it for an overfull output buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+from trading.bench.publisher import SYMBOL, VENUES, publish
+from trading.listener import Listener
+from trading.models import Balance, StrategyConfig, Venue
+from trading.pubsub import Names
+
+
+def _next(subscription: Any, timeout: float = 5.0) -> dict[str, Any]:
+    """The next published message; subscription confirmations are skipped (they read as None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = subscription.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        if message is not None:
+            return message  # type: ignore[no-any-return]
+    raise RuntimeError("the bench stream stalled: no message within 5 s")
+
+
+def _consume(subscription: Any, count: int, handle: Callable[[dict[str, Any]], None], done: Any) -> float:
+    """Handle `count` price messages; returns seconds from the first to the last."""
+    handle(_next(subscription))
+    first = time.perf_counter()
+    for seen in range(2, count + 1):
+        handle(_next(subscription))
+        if seen % 500 == 0:
+            done.value = seen
+    return time.perf_counter() - first
+
+
+def _measure(
+    names: Names,
+    subscribe: Callable[[], Any],
+    handle: Callable[[dict[str, Any]], None],
+    count: int,
+    rate: float = 0,
+) -> float:
+    context = multiprocessing.get_context("spawn")
+    done = context.Value("q", 0)
+    subscription = subscribe()
+    publisher = context.Process(
+        target=publish, args=(settings.REDIS_URL, names.prices(SYMBOL), count, rate, done)
+    )
+    publisher.start()
+    try:
+        return _consume(subscription, count, handle, done)
+    finally:
+        publisher.join(timeout=30)
+        subscription.close()
+
+
+def _bench_market() -> None:
+    StrategyConfig.objects.update(active=False)
+    version = (StrategyConfig.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
+    StrategyConfig.objects.create(
+        version=version, active=True, symbols=[SYMBOL], min_profit_bps=Decimal(5), trade_size=Decimal("0.1")
+    )
+    for name in VENUES:
+        venue, _ = Venue.objects.get_or_create(name=name, defaults={"kind": Venue.Kind.SIMULATED})
+        for asset, amount in (("BTC", "10"), ("USDT", "300000")):
+            Balance.objects.update_or_create(venue=venue, asset=asset, defaults={"free": Decimal(amount)})
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(out: Callable[[str], None], **options: Any) -> dict[str, float]:
+    count = options.get("messages") or 200_000
+    rate = options.get("rate") or 1_000
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    names = Names(f"bench-{uuid.uuid4().hex[:8]}:")
+    with transaction.atomic():
+        _bench_market()
+        listener = Listener(client, name="bench")
+        listener.names = names
+        listener.load_strategy()
+
+        def tick(message: dict[str, Any]) -> None:
+            listener.handle(message)
+            listener.periodic()
+
+        def bare_subscribe() -> Any:
+            subscription = client.pubsub()
+            subscription.psubscribe(names.prices_pattern)
+            return subscription
+
+        out(f"listener: {count} price events over {len(VENUES)} venues ...")
+        listener_s = _measure(names, listener.subscribe, tick, count)
+        out("bare redis-py subscriber (decode only) ...")
+        baseline_s = _measure(names, bare_subscribe, lambda m: json.loads(m["data"]), count)
+
+        latencies: list[float] = []
+
+        def timed(message: dict[str, Any]) -> None:
+            listener.handle(message)
+            done_ns = time.monotonic_ns()
+            latencies.append((done_ns - json.loads(message["data"])["sent_ns"]) / 1e6)
+
+        latency_count = max(int(rate * 5), 1000)
+        out(f"latency: {latency_count} events at {rate}/s ...")
+        _measure(names, listener.subscribe, timed, latency_count, rate=rate)
+        if listener.stats.rejected:
+            raise RuntimeError(f"the bench stream was rejected: {dict(listener.stats.rejected)}")
+        transaction.set_rollback(True)
+    return {
+        "listener_msgs_per_s": round(count / listener_s),
+        "baseline_msgs_per_s": round(count / baseline_s),
+        "ratio": round(baseline_s / listener_s, 3),
+        "p50_ms": round(_percentile(latencies, 0.50), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+        "messages": count,
+        "opportunities": listener.stats.opportunities,
+        "missed": listener.stats.missed,
+    }
