@@ -7,7 +7,7 @@ from celery import shared_task
 from trading import collector, execution, storage
 
 
-@shared_task(name="collect.all_venues", ignore_result=True, time_limit=10)
+@shared_task(name="collect.all_venues", ignore_result=True, time_limit=10, soft_time_limit=8)
 def collect_all_venues() -> None:
     """Fan out one collection task per enabled venue, so a slow venue never delays the others."""
     for venue_id in collector.venues_to_collect():

@@ -1,0 +1,344 @@
+"""The emulator's HTTP server and the state of its venues.
+
+One server on 127.0.0.1 hosts several venues, each under its own path prefix
+(`http://127.0.0.1:PORT/<venue>/...`) and each speaking one dialect. A dialect is a module with
+the same shape as `binance` and `kraken`: a route table from (method, path) to a handler, and a
+`fault_reply(status)` that words an injected error the way that venue does. The server itself
+knows nothing of any venue's format.
+
+This module uses only the standard library, so it runs in a test process or a command alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Protocol, Self
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+# A book level as the emulator keeps it: exact decimals, served verbatim (even when nonsensical,
+# so tests can serve crossed or non-positive books).
+Level = tuple[Decimal, Decimal]
+DEFAULT_LEVELS = 5
+
+
+@dataclass(frozen=True)
+class Market:
+    """One listed market: its trading rules and the mid price of its default book."""
+
+    symbol: str  # unified, e.g. "BTC/USDT"
+    tick: Decimal
+    step: Decimal
+    min_amount: Decimal
+    min_cost: Decimal
+    mid: Decimal
+
+    @property
+    def base(self) -> str:
+        return self.symbol.split("/")[0]
+
+    @property
+    def quote(self) -> str:
+        return self.symbol.split("/")[1]
+
+
+DEFAULT_MARKETS = (
+    Market(
+        symbol="BTC/USDT",
+        tick=Decimal("0.01"),
+        step=Decimal("0.00001"),
+        min_amount=Decimal("0.00001"),
+        min_cost=Decimal("5"),
+        mid=Decimal("60000"),
+    ),
+    Market(
+        symbol="ETH/USDT",
+        tick=Decimal("0.01"),
+        step=Decimal("0.0001"),
+        min_amount=Decimal("0.0001"),
+        min_cost=Decimal("5"),
+        mid=Decimal("3000"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Book:
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    version: int  # grows with every change, like a venue's update id
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected failure: wait `delay_s` before answering, then answer `status` if it is set."""
+
+    status: int | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # below the venue prefix, e.g. "/api/v3/depth"
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    """`body` is JSON-encodable, or a str served as plain text."""
+
+    status: int
+    body: Any
+
+
+class EmulatedVenue:
+    """One venue's markets, books, fault and request counts. Safe to use from any thread."""
+
+    def __init__(self, name: str, markets: Sequence[Market]) -> None:
+        self.name = name
+        self.markets: dict[str, Market] = {market.symbol: market for market in markets}
+        self._books: dict[str, Book] = {}
+        self._versions = itertools.count(1)
+        self._fault = Fault()
+        self._requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def book(self, symbol: str) -> Book:
+        """The book a test set, else a sane default around the market's mid price."""
+        with self._lock:
+            book = self._books.get(symbol)
+        return book if book is not None else default_book(self.markets[symbol])
+
+    def set_book(self, symbol: str, bids: Sequence[Level], asks: Sequence[Level]) -> None:
+        with self._lock:
+            self._books[symbol] = Book(tuple(bids), tuple(asks), next(self._versions))
+
+    def reset(self) -> None:
+        """Back to default books and no fault."""
+        with self._lock:
+            self._books.clear()
+            self._fault = Fault()
+
+    @property
+    def fault(self) -> Fault:
+        with self._lock:
+            return self._fault
+
+    @fault.setter
+    def fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._fault = fault
+
+    def count_request(self, path: str) -> None:
+        with self._lock:
+            self._requests[path] += 1
+
+    def request_count(self, path: str | None = None) -> int:
+        with self._lock:
+            return self._requests[path] if path is not None else sum(self._requests.values())
+
+
+def default_book(market: Market, levels: int = DEFAULT_LEVELS) -> Book:
+    """Ten ticks between levels, amounts growing with depth: a plain, uncrossed book."""
+    gap = market.tick * 10
+    bids = tuple((market.mid - gap * i, Decimal(i) / 2) for i in range(1, levels + 1))
+    asks = tuple((market.mid + gap * i, Decimal(i) / 2) for i in range(1, levels + 1))
+    return Book(bids, asks, version=0)
+
+
+Handler = Callable[[EmulatedVenue, Request], Reply]
+
+
+class Dialect(Protocol):
+    """The shape of a dialect module."""
+
+    ROUTES: Mapping[tuple[str, str], Handler]
+
+    def fault_reply(self, status: int) -> Reply: ...
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # A handler may be sleeping out an injected delay; stop() must not wait for it.
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        super().__init__(address, _RequestHandler)
+        self.emulator = emulator
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    # One request per connection: a client that gave up on a delayed answer leaves nothing open.
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def do_DELETE(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        reply = self.server.emulator.handle(
+            self.command, url.path, dict(parse_qsl(url.query)), dict(self.headers.items()), body
+        )
+        if reply is None:
+            return
+        try:
+            self._send(reply)
+        except ConnectionError as exc:
+            # The client gave up first (an injected delay outlasted its timeout): expected.
+            log.debug("client left before the reply to %s %s: %s", self.command, self.path, exc)
+
+    def _send(self, reply: Reply) -> None:
+        if isinstance(reply.body, str):
+            payload, content_type = reply.body.encode(), "text/plain; charset=utf-8"
+        else:
+            payload, content_type = json.dumps(reply.body).encode(), "application/json"
+        self.send_response(reply.status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+@dataclass(frozen=True)
+class _Hosted:
+    venue: EmulatedVenue
+    dialect: Dialect
+
+
+class Emulator:
+    """A local exchange: `venues` maps each venue's name (its path prefix) to its dialect.
+
+    Use as a context manager, or call start() and stop(). `port` 0 picks a free port.
+    """
+
+    def __init__(
+        self,
+        venues: Mapping[str, Dialect],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        markets: Sequence[Market] = DEFAULT_MARKETS,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._hosted = {
+            name: _Hosted(EmulatedVenue(name, markets), dialect) for name, dialect in venues.items()
+        }
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> Self:
+        self._stopping.clear()
+        self._httpd = _HTTPServer((self.host, self.port), self)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="emulator", daemon=True)
+        self._thread.start()
+        log.info("exchange emulator serving %s on %s", ", ".join(self._hosted), self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; handlers sleeping out a delay wake up and answer nothing."""
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url_for(self, venue: str) -> str:
+        """The venue's API root, to put in Venue.api_url."""
+        self._venue(venue)
+        return f"{self.base_url}/{venue}"
+
+    def set_book(
+        self, venue: str, symbol: str, bids: Sequence[Sequence[Any]], asks: Sequence[Sequence[Any]]
+    ) -> None:
+        """Serve this book from now on. Levels are (price, amount) as str, int or Decimal, served as
+        given, in the given order: a crossed or negative book reaches the client unchanged."""
+        self._venue(venue).set_book(symbol, _levels(bids), _levels(asks))
+
+    def set_fault(self, venue: str, *, status: int | None = None, delay_s: float = 0.0) -> None:
+        """Make every request to `venue` wait `delay_s` (longer than the client's timeout makes it
+        time out), then answer with HTTP `status` (429, 500, 503, ...) in the venue's own words."""
+        self._venue(venue).fault = Fault(status, delay_s)
+
+    def clear_fault(self, venue: str) -> None:
+        self._venue(venue).fault = Fault()
+
+    def reset(self) -> None:
+        """Every venue back to default books and no fault (request counts keep counting)."""
+        for hosted in self._hosted.values():
+            hosted.venue.reset()
+
+    def request_count(self, venue: str, path: str | None = None) -> int:
+        """Requests `venue` received (to `path`, e.g. "/api/v3/depth", when given)."""
+        return self._venue(venue).request_count(path)
+
+    def _venue(self, name: str) -> EmulatedVenue:
+        try:
+            return self._hosted[name].venue
+        except KeyError:
+            raise KeyError(f"the emulator hosts no venue {name!r}; it hosts {sorted(self._hosted)}") from None
+
+    def handle(
+        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+    ) -> Reply | None:
+        """Route one request; None when the emulator stopped while it waited out a delay."""
+        prefix, _, rest = path.lstrip("/").partition("/")
+        hosted = self._hosted.get(prefix)
+        if hosted is None:
+            return Reply(404, {"error": f"no venue {prefix!r} here"})
+        request = Request(method, "/" + rest, query, headers, body)
+        hosted.venue.count_request(request.path)
+        fault = hosted.venue.fault
+        if fault.delay_s and self._stopping.wait(fault.delay_s):
+            return None
+        if fault.status is not None:
+            return hosted.dialect.fault_reply(fault.status)
+        handler = hosted.dialect.ROUTES.get((method, request.path))
+        if handler is None:
+            return Reply(404, {"error": f"{prefix} has no endpoint {method} {request.path}"})
+        return handler(hosted.venue, request)
+
+
+def _levels(raw: Sequence[Sequence[Any]]) -> tuple[Level, ...]:
+    return tuple((Decimal(str(price)), Decimal(str(amount))) for price, amount in raw)
