@@ -142,6 +142,8 @@ COLLECT_MAX_BACKOFF_SECONDS = env_int("COLLECT_MAX_BACKOFF_SECONDS", 30)
 COLLECT_TIMEOUT_MS = env_int("COLLECT_TIMEOUT_MS", 3000)
 # Simulated venues compute their books from this seed, so every process sees the same market.
 SIMULATION_SEED = env_int("SIMULATION_SEED", 7)
+# `manage.py prune_quotes` deletes recorded quotes older than this unless told otherwise.
+QUOTE_RETENTION_DAYS = env_int("QUOTE_RETENTION_DAYS", 7)
 
 LOGGING = {
     "version": 1,

@@ -54,6 +54,18 @@ class Names:
     def pending_quotes(self) -> str:
         return f"{self.prefix}quotes:pending"
 
+    @property
+    def dead_quotes(self) -> str:
+        return f"{self.prefix}quotes:dead"
+
+    @property
+    def dead_quote_reasons(self) -> str:
+        return f"{self.prefix}quotes:dead:reasons"
+
+    @property
+    def store_lock(self) -> str:
+        return f"{self.prefix}quotes:store-lock"
+
     def heartbeat(self, process: str) -> str:
         return f"{self.prefix}heartbeat:{process}"
 

@@ -1,0 +1,51 @@
+"""`manage.py bench listener|storage`: run a benchmark; the last line of output is its figures as JSON."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from argparse import ArgumentParser, ArgumentTypeError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from trading.bench import BenchmarkUnavailable
+
+BENCHMARKS = ("listener", "storage")
+
+
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def format_figure(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
+
+
+class Command(BaseCommand):
+    help = "Run a benchmark (listener or storage). The last line of output is one JSON object of figures."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("which", choices=BENCHMARKS)
+        # No defaults here: each benchmark owns its own and ignores the options it does not use.
+        parser.add_argument("--rows", type=positive_int, help="storage: quotes to write (default 200,000)")
+        parser.add_argument(
+            "--messages", type=positive_int, help="listener: quotes to publish (default 200,000)"
+        )
+        parser.add_argument(
+            "--rate", type=positive_int, help="listener: ticks/s for the latency run (default 1,000)"
+        )
+
+    def handle(self, *args: Any, which: str, **options: Any) -> None:
+        benchmark = importlib.import_module(f"trading.bench.{which}")
+        try:
+            figures: dict[str, float] = benchmark.run(self.stdout.write, **options)
+        except BenchmarkUnavailable as exc:
+            raise CommandError(f"bench {which}: {exc}") from None
+        width = max(map(len, figures), default=0)
+        for name, value in figures.items():
+            self.stdout.write(f"{name:>{width}}  {format_figure(value)}")
+        self.stdout.write(json.dumps(figures))
