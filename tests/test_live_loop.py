@@ -1,0 +1,184 @@
+"""The live loop end to end: real Redis Pub/Sub, a real listener process, a real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import Child, child_env, fund, make_strategy, make_venue
+from tests.quotes import book, publish
+from trading.config import now_ms
+from trading.models import Opportunity, Order, Trade
+from trading.pubsub import Names
+from trading.tasks import execute_opportunity
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+CHEAP = [("29990", "1")], [("30000", "1")]
+DEAR = [("30100", "1")], [("30110", "1")]
+FLAT = [("29995", "1")], [("30005", "1")]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def heartbeat(client: redis.Redis, names: Names) -> dict:
+    raw = client.get(names.heartbeat("listener:e2e"))
+    return json.loads(raw) if raw else {}
+
+
+@pytest.fixture
+def market() -> None:
+    fund(make_venue("alpha"), BTC="0", USDT="100000")
+    fund(make_venue("bravo"), BTC="2", USDT="0")
+    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+
+
+def start_listener(spawn: Callable[..., Child], **env: str) -> Child:
+    listener = spawn(
+        sys.executable, "manage.py", "listen_prices", "--name", "e2e", name="listener", env=child_env(**env)
+    )
+    listener.wait_for("listening", timeout=60)
+    return listener
+
+
+@pytest.fixture
+def listener(market: None, spawn: Callable[..., Child]) -> Child:
+    return start_listener(spawn)
+
+
+def test_a_known_gap_gives_one_trade_with_the_hand_computed_pnl(
+    listener: Child, celery_worker: Child, redis_client: redis.Redis
+) -> None:
+    for _ in range(3):  # the gap persists for three ticks: still one opportunity
+        publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
+        time.sleep(0.05)
+
+    wait_until(Trade.objects.exists, what="a trade")
+    opportunity = Opportunity.objects.get()
+    wait_until(lambda: Opportunity.objects.filter(status="executed").exists(), what="executed status")
+    trade = Trade.objects.get()
+    assert trade.opportunity_id == opportunity.pk
+    assert trade.realized_pnl == Decimal("19.95")  # 0.5 x (30100 - 30000) - 15 - 15.05
+    assert sorted(Order.objects.values_list("side", "filled")) == [
+        ("buy", Decimal("0.5")),
+        ("sell", Decimal("0.5")),
+    ]
+
+    execute_opportunity.apply_async((opportunity.pk,))  # the same task, delivered again
+    celery_worker.wait_for(f"opportunity {opportunity.pk} not claimable")
+    assert (Trade.objects.count(), Order.objects.count(), Opportunity.objects.count()) == (1, 2, 1)
+
+
+def test_a_stale_quote_is_rejected_with_its_reason(listener: Child, redis_client: redis.Redis) -> None:
+    publish(redis_client, book("alpha", *CHEAP, venue_ts=now_ms() - 60_000), book("bravo", *DEAR))
+
+    wait_until(Opportunity.objects.exists, what="an opportunity row")
+    assert list(Opportunity.objects.values_list("status", "reason")) == [("rejected", "stale_quote")]
+    assert not Order.objects.exists()
+
+
+def test_malformed_messages_are_counted_and_the_listener_keeps_deciding(
+    listener: Child, redis_client: redis.Redis, names: Names
+) -> None:
+    channel = names.prices("BTC/USDT")
+    good = {"venue": "alpha", "symbol": "BTC/USDT", "seq": 1, "received_ts": now_ms()}
+    bad = [
+        b"this is not json",
+        json.dumps({"venue": "alpha"}),
+        json.dumps({**good, "bids": [["-5", "1"]], "asks": [["30000", "1"]]}),
+        json.dumps({**good, "bids": [["NaN", "1"]], "asks": [["30000", "1"]]}),
+        json.dumps({**good, "bids": [["30010", "1"]], "asks": [["30000", "1"]]}),
+        json.dumps({**good, "venue": "nowhere", "bids": [["29990", "1"]], "asks": [["30000", "1"]]}),
+    ]
+    for message in bad:
+        redis_client.publish(channel, message)
+    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
+
+    wait_until(Opportunity.objects.exists, what="an opportunity after the junk")
+    expected = {
+        "bad_json": 1,
+        "missing_field": 1,
+        "non_positive": 1,
+        "not_finite": 1,
+        "crossed": 1,
+        "unknown_venue": 1,
+    }
+    wait_until(lambda: heartbeat(redis_client, names).get("rejected") == expected, what="counted rejections")
+    assert listener.proc.poll() is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, which the test may stop and start again."""
+
+    def __init__(self, spawn: Callable[..., Child], directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._spawn = spawn
+        self._args = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self._args += ["--dir", str(directory)]
+        self.client = redis.Redis(port=self.port)
+
+    def start(self) -> None:
+        self._spawn(*self._args, name="redis").wait_for("Ready to accept connections", timeout=20)
+
+    def restart(self) -> None:
+        try:
+            self.client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server drops the connection as it stops: that is its answer
+        time.sleep(0.5)
+        self.start()
+
+
+@pytest.fixture
+def private_redis(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(spawn, tmp_path)
+    server.start()
+    yield server
+    server.client.close()
+
+
+def test_the_listener_survives_a_redis_restart_mid_stream(
+    market: None, spawn: Callable[..., Child], private_redis: PrivateRedis, names: Names
+) -> None:
+    start_listener(spawn, REDIS_URL=private_redis.url)
+    client = private_redis.client
+    for _ in range(3):
+        publish(client, book("alpha", *FLAT), book("bravo", *FLAT))
+    wait_until(lambda: heartbeat(client, names).get("ticks") == 6, what="six ticks before the restart")
+
+    private_redis.restart()
+    # Redis came back empty: sequence numbers start again at 1 and the listener follows them.
+    wait_until(lambda: heartbeat(client, names).get("reconnects") == 1, what="a reconnect")
+    publish(client, book("alpha", *CHEAP), book("bravo", *DEAR))
+
+    wait_until(Opportunity.objects.exists, what="a decision after the restart")
+    wait_until(lambda: heartbeat(client, names).get("ticks") == 8, what="two more ticks")
+    assert heartbeat(client, names)["rejected"] == {}
+    assert Opportunity.objects.get().status == "dispatched"
+
+
+def test_sigterm_stops_the_listener_cleanly(listener: Child) -> None:
+    assert listener.stop() == 0
+    assert "listener stopped" in listener.output()
