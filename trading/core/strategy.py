@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from decimal import ROUND_DOWN, Decimal
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import ROUND_DOWN, Context, Decimal
+from itertools import permutations
 
 from trading.core import risk
-from trading.core.fills import fees_paid, fill, filled_amount, notional
+from trading.core.fills import average_price, fees_paid, fill, filled_amount, notional
 from trading.core.types import (
     BPS,
     ZERO,
     Decision,
+    Fill,
     Leg,
+    Level,
     Opportunity,
     Quote,
     Side,
@@ -19,6 +23,9 @@ from trading.core.types import (
     VenueState,
     split_symbol,
 )
+
+# Caps divide money by prices; rounding those quotients down keeps every cap on the safe side.
+_DOWN = Context(rounding=ROUND_DOWN)
 
 
 class Reason:
@@ -35,11 +42,67 @@ class Reason:
 
 
 def quantize_amount(amount: Decimal, *steps: Decimal) -> Decimal:
-    """Round `amount` down to a multiple of every step (steps are powers of ten in practice)."""
-    for step in steps:
-        if step > ZERO:
-            amount = (amount / step).to_integral_value(rounding=ROUND_DOWN) * step
-    return amount
+    """Round a non-negative `amount` down to the largest multiple of every positive step.
+
+    Steps that are not positive mean "no precision rule" and are ignored; with none left,
+    `amount` comes back unchanged. The result is exact (no division rounding).
+    """
+    step = _common_step(steps)
+    return amount if step is None else amount // step * step
+
+
+def _common_step(steps: Sequence[Decimal]) -> Decimal | None:
+    """The least common multiple of the positive steps (0.001 and 0.0005 give 0.001)."""
+    positive = [step for step in steps if step > ZERO]
+    if not positive:
+        return None
+    exponent = min(int(step.as_tuple().exponent) for step in positive)
+    units = [int(step.scaleb(-exponent)) for step in positive]
+    return Decimal(math.lcm(*units)).scaleb(exponent)
+
+
+def _edge(ask: Decimal, bid: Decimal, buy_venue: VenueState, sell_venue: VenueState) -> Decimal:
+    """What one unit bought at `ask` and sold at `bid` nets after both taker fees."""
+    return bid * (1 - sell_venue.fees.taker) - ask * (1 + buy_venue.fees.taker)
+
+
+def _clears(
+    ask: Decimal, bid: Decimal, buy_venue: VenueState, sell_venue: VenueState, min_bps: Decimal
+) -> bool:
+    """Whether a unit bought at `ask` and sold at `bid` nets more than zero and at least
+    `min_bps` of what it cost."""
+    edge = _edge(ask, bid, buy_venue, sell_venue)
+    return edge > ZERO and edge * BPS >= min_bps * ask
+
+
+def _units_above_bar(
+    net: Decimal, cost: Decimal, ask: Decimal, edge: Decimal, min_bps: Decimal, amount: Decimal
+) -> Decimal:
+    """How many of `amount` units (each costing `ask`, netting `edge`) can join a trade that so far
+    nets `net` for `cost` before its whole falls below `min_bps` of its cost."""
+    shortfall = min_bps * ask - edge * BPS  # per unit, in bps of cost
+    if shortfall <= ZERO:
+        return amount
+    return min(amount, max(ZERO, _DOWN.divide(net * BPS - min_bps * cost, shortfall)))
+
+
+def _matched_slices(
+    asks: Sequence[Level], bids: Sequence[Level]
+) -> Iterator[tuple[Decimal, Decimal, Decimal]]:
+    """Walk asks and bids together, best first: (ask, bid, amount) for each stretch in which
+    neither level changes."""
+    i = j = 0
+    ask_used = bid_used = ZERO
+    while i < len(asks) and j < len(bids):
+        (ask, ask_size), (bid, bid_size) = asks[i], bids[j]
+        amount = min(ask_size - ask_used, bid_size - bid_used)
+        yield ask, bid, amount
+        ask_used += amount
+        bid_used += amount
+        if ask_used >= ask_size:
+            i, ask_used = i + 1, ZERO
+        if bid_used >= bid_size:
+            j, bid_used = j + 1, ZERO
 
 
 def profitable_depth(
@@ -48,48 +111,59 @@ def profitable_depth(
     buy_venue: VenueState,
     sell_venue: VenueState,
     cap: Decimal,
+    min_bps: Decimal = ZERO,
 ) -> Decimal:
-    """How much can be bought on `buy_book` and sold on `sell_book` while each unit still earns.
+    """How much to buy on `buy_book` and sell on `sell_book`: the most, up to `cap` (base units),
+    such that every unit nets more than zero after both taker fees and the whole nets at least
+    `min_bps` of its cost: the size of greatest profit that meets the bar.
 
-    Walks asks and bids together while the marginal ask, fee included, is below the marginal bid
-    net of fee, stopping at `cap` (in base units).
+    The books are walked best first, so each unit earns no more than the one before it: any
+    smaller amount clears both bars too.
     """
-    buy_cost = Decimal(1) + buy_venue.fees.taker
-    sell_keep = Decimal(1) - sell_venue.fees.taker
-    asks, bids = buy_book.asks, sell_book.bids
-    i = j = 0
-    ask_left, bid_left = asks[0][1], bids[0][1]
-    total = ZERO
-    while total < cap and asks[i][0] * buy_cost < bids[j][0] * sell_keep:
-        step = min(ask_left, bid_left, cap - total)
-        total += step
-        ask_left -= step
-        bid_left -= step
-        if ask_left <= ZERO:
-            i += 1
-            if i == len(asks):
-                break
-            ask_left = asks[i][1]
-        if bid_left <= ZERO:
-            j += 1
-            if j == len(bids):
-                break
-            bid_left = bids[j][1]
+    total = net = cost = ZERO
+    for ask, bid, amount in _matched_slices(buy_book.asks, sell_book.bids):
+        edge = _edge(ask, bid, buy_venue, sell_venue)
+        if total >= cap or edge <= ZERO:
+            break
+        taken = _units_above_bar(net, cost, ask, edge, min_bps, min(amount, cap - total))
+        total, net, cost = total + taken, net + edge * taken, cost + ask * taken
+        if taken < amount:
+            break  # the cap or the bar stopped the walk inside this stretch
     return total
 
 
-def balance_cap(
-    buy_book: Quote, buy_venue: VenueState, sell_venue: VenueState, depth: Decimal
-) -> Decimal:
-    """The most base the free balances allow: base to sell, quote (with fee) to buy `depth`.
+def guarded_amount(asks: Sequence[Level], budget: Decimal) -> Decimal:
+    """The most base to buy from `asks` (best first) whose amount times the worst ask it reaches
+    stays within `budget`. A buy is sent with that worst ask as its limit, so this bounds what
+    it can cost however it fills. Zero for a budget that is not positive."""
+    total = ZERO
+    for price, available in asks:
+        affordable = _DOWN.divide(budget, price)
+        if affordable < total + available:
+            return max(total, affordable)
+        total += available
+    return total
 
-    Prices the purchase at the worst ask that `depth` reaches, so the cap never overspends.
-    """
+
+def balance_cap(buy_book: Quote, buy_venue: VenueState, sell_venue: VenueState, depth: Decimal) -> Decimal:
+    """The most base, at most `depth`, that free balances allow: base to sell on `sell_venue`,
+    and quote on `buy_venue` for the purchase at its guard price plus the taker fee."""
     base, quote = split_symbol(buy_book.symbol)
-    reached = fill(buy_book.asks, Side.BUY, depth, buy_venue.fees.taker)
-    worst_ask = reached[-1].price if reached else buy_book.best_ask
-    affordable = buy_venue.free(quote) / (worst_ask * (Decimal(1) + buy_venue.fees.taker))
-    return min(sell_venue.free(base), affordable)
+    spendable = _DOWN.divide(buy_venue.free(quote), 1 + buy_venue.fees.taker)
+    return min(depth, sell_venue.free(base), guarded_amount(buy_book.asks, spendable))
+
+
+def limit_cap(
+    buy_book: Quote, sell_book: Quote, buy_venue: VenueState, sell_venue: VenueState, depth: Decimal
+) -> Decimal:
+    """The most base, at most `depth`, within both venues' notional limits: the purchase priced
+    at its guard price, the sale at the best bid (which no sale's average exceeds)."""
+    cap = depth
+    if buy_venue.max_notional is not None:
+        cap = min(cap, guarded_amount(buy_book.asks, buy_venue.max_notional))
+    if sell_venue.max_notional is not None:
+        cap = min(cap, max(ZERO, _DOWN.divide(sell_venue.max_notional, sell_book.best_bid)))
+    return cap
 
 
 def _reject(buy: Quote, sell: Quote, reason: str) -> Decision:
@@ -97,8 +171,12 @@ def _reject(buy: Quote, sell: Quote, reason: str) -> Decision:
 
 
 def _risk_reason(
-    buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState,
-    params: StrategyParams, now_ms: int,
+    buy: Quote,
+    sell: Quote,
+    buy_venue: VenueState,
+    sell_venue: VenueState,
+    params: StrategyParams,
+    now_ms: int,
 ) -> str | None:
     if risk.is_down(buy_venue) or risk.is_down(sell_venue):
         return Reason.VENUE_DOWN
@@ -110,40 +188,64 @@ def _risk_reason(
     return None
 
 
-def _leg(venue: VenueState, side: Side, quote: Quote, amount: Decimal) -> Leg:
-    levels = quote.asks if side is Side.BUY else quote.bids
-    fills = fill(levels, side, amount, venue.fees.taker)
-    filled = filled_amount(fills)
-    return Leg(
-        venue=venue.name,
-        side=side,
-        amount=filled,
-        price=notional(fills) / filled,
-        worst_price=fills[-1].price,
-        fee=fees_paid(fills),
+def _meets_minimums(
+    amount: Decimal, buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState
+) -> bool:
+    """Whether both venues take orders of `amount`: their minimum amount, and their minimum cost
+    at the guard price each order is sent with."""
+    if amount <= ZERO:
+        return False
+    orders = ((buy.asks, Side.BUY, buy_venue), (sell.bids, Side.SELL, sell_venue))
+    return all(
+        amount >= venue.rules.min_amount
+        and fill(levels, side, amount, ZERO)[-1].price * amount >= venue.rules.min_cost
+        for levels, side, venue in orders
     )
 
 
 def _size(
     buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState, params: StrategyParams
 ) -> tuple[Decimal, str | None]:
-    """The amount to trade, or zero with the reason no amount can be traded."""
-    depth = profitable_depth(buy, sell, buy_venue, sell_venue, params.trade_size)
-    if depth <= ZERO:
-        return ZERO, Reason.BELOW_MIN_PROFIT  # the books cross, but fees eat the gap
-    funded = min(depth, balance_cap(buy, buy_venue, sell_venue, depth))
-    for venue in (buy_venue, sell_venue):
-        if venue.max_notional is not None:
-            funded = min(funded, venue.max_notional / buy.best_ask)
+    """The amount to trade, or zero with the reason none can be: the constraint that binds."""
+    if not _clears(buy.best_ask, sell.best_bid, buy_venue, sell_venue, params.min_profit_bps):
+        return ZERO, Reason.BELOW_MIN_PROFIT  # the books cross, but fees (or the bar) eat the gap
+    depth = profitable_depth(buy, sell, buy_venue, sell_venue, params.trade_size, params.min_profit_bps)
     steps = (buy_venue.rules.amount_step, sell_venue.rules.amount_step)
-    min_amount = max(buy_venue.rules.min_amount, sell_venue.rules.min_amount)
-    amount = quantize_amount(funded, *steps)
-    if amount > ZERO and amount >= min_amount:
+    if not _meets_minimums(quantize_amount(depth, *steps), buy, sell, buy_venue, sell_venue):
+        return ZERO, Reason.BELOW_MIN_SIZE
+    cap, reason = min(
+        (balance_cap(buy, buy_venue, sell_venue, depth), Reason.INSUFFICIENT_BALANCE),
+        (limit_cap(buy, sell, buy_venue, sell_venue, depth), Reason.OVER_LIMIT),
+        key=lambda candidate: candidate[0],
+    )
+    amount = quantize_amount(cap, *steps)
+    if _meets_minimums(amount, buy, sell, buy_venue, sell_venue):
         return amount, None
-    market_allows = quantize_amount(depth, *steps)
-    if funded < depth and market_allows > ZERO and market_allows >= min_amount:
-        return ZERO, Reason.INSUFFICIENT_BALANCE
-    return ZERO, Reason.BELOW_MIN_SIZE
+    return ZERO, reason
+
+
+def _leg(venue: str, side: Side, fills: Sequence[Fill]) -> Leg:
+    return Leg(
+        venue=venue,
+        side=side,
+        amount=filled_amount(fills),
+        price=average_price(fills),
+        worst_price=fills[-1].price,
+        fee=fees_paid(fills),
+    )
+
+
+def _opportunity(
+    buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState, amount: Decimal
+) -> Opportunity:
+    """Both legs of trading `amount`; profit comes from exact notionals, never rounded averages."""
+    bought = fill(buy.asks, Side.BUY, amount, buy_venue.fees.taker)
+    sold = fill(sell.bids, Side.SELL, amount, sell_venue.fees.taker)
+    cost = notional(bought)
+    gross = notional(sold) - cost
+    net = gross - fees_paid(bought) - fees_paid(sold)
+    buy_leg, sell_leg = _leg(buy_venue.name, Side.BUY, bought), _leg(sell_venue.name, Side.SELL, sold)
+    return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS)
 
 
 def evaluate_pair(
@@ -156,9 +258,11 @@ def evaluate_pair(
 ) -> Decision | None:
     """Decide on buying on `buy` and selling on `sell`; None when their books do not cross.
 
-    The decision is exact (Decimal) and sized by profitable depth, balances, per-venue notional
-    limits and venue precision. A crossing that cannot be traded is a rejected Decision whose
-    reason is one of `Reason`.
+    The decision is exact (Decimal) and sized by the most profitable depth that meets the profit
+    bar (`profitable_depth`), then by balances and per-venue notional limits (both at the buy's
+    guard price), then rounded down to both venues' amount steps. A crossing that cannot be
+    traded is a rejected Decision whose reason is one of `Reason`: the first risk check that
+    fails, else the constraint that leaves too little to trade.
     """
     if buy.best_ask >= sell.best_bid:
         return None
@@ -168,18 +272,10 @@ def evaluate_pair(
     amount, why_not = _size(buy, sell, buy_venue, sell_venue, params)
     if why_not:
         return _reject(buy, sell, why_not)
-    buy_leg = _leg(buy_venue, Side.BUY, buy, amount)
-    sell_leg = _leg(sell_venue, Side.SELL, sell, amount)
-    cost = buy_leg.price * amount
-    gross = sell_leg.price * amount - cost
-    net = gross - buy_leg.fee - sell_leg.fee
-    min_cost = max(buy_venue.rules.min_cost, sell_venue.rules.min_cost)
-    if cost < min_cost:
-        return _reject(buy, sell, Reason.BELOW_MIN_SIZE)
-    if risk.is_over_limit(buy_venue, cost) or risk.is_over_limit(sell_venue, sell_leg.price * amount):
-        return _reject(buy, sell, Reason.OVER_LIMIT)
-    opportunity = Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS)
-    if net <= ZERO or opportunity.net_bps < params.min_profit_bps:
+    opportunity = _opportunity(buy, sell, buy_venue, sell_venue, amount)
+    # Sizing already keeps every unit above the bar; re-checking the final figures is the guard
+    # that nothing unprofitable is accepted should rounding ever disagree.
+    if opportunity.net_profit <= ZERO or opportunity.net_bps < params.min_profit_bps:
         return Decision(buy.symbol, buy.venue, sell.venue, False, Reason.BELOW_MIN_PROFIT, opportunity)
     return Decision(buy.symbol, buy.venue, sell.venue, True, Reason.ACCEPTED, opportunity)
 
@@ -195,17 +291,11 @@ def find_decisions(
     Books from venues missing in `venues` are ignored. Returns one Decision per crossing pair.
     """
     decisions: list[Decision] = []
-    for buy_name, buy in books.items():
-        buy_venue = venues.get(buy_name)
-        if buy_venue is None:
+    for buy_name, sell_name in permutations(books, 2):
+        buy_venue, sell_venue = venues.get(buy_name), venues.get(sell_name)
+        if buy_venue is None or sell_venue is None:
             continue
-        for sell_name, sell in books.items():
-            if sell_name == buy_name or buy.best_ask >= sell.best_bid:
-                continue
-            sell_venue = venues.get(sell_name)
-            if sell_venue is None:
-                continue
-            decision = evaluate_pair(buy, sell, buy_venue, sell_venue, params, now_ms)
-            if decision is not None:
-                decisions.append(decision)
+        decision = evaluate_pair(books[buy_name], books[sell_name], buy_venue, sell_venue, params, now_ms)
+        if decision is not None:
+            decisions.append(decision)
     return decisions
