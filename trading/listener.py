@@ -70,9 +70,16 @@ class Listener:
     strategy's symbols on the `prices.*` pattern.
     """
 
-    def __init__(self, client: redis.Redis, symbols: Sequence[str] | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        symbols: Sequence[str] | None = None,
+        name: str = "",
+        names: pubsub.Names | None = None,
+    ) -> None:
         self.client = client
-        self.names = pubsub.names()
+        self.names = names or pubsub.names()
+        self._control_channel = self.names.strategy_control.encode()
         self.name = name or f"listener-{os.getpid()}"
         self.own_symbols = tuple(symbols) if symbols else None
         self.stats = Stats()
@@ -84,6 +91,7 @@ class Listener:
         self.venues: dict[str, VenueState] = {}
         self.venue_ids: dict[str, int] = {}
         self._next_refresh = 0.0
+        self.symbols: frozenset[str] = frozenset()
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -91,6 +99,8 @@ class Listener:
         """(Re)load the active strategy and the venues; keeps going without one, deciding nothing."""
         self.config = StrategyConfig.objects.filter(active=True).first()
         self.params = strategy_params(self.config) if self.config else None
+        followed = self.params.symbols if self.params else ()
+        self.symbols = frozenset(self.own_symbols if self.own_symbols is not None else followed)
         if self.config is None:
             log.warning("no active strategy config: listening, but deciding nothing")
         else:
@@ -101,12 +111,6 @@ class Listener:
         """Venue health, limits and free balances change while we run: re-read them."""
         self.venue_ids = dict(Venue.objects.filter(enabled=True).values_list("name", "pk"))
         self.venues = load_venue_states(self.config) if self.config else {}
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        if self.own_symbols is not None:
-            return self.own_symbols
-        return self.params.symbols if self.params else ()
 
     def subscribe(self) -> redis.client.PubSub:
         channel = self.client.pubsub(ignore_subscribe_messages=True)
@@ -148,13 +152,15 @@ class Listener:
         self.books[quote.symbol][quote.venue] = quote
         return True
 
-    def decide(self, symbol: str, now: int) -> list[Decision]:
+    def decide(self, quote: Quote, now: int) -> list[Decision]:
+        """Decisions on every pair that includes the quote's venue: only those can have changed."""
         if self.params is None:
             return []
-        return find_decisions(self.books[symbol], self.venues, self.params, now)
+        return find_decisions(self.books[quote.symbol], self.venues, self.params, now, involving=quote.venue)
 
-    def record(self, symbol: str, decisions: list[Decision], now: int) -> list[int]:
-        """Open one Opportunity per new crossing; close crossings that are gone. Returns new ids.
+    def record(self, quote: Quote, decisions: list[Decision], now: int) -> list[int]:
+        """Open one Opportunity per new crossing; close the quote venue's crossings that are gone.
+        Returns the new opportunities' ids.
 
         A crossing that persists is the same opportunity. A rejected one that becomes tradeable
         opens a new, accepted opportunity.
@@ -170,7 +176,7 @@ class Listener:
                 continue
             self.open[decision.key] = self.open_opportunity(decision, now)
             new_ids.append(self.open[decision.key].opportunity_id)
-        for key in [key for key in self.open if key[0] == symbol and key not in seen]:
+        for key in [key for key in self.open if _involves(key, quote) and key not in seen]:
             self.close_gap(key)
         return new_ids
 
@@ -232,7 +238,7 @@ class Listener:
             return []
         self.stats.ticks += 1
         try:
-            return self.record(quote.symbol, self.decide(quote.symbol, now), now)
+            return self.record(quote, self.decide(quote, now), now)
         except DatabaseError:
             self.stats.errors += 1
             log.exception("could not record decisions for %s", quote.symbol)
@@ -242,8 +248,7 @@ class Listener:
     # --- the loop ------------------------------------------------------------------------------
 
     def handle(self, message: dict[str, Any]) -> None:
-        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-        if channel == self.names.strategy_control:
+        if message["channel"] == self._control_channel:
             log.info("strategy change announced: reloading")
             self.load_strategy()
             return
@@ -300,6 +305,11 @@ class Listener:
             _close_quietly(channel)
         for key in list(self.open):
             self.close_gap(key)
+
+
+def _involves(key: GapKey, quote: Quote) -> bool:
+    symbol, buy_venue, sell_venue = key
+    return symbol == quote.symbol and quote.venue in (buy_venue, sell_venue)
 
 
 def _close_quietly(channel: redis.client.PubSub) -> None:

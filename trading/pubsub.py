@@ -15,8 +15,9 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from trading.core import validate
 from trading.core.types import Quote
-from trading.core.validate import QuoteRejected, parse_quote, quote_to_payload
+from trading.core.validate import QuoteRejected, quote_to_payload
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,7 @@ def encode_quote(quote: Quote) -> bytes:
 
 def decode_quote(raw: bytes | str) -> Quote:
     """Decode a price message. Raises QuoteRejected (reason bad_json, or parse_quote's reasons)."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise QuoteRejected("bad_json", str(exc)) from None
-    return parse_quote(payload)
+    return validate.decode_quote(raw)
 
 
 def reserve_sequences(client: redis.Redis, keys: Sequence[tuple[str, str]]) -> list[int]:

@@ -280,22 +280,43 @@ def evaluate_pair(
     return Decision(buy.symbol, buy.venue, sell.venue, True, Reason.ACCEPTED, opportunity)
 
 
+def _pairs(books: Mapping[str, Quote], involving: str | None) -> list[tuple[Quote, Quote]]:
+    """(buy, sell) book pairs worth a closer look: the buy's ask is below the sell's bid."""
+    if involving is None:
+        return [
+            (buy, sell) for buy, sell in permutations(books.values(), 2) if buy.asks[0][0] < sell.bids[0][0]
+        ]
+    mine = books[involving]
+    ask, bid = mine.asks[0][0], mine.bids[0][0]
+    pairs = []
+    for name, other in books.items():
+        if name != involving:
+            if ask < other.bids[0][0]:
+                pairs.append((mine, other))
+            if other.asks[0][0] < bid:
+                pairs.append((other, mine))
+    return pairs
+
+
 def find_decisions(
     books: Mapping[str, Quote],
     venues: Mapping[str, VenueState],
     params: StrategyParams,
     now_ms: int,
+    involving: str | None = None,
 ) -> list[Decision]:
-    """Evaluate every ordered pair of the venues in `books` (one symbol's latest book per venue).
+    """Evaluate every ordered pair of the venues in `books` (one symbol's latest book per venue),
+    or only the pairs that include the venue `involving` (the one whose book just changed).
 
-    Books from venues missing in `venues` are ignored. Returns one Decision per crossing pair.
+    The scan compares best prices only; pairs whose books cross are decided exactly. Books from
+    venues missing in `venues` are ignored. Returns one Decision per crossing pair.
     """
     decisions: list[Decision] = []
-    for buy_name, sell_name in permutations(books, 2):
-        buy_venue, sell_venue = venues.get(buy_name), venues.get(sell_name)
+    for buy, sell in _pairs(books, involving):
+        buy_venue, sell_venue = venues.get(buy.venue), venues.get(sell.venue)
         if buy_venue is None or sell_venue is None:
             continue
-        decision = evaluate_pair(books[buy_name], books[sell_name], buy_venue, sell_venue, params, now_ms)
+        decision = evaluate_pair(buy, sell, buy_venue, sell_venue, params, now_ms)
         if decision is not None:
             decisions.append(decision)
     return decisions

@@ -1,20 +1,43 @@
-"""Turning untrusted quote payloads into Quotes, or a named rejection."""
+"""Turning untrusted quote payloads into Quotes, or a named rejection.
+
+The message's shape and types are checked by one msgspec schema, in C: it is the listener's hot
+path. What a schema cannot say (finite, positive, in range, sorted, not crossed) is checked here.
+"""
 
 from __future__ import annotations
 
-import reprlib
-from collections.abc import Mapping
+import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
-from trading.core.types import ZERO, Level, Quote, split_symbol
+import msgspec
+
+from trading.core.types import ZERO, Level, Quote
 
 MAX_LEVELS = 50
-REQUIRED = ("venue", "symbol", "seq", "received_ts", "bids", "asks")
-# No market quotes beyond these. Refusing them bounds the work junk can cause and keeps the money
-# arithmetic far from Decimal's overflow.
-MAX_TEXT = 32
+# Bounds the work junk can cause: nothing bigger is a quote.
+MAX_MESSAGE_BYTES = 64 * 1024
+# No market quotes beyond these; refusing them keeps money arithmetic far from Decimal's limits.
 MIN_EXPONENT, MAX_EXPONENT = -18, 18
+_LOWEST, _BEYOND = Decimal(f"1e{MIN_EXPONENT}"), Decimal(f"1e{MAX_EXPONENT + 1}")
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Levels = Annotated[list[tuple[Decimal, Decimal]], msgspec.Meta(min_length=1)]
+
+
+class _Payload(msgspec.Struct):
+    """The wire form of a Quote: levels are [price, amount], best first, numbers as strings."""
+
+    venue: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    symbol: Annotated[str, msgspec.Meta(pattern=r"^[^/]+/[^/]+$", max_length=40)]
+    seq: Count
+    received_ts: Count
+    bids: Levels
+    asks: Levels
+    venue_ts: Count | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Payload)
 
 
 class QuoteRejected(ValueError):
@@ -26,119 +49,86 @@ class QuoteRejected(ValueError):
         self.detail = detail
 
 
-class _ShortRepr(reprlib.Repr):
-    """reprlib's shortening, and no failure on ints too long for str() to spell out."""
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > 256:
-            return f"<int of {Decimal(x).adjusted() + 1} digits>"
-        return super().repr_int(x, level)
+_NULL_FIELD = re.compile(r"got `null` - at `\$\.\w+`$")
 
 
-_SHORT_REPR = _ShortRepr()
+def _schema_rejection(error: msgspec.ValidationError) -> QuoteRejected:
+    """A required field absent or null is missing_field; anything else off-schema is malformed."""
+    message = str(error)
+    missing = "missing required field" in message or _NULL_FIELD.search(message) is not None
+    return QuoteRejected("missing_field" if missing else "malformed", message[:200])
 
 
-def _shown(raw: Any) -> str:
-    """`raw` for a rejection's detail, shortened: junk can be arbitrarily large."""
-    return _SHORT_REPR.repr(raw)
-
-
-def _number(raw: Any, what: str) -> Decimal:
-    """`raw` as a Decimal when it is a string, int or float that spells a number."""
+def decode_quote(raw: bytes | str) -> Quote:
+    """Decode a JSON price message. Raises QuoteRejected: bad_json, or parse_quote's reasons."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise QuoteRejected("malformed", f"a quote message of {len(raw)} bytes is too large")
     try:
-        if isinstance(raw, str) and len(raw) <= MAX_TEXT:
-            return Decimal(raw)
-        if isinstance(raw, float):
-            return Decimal(str(raw))  # the shortest repr, not the binary expansion
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return Decimal(raw)  # directly: str() refuses very long ints
-    except InvalidOperation:
-        raise QuoteRejected("malformed", f"{what} is not a number: {_shown(raw)}") from None
-    raise QuoteRejected(
-        "malformed", f"{what} must be a number of at most {MAX_TEXT} characters, got {_shown(raw)}"
-    )
-
-
-def _decimal(raw: Any, what: str) -> Decimal:
-    value = _number(raw, what)
-    if not value.is_finite():
-        raise QuoteRejected("not_finite", f"{what} is {_shown(raw)}")
-    if value <= ZERO:
-        raise QuoteRejected("non_positive", f"{what} must be positive, got {_shown(raw)}")
-    if not MIN_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
-        raise QuoteRejected("malformed", f"{what} is out of range: {_shown(raw)}")
-    return value
-
-
-def _levels(raw: Any, side: str) -> tuple[Level, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise QuoteRejected("malformed", f"{side} must be a non-empty list of [price, amount]")
-    levels: list[Level] = []
-    for entry in raw[:MAX_LEVELS]:
-        if not isinstance(entry, (list, tuple)) or len(entry) < 2:
-            raise QuoteRejected("malformed", f"{side} level must be [price, amount], got {_shown(entry)}")
-        levels.append((_decimal(entry[0], f"{side} price"), _decimal(entry[1], f"{side} amount")))
-    return tuple(levels)
-
-
-def _count(raw: Any, name: str) -> int:
-    """A sequence number or millisecond timestamp: a non-negative int (JSON has no other)."""
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise QuoteRejected("malformed", f"{name} must be a non-negative integer, got {_shown(raw)}")
-    return raw
-
-
-def _is_sorted(levels: tuple[Level, ...], descending: bool) -> bool:
-    prices = [price for price, _ in levels]
-    return prices == sorted(prices, reverse=descending)
-
-
-def _venue(raw: Any) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise QuoteRejected("malformed", f"venue must be a name, got {_shown(raw)}")
-    return raw
-
-
-def _symbol(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise QuoteRejected("malformed", f"symbol must be a string, got {_shown(raw)}")
-    try:
-        split_symbol(raw)
-    except ValueError as exc:
-        raise QuoteRejected("malformed", str(exc)) from None
-    return raw
+        return _quote(_DECODER.decode(raw))
+    except msgspec.ValidationError as error:
+        raise _schema_rejection(error) from None
+    except msgspec.DecodeError as error:
+        raise QuoteRejected("bad_json", str(error)[:200]) from None
 
 
 def parse_quote(payload: Any) -> Quote:
-    """Build a Quote from a decoded message.
+    """Build a Quote from an already decoded message (a mapping).
 
     Expects keys venue, symbol, seq, received_ts, bids, asks (venue_ts optional); levels are
-    [price, amount] with positive prices and amounts as strings or numbers, at most MAX_LEVELS
-    per side kept. Raises QuoteRejected, and nothing else, naming what is wrong: missing_field,
-    malformed, not_finite, non_positive, unsorted or crossed.
+    [price, amount] as strings or numbers (a float is read by its shortest spelling), positive,
+    best first; at most MAX_LEVELS per side are kept. Raises QuoteRejected, and nothing else,
+    naming what is wrong: missing_field, malformed, not_finite, non_positive, unsorted or crossed.
     """
-    if not isinstance(payload, Mapping):
-        raise QuoteRejected("malformed", "a quote must be a JSON object")
-    for name in REQUIRED:
-        if payload.get(name) is None:
-            raise QuoteRejected("missing_field", f"{name} is required")
-    venue, symbol = _venue(payload["venue"]), _symbol(payload["symbol"])
-    seq, received_ts = _count(payload["seq"], "seq"), _count(payload["received_ts"], "received_ts")
-    venue_ts = None if payload.get("venue_ts") is None else _count(payload["venue_ts"], "venue_ts")
-    bids, asks = _levels(payload["bids"], "bids"), _levels(payload["asks"], "asks")
+    try:
+        return _quote(msgspec.convert(payload, _Payload))
+    except msgspec.ValidationError as error:
+        raise _schema_rejection(error) from None
+
+
+def _quote(payload: _Payload) -> Quote:
+    bids, asks = _levels(payload.bids, "bids"), _levels(payload.asks, "asks")
     if not _is_sorted(bids, descending=True) or not _is_sorted(asks, descending=False):
         raise QuoteRejected("unsorted", "bids must fall and asks must rise from the best level")
     if bids[0][0] >= asks[0][0]:
         raise QuoteRejected("crossed", f"best bid {bids[0][0]} is not below best ask {asks[0][0]}")
     return Quote(
-        venue=venue,
-        symbol=symbol,
+        venue=payload.venue,
+        symbol=payload.symbol,
         bids=bids,
         asks=asks,
-        received_ts=received_ts,
-        seq=seq,
-        venue_ts=venue_ts,
+        received_ts=payload.received_ts,
+        seq=payload.seq,
+        venue_ts=payload.venue_ts,
     )
+
+
+def _levels(levels: list[Level], side: str) -> tuple[Level, ...]:
+    kept = tuple(levels[:MAX_LEVELS])
+    try:
+        # Ordering a NaN raises InvalidOperation; infinities fall outside the range.
+        if all(_LOWEST <= price < _BEYOND and _LOWEST <= amount < _BEYOND for price, amount in kept):
+            return kept
+    except InvalidOperation:
+        pass
+    raise _level_rejection(kept, side)
+
+
+def _level_rejection(levels: tuple[Level, ...], side: str) -> QuoteRejected:
+    """Name the first thing wrong with a side that failed the range check."""
+    for price, amount in levels:
+        for what, value in ((f"{side} price", price), (f"{side} amount", amount)):
+            if not value.is_finite():
+                return QuoteRejected("not_finite", f"{what} is {value}")
+            if value <= ZERO:
+                return QuoteRejected("non_positive", f"{what} must be positive, got {value}")
+            if not _LOWEST <= value < _BEYOND:
+                return QuoteRejected("malformed", f"{what} is out of range: {value:.3E}")
+    return QuoteRejected("malformed", f"{side} failed validation")
+
+
+def _is_sorted(levels: tuple[Level, ...], descending: bool) -> bool:
+    prices = [price for price, _ in levels]
+    return prices == sorted(prices, reverse=descending)
 
 
 def quote_to_payload(quote: Quote) -> dict[str, Any]:
