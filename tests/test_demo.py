@@ -1,0 +1,430 @@
+"""The demo: its data setup, its supervisor, and `manage.py demo` run whole as `make demo` runs it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlencode
+from urllib.request import HTTPCookieProcessor, Request, build_opener, urlopen
+
+import psycopg
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.core.management import call_command
+
+from trading.demo.environment import child_environment, free_port
+from trading.demo.status import Counts, summary
+from trading.demo.supervisor import MAX_BACKOFF_S, ProcessSpec, Supervisor, next_backoff
+from trading.models import Balance, StrategyConfig, Venue
+
+from .conftest import ROOT, make_strategy
+
+# --- setup_demo -------------------------------------------------------------------------------
+
+
+def _setup_demo(capsys: pytest.CaptureFixture[str]) -> str:
+    call_command("setup_demo")
+    return capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_setup_demo_creates_funded_simulated_venues_a_strategy_and_an_admin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DEMO_ADMIN_USER", "boss")
+    monkeypatch.setenv("DEMO_ADMIN_PASSWORD", "correct horse")
+    out = _setup_demo(capsys)
+    venues = Venue.objects.filter(kind=Venue.Kind.SIMULATED)
+    assert venues.count() == 4
+    assert len({venue.taker_fee for venue in venues}) == 4
+    for venue in venues:
+        free = {b.asset: b.free for b in Balance.objects.filter(venue=venue)}
+        assert free == {"BTC": Decimal(1), "USDT": Decimal(30_000)}
+    strategy = StrategyConfig.objects.get(active=True)
+    assert (strategy.symbols, strategy.trade_size) == (["BTC/USDT"], Decimal("0.05"))
+    user = authenticate(username="boss", password="correct horse")
+    assert user is not None
+    assert user.is_superuser
+    assert user.is_staff
+    assert "correct horse" not in out  # a password the operator chose is never echoed
+
+
+@pytest.mark.django_db
+def test_setup_demo_again_keeps_traded_balances_and_an_active_strategy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    own = make_strategy(version=3, symbols=["BTC/USD"])
+    _setup_demo(capsys)
+    Balance.objects.filter(venue__name="sim-alpha", asset="BTC").update(free=Decimal("0.95"))
+    _setup_demo(capsys)
+    assert Venue.objects.count() == 4
+    assert Balance.objects.count() == 8
+    assert Balance.objects.get(venue__name="sim-alpha", asset="BTC").free == Decimal("0.95")
+    assert list(StrategyConfig.objects.values_list("pk", flat=True)) == [own.pk]
+
+
+@pytest.mark.django_db
+def test_setup_demo_shows_a_generated_admin_password_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DEMO_ADMIN_USER", raising=False)
+    monkeypatch.delenv("DEMO_ADMIN_PASSWORD", raising=False)
+    first = _setup_demo(capsys)
+    password = first.split("password (shown once): ")[1].split()[0]
+    assert authenticate(username="admin", password=password) is not None
+    second = _setup_demo(capsys)
+    assert "password" not in second
+    assert authenticate(username="admin", password=password) is not None
+
+
+# --- supervisor ------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _python(name: str, code: str) -> ProcessSpec:
+    return ProcessSpec(name, [sys.executable, "-c", code], dict(os.environ))
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a killed process waiting to be reaped (a zombie) is not alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_exit(supervisor: Supervisor, name: str) -> None:
+    proc = supervisor.children[name].proc
+    assert proc is not None
+    proc.wait(timeout=10)
+
+
+def test_backoff_doubles_up_to_a_cap_and_resets_after_a_stable_run() -> None:
+    assert next_backoff(1.0, ran_for_s=0.5) == 2.0
+    assert next_backoff(MAX_BACKOFF_S, ran_for_s=0.5) == MAX_BACKOFF_S
+    assert next_backoff(16.0, ran_for_s=3_600) == 1.0
+
+
+def test_a_child_that_dies_is_restarted_after_its_backoff(tmp_path: Path) -> None:
+    clock, lines = FakeClock(), []
+    supervisor = Supervisor(tmp_path, ROOT, report=lines.append, clock=clock)
+    supervisor.start(_python("flaky", "print('up', flush=True); raise SystemExit(3)"))
+    _wait_exit(supervisor, "flaky")
+    supervisor.check()
+    assert "flaky exited with code 3" in lines[0]
+    clock.now += 0.5
+    supervisor.check()
+    assert supervisor.restart_counts == {"flaky": 0}  # still backing off
+    clock.now += 1.0
+    supervisor.check()
+    assert supervisor.restart_counts == {"flaky": 1}
+    _wait_exit(supervisor, "flaky")
+    supervisor.stop_all(grace_s=5)
+    assert (tmp_path / "flaky.log").read_text().count("up\n") == 2
+
+
+def test_stop_leaves_no_process_of_a_group_behind(tmp_path: Path) -> None:
+    """Even a grandchild that ignores SIGTERM is gone after the stop."""
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    supervisor = Supervisor(tmp_path, ROOT, report=lambda line: None)
+    supervisor.start(_python("parent", code))
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the grandchild never started"
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    supervisor.stop_all(grace_s=1)
+    deadline = time.monotonic() + 2  # SIGKILL is delivered asynchronously
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def test_children_get_debug_a_per_run_secret_and_the_chosen_redis_but_not_passwords() -> None:
+    parent = {"DEMO_ADMIN_PASSWORD": "a", "FLOWER_PASSWORD": "b", "FLOWER_USER": "c", "PATH": "/bin"}
+    env = child_environment(parent, "redis://127.0.0.1:4242/0")
+    assert env["REDIS_URL"] == "redis://127.0.0.1:4242/0"
+    assert env["DEBUG"] == "1"
+    assert len(env["SECRET_KEY"]) > 40
+    assert not {"DEMO_ADMIN_PASSWORD", "FLOWER_PASSWORD", "FLOWER_USER"} & set(env)
+    assert child_environment(parent, None)["SECRET_KEY"] != env["SECRET_KEY"]
+    kept = child_environment({"SECRET_KEY": "mine", "DEBUG": "0", "REDIS_URL": "redis://x/1"}, None)
+    assert (kept["SECRET_KEY"], kept["DEBUG"], kept["REDIS_URL"]) == ("mine", "0", "redis://x/1")
+
+
+def test_summary_is_one_json_line_with_exact_pnl() -> None:
+    line = summary(Counts(120, 7, 2, 5, Decimal("12.340000000000")), 31.26, {"worker": 1})
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "quotes": 120,
+        "opportunities": 7,
+        "rejected": 2,
+        "trades": 5,
+        "pnl": "12.34",
+        "seconds": 31.3,
+        "restarts": {"worker": 1},
+    }
+
+
+# --- manage.py demo, whole ---------------------------------------------------------------------
+
+
+def _demo_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="1")
+    for name in ("DEMO_ADMIN_PASSWORD", "FLOWER_PASSWORD", "WEB_PORT", "FLOWER_PORT", "DEMO_SECONDS"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def _run_demo_quickly(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_demo_says_how_to_install_redis_when_it_has_none_to_use(tmp_path: Path) -> None:
+    env = _demo_env(
+        PATH=str(tmp_path),
+        DEMO_LOG_DIR=str(tmp_path / "logs"),
+        WEB_PORT=str(free_port()),
+        FLOWER_PORT=str(free_port()),
+    )
+    env.pop("REDIS_URL")
+    result = _run_demo_quickly(env)
+    assert result.returncode == 1
+    assert "redis-server is not installed" in result.stderr
+    assert "REDIS_URL" in result.stderr
+
+
+def test_demo_refuses_a_web_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_demo_quickly(_demo_env(WEB_PORT=str(port), DEMO_LOG_DIR=str(tmp_path)))
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr
+    assert "WEB_PORT" in result.stderr
+
+
+def _marked_processes(mark: str) -> list[int]:
+    """Processes whose environment carries `mark`: the demo and everything it started."""
+    needle = mark.encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue  # exited while we looked, or not ours to read
+    return found
+
+
+class DemoRun:
+    """`manage.py demo` in its own session, output to a file read while it runs."""
+
+    def __init__(self, tmp_path: Path, unset: tuple[str, ...] = (), **env: str) -> None:
+        self.mark = f"DEMO_TEST_RUN={uuid.uuid4().hex}"
+        name, value = self.mark.split("=")
+        self.web_port, self.flower_port = free_port(), free_port()
+        self.out_path = tmp_path / "demo.out"
+        full_env = _demo_env(
+            WEB_PORT=str(self.web_port),
+            FLOWER_PORT=str(self.flower_port),
+            DEMO_LOG_DIR=str(tmp_path / "logs"),
+            **{name: value},
+            **env,
+        )
+        for variable in unset:
+            full_env.pop(variable, None)
+        with self.out_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "manage.py", "demo"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output():
+            assert self.proc.poll() is None, f"demo ended early:\n{self.output()}"
+            assert time.monotonic() < deadline, f"{text!r} not printed:\n{self.output()}"
+            time.sleep(0.2)
+        return self.output()
+
+    def finish(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill_leftovers(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for pid in _marked_processes(self.mark):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urlopen(Request(url, headers=headers or {}), timeout=5) as response:
+            return int(response.status)
+    except HTTPError as error:
+        return error.code
+
+
+def _wait_until_served(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _get(url)
+            return
+        except (URLError, ConnectionError, TimeoutError):
+            assert time.monotonic() < deadline, f"{url} never answered"
+            time.sleep(0.3)
+
+
+def _admin_login(base: str, user: str, password: str) -> str:
+    """Log in through the admin form; returns the page the login lands on."""
+    opener = build_opener(HTTPCookieProcessor(CookieJar()))
+    with opener.open(f"{base}/admin/login/", timeout=5) as page:
+        html = page.read().decode()
+    token = html.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    form = urlencode(
+        {"username": user, "password": password, "csrfmiddlewaretoken": token, "next": "/admin/"}
+    ).encode()
+    request = Request(f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"})
+    with opener.open(request, timeout=5) as landed:
+        return f"{landed.url}\n{landed.read().decode()}"
+
+
+def _printed_credentials(output: str, service: str) -> tuple[str, str]:
+    words = output.split(f"  {service} ")[1].split("\n")[1].split()
+    return words[words.index("user") + 1], words[words.index("password") + 1]
+
+
+def _check_web_and_flower(run: DemoRun) -> None:
+    output = run.wait_for_output("running for", timeout_s=90)
+    web, flower = f"http://127.0.0.1:{run.web_port}", f"http://127.0.0.1:{run.flower_port}"
+    _wait_until_served(f"{web}/admin/login/", timeout_s=30)
+    landed = _admin_login(web, *_printed_credentials(output, "admin"))
+    assert landed.startswith(f"{web}/admin/\n")
+    assert "Log out" in landed
+    _wait_until_served(flower, timeout_s=30)
+    assert _get(flower) == 401
+    user, password = _printed_credentials(output, "flower")
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert _get(flower, {"Authorization": f"Basic {auth}"}) == 200
+
+
+def _summary_of(run: DemoRun) -> dict[str, Any]:
+    last_line = run.output().strip().splitlines()[-1]
+    figures: dict[str, Any] = json.loads(last_line)
+    return figures
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one demo run, dropped afterwards."""
+    db = settings.DATABASES["default"]
+    name = f"arb_demo_{uuid.uuid4().hex[:8]}"
+    server = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"{server}/{name}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.slow
+def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stops_clean(
+    tmp_path: Path, fresh_database: str
+) -> None:
+    prefix = f"{settings.ARB_PREFIX}demo:"
+    run = DemoRun(
+        tmp_path,
+        DATABASE_URL=fresh_database,
+        REDIS_URL=settings.REDIS_URL,
+        ARB_PREFIX=prefix,
+        DEMO_SECONDS="35",
+    )
+    try:
+        _check_web_and_flower(run)
+        assert run.finish(timeout_s=120) == 0
+        assert _marked_processes(run.mark) == []
+    finally:
+        run.kill_leftovers()
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        leftovers = list(client.scan_iter(match=f"{prefix}*"))
+        if leftovers:
+            client.delete(*leftovers)
+    figures = _summary_of(run)
+    assert figures["quotes"] > 0
+    assert figures["opportunities"] >= figures["trades"] >= 0
+    assert Decimal(figures["pnl"]).is_finite()
+    with psycopg.connect(fresh_database) as conn:
+        venues = conn.execute("SELECT count(*) FROM trading_venue WHERE kind = 'simulated'").fetchone()
+    assert venues == (4,)
+
+
+@pytest.mark.slow
+def test_demo_with_nothing_configured_runs_its_own_redis_on_sqlite_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    run = DemoRun(tmp_path, unset=("REDIS_URL",), DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    try:
+        output = run.wait_for_output("running until Ctrl-C", timeout_s=90)
+        port = int(output.split("own redis-server on 127.0.0.1:")[1].split()[0])
+        run.wait_for_output("] quotes", timeout_s=60)
+        time.sleep(15)  # let a few collections land
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish(timeout_s=60) == 0
+        assert _marked_processes(run.mark) == []
+    finally:
+        run.kill_leftovers()
+    assert "received SIGTERM" in run.output()
+    assert _summary_of(run)["quotes"] > 0
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=port, socket_connect_timeout=1).ping()
+    assert redis.Redis.from_url(settings.REDIS_URL).ping()  # the machine's own Redis was left alone

@@ -1,0 +1,114 @@
+"""Idempotent demo data: simulated venues, paper balances, an active strategy and an admin user.
+
+Running it again changes nothing that is already there, so venues and strategies edited in the
+admin, and balances moved by paper trades, survive a restart of the demo.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Max
+
+from trading.models import Balance, StrategyConfig, Venue
+
+
+@dataclass(frozen=True)
+class DemoVenue:
+    name: str
+    taker_fee: Decimal
+    maker_fee: Decimal
+
+
+DEMO_VENUES = (
+    DemoVenue("sim-alpha", Decimal("0.0005"), Decimal("0.0002")),
+    DemoVenue("sim-bravo", Decimal("0.00075"), Decimal("0.0004")),
+    DemoVenue("sim-charlie", Decimal("0.001"), Decimal("0.0008")),
+    DemoVenue("sim-delta", Decimal("0.0006"), Decimal("0.0003")),
+)
+DEMO_BALANCES = {"BTC": Decimal(1), "USDT": Decimal(30_000)}
+DEMO_SYMBOLS = ["BTC/USDT"]
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    venues: list[Venue]
+    strategy: StrategyConfig
+    admin_user: str
+    admin_password: str | None  # set by this run; None when an existing password was kept
+
+
+def ensure_venues() -> list[Venue]:
+    venues = []
+    for spec in DEMO_VENUES:
+        venue, _ = Venue.objects.get_or_create(
+            name=spec.name,
+            defaults={
+                "kind": Venue.Kind.SIMULATED,
+                "taker_fee": spec.taker_fee,
+                "maker_fee": spec.maker_fee,
+                "min_amount": Decimal("0.0001"),
+                "min_cost": Decimal(10),
+            },
+        )
+        venues.append(venue)
+    return venues
+
+
+def ensure_balances(venues: list[Venue]) -> None:
+    """Fund each venue once; later runs keep whatever paper trading left there."""
+    for venue in venues:
+        for asset, amount in DEMO_BALANCES.items():
+            Balance.objects.get_or_create(venue=venue, asset=asset, defaults={"free": amount})
+
+
+def ensure_strategy() -> StrategyConfig:
+    """The active strategy, creating the default one only when none is active."""
+    active = StrategyConfig.objects.filter(active=True).first()
+    if active is not None:
+        return active
+    latest = StrategyConfig.objects.aggregate(latest=Max("version"))["latest"] or 0
+    return StrategyConfig.objects.create(
+        version=latest + 1,
+        active=True,
+        symbols=DEMO_SYMBOLS,
+        min_profit_bps=Decimal(5),
+        trade_size=Decimal("0.05"),
+        max_quote_age_ms=5_000,
+        ttl_ms=3_000,
+        note="demo default",
+    )
+
+
+def ensure_admin(username: str, password: str | None) -> str | None:
+    """Make `username` a superuser that can log in with `password`.
+
+    Without a password, a new user gets a generated one and an existing user keeps theirs.
+    Returns the password this call set, or None when it left the existing one alone.
+    """
+    users = get_user_model()
+    user = users.objects.filter(username=username).first()
+    if user is None:
+        password = password or secrets.token_urlsafe(12)
+        users.objects.create_superuser(username=username, email="", password=password)
+        return password
+    if password is None:
+        return None
+    if not (user.check_password(password) and user.is_superuser and user.is_staff):
+        user.set_password(password)
+        user.is_superuser = user.is_staff = user.is_active = True
+        user.save()
+    return password
+
+
+@transaction.atomic
+def setup_demo(admin_user: str, admin_password: str | None) -> DemoSetup:
+    venues = ensure_venues()
+    ensure_balances(venues)
+    strategy = ensure_strategy()
+    password = ensure_admin(admin_user, admin_password)
+    return DemoSetup(venues, strategy, admin_user, password)
