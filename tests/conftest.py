@@ -98,9 +98,26 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
 def celery_worker(spawn: Callable[..., Child]) -> Child:
     """A real Celery worker on every queue, against the test database and this run's Redis prefix."""
     worker = spawn(
-        sys.executable, "-m", "celery", "-A", "arbsite", "worker", "-Q", "collect,trade,default",
-        "-c", "1", "-P", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "-l", "INFO", "-n", f"test-{os.getpid()}@%h", name="worker",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "arbsite",
+        "worker",
+        "-Q",
+        "collect,trade,default",
+        "-c",
+        "1",
+        "-P",
+        "solo",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "INFO",
+        "-n",
+        f"test-{os.getpid()}@%h",
+        name="worker",
     )
     worker.wait_for("ready.", timeout=60)
     return worker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -70,7 +71,8 @@ def test_both_legs_fill_and_the_trade_records_the_hand_computed_pnl(
     detected.refresh_from_db()
     assert detected.status == Opportunity.Status.EXECUTED
     event = next_message(events)
-    assert event is not None and b'"realized_pnl":"19.95' in event["data"]
+    assert event is not None
+    assert json.loads(event["data"])["realized_pnl"] == "19.95"
 
 
 def test_a_second_delivery_trades_nothing(detected: Opportunity) -> None:
@@ -111,6 +113,7 @@ def test_paper_orders_fill_immediately_or_cancel_within_their_limit() -> None:
 
     result = asyncio.run(gateway.create_order(request))
 
-    assert (result.status, result.filled, result.average_price) == ("partial", Decimal("3"), Decimal("302") / 3)
+    assert (result.status, result.filled) == ("partial", Decimal("3"))
+    assert result.average_price == Decimal("302") / 3
     assert result.fee == Decimal("0.302")
     assert asyncio.run(gateway.create_order(request)) is result  # same client order id: no second fill

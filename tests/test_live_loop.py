@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -143,10 +144,9 @@ class PrivateRedis:
         self._spawn(*self._args, name="redis").wait_for("Ready to accept connections", timeout=20)
 
     def restart(self) -> None:
-        try:
+        # The server drops the connection as it stops: that is its answer.
+        with contextlib.suppress(redis.ConnectionError):
             self.client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # the server drops the connection as it stops: that is its answer
         time.sleep(0.5)
         self.start()
 
