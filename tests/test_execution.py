@@ -72,7 +72,7 @@ def test_both_legs_fill_and_the_trade_records_the_hand_computed_pnl(
     assert detected.status == Opportunity.Status.EXECUTED
     event = next_message(events)
     assert event is not None
-    assert json.loads(event["data"])["realized_pnl"] == "19.95"
+    assert Decimal(json.loads(event["data"])["realized_pnl"]) == Decimal("19.95")
 
 
 def test_a_second_delivery_trades_nothing(detected: Opportunity) -> None:

@@ -103,3 +103,18 @@ def test_strategy_without_symbols_decides_nothing(redis_client, listener: Listen
     listener.load_strategy()
     assert listener.on_price(message(book("alpha", *CHEAP), 1), now_ms()) == []
     assert Opportunity.objects.count() == 0
+
+
+def test_a_strategy_change_announced_on_the_control_channel_is_loaded(listener: Listener, names) -> None:
+    from trading.models import StrategyConfig
+
+    StrategyConfig.objects.update(active=False)
+    make_strategy(version=2, min_profit_bps=Decimal("50"), trade_size=Decimal("0.1"))
+    listener.handle({"channel": names.strategy_control.encode(), "data": b'{"version": 2}'})
+
+    assert listener.params is not None
+    assert (listener.params.min_profit_bps, listener.params.trade_size) == (Decimal("50"), Decimal("0.1"))
+    # 13.3 bps no longer clears a 50 bps bar: the same gap is now rejected.
+    listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
+    listener.on_price(message(book("bravo", *DEAR), 1), now_ms())
+    assert list(Opportunity.objects.values_list("status", "reason")) == [("rejected", "below_min_profit")]
