@@ -8,6 +8,7 @@ symbols by subscribing to exactly their channels, which also works with sharded 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from django.conf import settings
 from trading.core import validate
 from trading.core.types import Quote
 from trading.core.validate import QuoteRejected, quote_to_payload
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,8 @@ def latest_books(client: redis.Redis, symbol: str) -> dict[str, Quote]:
     for venue, raw in client.hgetall(names().latest_books(symbol)).items():
         try:
             books[venue.decode()] = decode_quote(raw)
-        except QuoteRejected:
-            continue
+        except QuoteRejected as exc:
+            log.warning("latest %s book of %s unusable: %s", symbol, venue.decode(), exc)
     return books
 
 

@@ -70,3 +70,26 @@ class Gateway(Protocol):
     async def fetch_balance(self) -> dict[str, Decimal]: ...
 
     async def close(self) -> None: ...
+
+
+class QuotesOnly:
+    """For gateways that only quote: every order method refuses with `orders_refusal`."""
+
+    name: str
+    capabilities = frozenset({"books"})
+    orders_refusal = "this venue only quotes"
+
+    def _refuse(self) -> VenueError:
+        return VenueError(f"{self.name}: {self.orders_refusal}")
+
+    async def create_order(self, request: OrderRequest) -> OrderResult:
+        raise self._refuse()
+
+    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
+        raise self._refuse()
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult:
+        raise self._refuse()
+
+    async def fetch_balance(self) -> dict[str, Decimal]:
+        raise self._refuse()

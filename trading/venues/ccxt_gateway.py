@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,8 +22,7 @@ from trading.core.validate import parse_quote
 from trading.venues.base import (
     InsufficientBalance,
     OrderRejected,
-    OrderRequest,
-    OrderResult,
+    QuotesOnly,
     TemporaryVenueError,
     VenueError,
 )
@@ -120,11 +118,11 @@ def book_payload(venue: str, symbol: str, book: dict[str, Any], depth: int) -> d
     }
 
 
-class CcxtGateway:
+class CcxtGateway(QuotesOnly):
     """One venue through ccxt. Markets load at most once per gateway, and at most once an hour
     per process and API root."""
 
-    capabilities = frozenset({"books"})
+    orders_refusal = "the ccxt gateway does not support orders yet"
 
     def __init__(self, name: str, ccxt_id: str, *, api_url: str = "", timeout_ms: int | None = None) -> None:
         self.name = name
@@ -156,21 +154,6 @@ class CcxtGateway:
             await self._load_markets()
             book = await self._exchange.fetch_order_book(symbol, depth)
         return parse_quote(book_payload(self.name, symbol, book, depth))
-
-    def _no_orders(self) -> VenueError:
-        return VenueError(f"{self.name}: the ccxt gateway does not support orders yet")
-
-    async def create_order(self, request: OrderRequest) -> OrderResult:
-        raise self._no_orders()
-
-    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
-        raise self._no_orders()
-
-    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult:
-        raise self._no_orders()
-
-    async def fetch_balance(self) -> dict[str, Decimal]:
-        raise self._no_orders()
 
     async def close(self) -> None:
         with self._translated_errors():

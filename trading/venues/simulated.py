@@ -22,7 +22,7 @@ from collections.abc import Callable
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from trading.core.types import Level, Quote, split_symbol
-from trading.venues.base import OrderRequest, OrderResult, VenueError
+from trading.venues.base import QuotesOnly
 
 BASE_PRICES = {"BTC": 30_000.0, "ETH": 2_000.0}
 # (period in seconds, amplitude in bps) of the common fair-price path.
@@ -168,14 +168,14 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class SimulatedGateway:
+class SimulatedGateway(QuotesOnly):
     """A venue that only quotes: books from `simulated_book` at the clock's current millisecond.
 
     Orders are refused with VenueError: on paper, fills go through the paper gateway, which takes
     its books from this one.
     """
 
-    capabilities = frozenset({"books"})
+    orders_refusal = "a simulated venue only quotes: paper trading fills through the paper gateway"
 
     def __init__(self, name: str, seed: int, clock: Callable[[], int] | None = None) -> None:
         self.name = name
@@ -184,23 +184,6 @@ class SimulatedGateway:
 
     async def fetch_order_book(self, symbol: str, depth: int) -> Quote:
         return simulated_book(self.seed, self.name, symbol, self._clock(), depth)
-
-    def _quotes_only(self) -> VenueError:
-        return VenueError(
-            f"simulated venue {self.name} only quotes: paper trading fills through the paper gateway"
-        )
-
-    async def create_order(self, request: OrderRequest) -> OrderResult:
-        raise self._quotes_only()
-
-    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
-        raise self._quotes_only()
-
-    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult:
-        raise self._quotes_only()
-
-    async def fetch_balance(self) -> dict[str, Decimal]:
-        raise self._quotes_only()
 
     async def close(self) -> None:
         """Nothing to release: no connection is ever opened."""
