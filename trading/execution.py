@@ -82,11 +82,12 @@ def _execute(opportunity: Opportunity) -> str:
     if age > params.ttl_ms:
         return finish(opportunity, Status.EXPIRED, f"ttl_exceeded: {age} ms old, ttl {params.ttl_ms} ms")
     books = pubsub.latest_books(pubsub.connect(), opportunity.symbol)
+    gateways = _gateways(opportunity)  # before funds are reserved: a venue we cannot reach holds none
     with transaction.atomic():
         plan_or_reason = _recheck_and_reserve(opportunity, config, books, now)
     if isinstance(plan_or_reason, str):
         return finish(opportunity, Status.REJECTED, plan_or_reason)
-    results = asyncio.run(_send_legs(_gateways(opportunity), plan_or_reason))
+    results = asyncio.run(_send_legs(gateways, plan_or_reason))
     with transaction.atomic():
         status = _record(opportunity, plan_or_reason, results)
     return status
