@@ -1,4 +1,4 @@
-"""The Binance spot REST dialect: the public endpoints ccxt's binance uses to read books.
+"""The Binance spot REST dialect: the public endpoints ccxt's binance uses to read books and bars.
 
 Bodies follow https://developers.binance.com/docs/binance-spot-api-docs/rest-api: market ids are
 base+quote ("BTCUSDT"), numbers are strings with eight decimals, errors are {"code", "msg"}.
@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from trading.emulator.server import EmulatedVenue, Handler, Level, Market, Reply, Request
+from trading.emulator.server import Candle, EmulatedVenue, Handler, Level, Market, Reply, Request
 
 MAX_DEPTH = 5000
 DEFAULT_DEPTH = 100
+MAX_KLINES = 1000
+DEFAULT_KLINES = 500
+MINUTE_MS = 60_000
 
 _FAULTS = {
     418: (-1003, "Way too much request weight used; IP banned until later."),
@@ -125,9 +128,36 @@ def depth(venue: EmulatedVenue, request: Request) -> Reply:
     )
 
 
+def _kline(candle: Candle) -> list[Any]:
+    """Open time, open, high, low, close, volume, close time, quote volume, trades, taker buy base,
+    taker buy quote, ignore."""
+    open_ms, opening, high, low, close, volume = candle
+    numbers = [_number(value) for value in (opening, high, low, close, volume)]
+    return [open_ms, *numbers, open_ms + MINUTE_MS - 1, _number(volume * close), 1, "0", "0", "0"]
+
+
+def klines(venue: EmulatedVenue, request: Request) -> Reply:
+    """GET /api/v3/klines?symbol=BTCUSDT&interval=1m[&startTime=ms][&endTime=ms][&limit=N]:
+    the oldest `limit` one-minute bars opening in [startTime, endTime]."""
+    market = _market(venue, request.query.get("symbol", ""))
+    if market is None:
+        return _error(-1121, "Invalid symbol.")
+    if request.query.get("interval") != "1m":
+        return _error(-1120, "Invalid interval.")
+    try:
+        start = int(request.query.get("startTime", 0))
+        end = int(request.query.get("endTime", 2**63))
+        limit = min(int(request.query.get("limit", DEFAULT_KLINES)), MAX_KLINES)
+    except ValueError:
+        return _error(-1100, "Illegal characters found in a parameter.")
+    chosen = [candle for candle in venue.candles(market.symbol) if start <= candle[0] <= end]
+    return Reply(200, [_kline(candle) for candle in chosen[:limit]])
+
+
 ROUTES: Mapping[tuple[str, str], Handler] = {
     ("GET", "/api/v3/ping"): ping,
     ("GET", "/api/v3/time"): server_time,
     ("GET", "/api/v3/exchangeInfo"): exchange_info,
     ("GET", "/api/v3/depth"): depth,
+    ("GET", "/api/v3/klines"): klines,
 }

@@ -1,8 +1,9 @@
-"""The Kraken REST dialect: the public endpoints ccxt's kraken uses to read books.
+"""The Kraken REST dialect: the public endpoints ccxt's kraken uses to read books and bars.
 
 Bodies follow https://docs.kraken.com/api-reference/: every answer is {"error": [...], "result":
 ...}; assets have ids and altnames (BTC is "XXBT", altname "XBT"); pairs are keyed by id
 ("XBTUSDT"); book levels are [price, volume, unix seconds] with prices and volumes as strings.
+The real OHLC endpoint keeps only the latest 720 bars; the emulator serves any window it was given.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
 
-from trading.emulator.server import EmulatedVenue, Handler, Level, Market, Reply, Request
+from trading.emulator.server import Candle, EmulatedVenue, Handler, Level, Market, Reply, Request
 
 DEFAULT_DEPTH = 100
+MAX_OHLC = 720
 # Kraken's legacy X/Z-prefixed asset ids and altnames; newer assets use their code for both.
 ASSET_IDS = {"BTC": ("XXBT", "XBT"), "ETH": ("XETH", "ETH"), "USD": ("ZUSD", "USD"), "EUR": ("ZEUR", "EUR")}
 
@@ -133,9 +135,35 @@ def depth(venue: EmulatedVenue, request: Request) -> Reply:
     )
 
 
+def _bar(candle: Candle) -> list[Any]:
+    """[unix seconds, open, high, low, close, vwap, volume, trade count]; the close stands in for
+    the vwap."""
+    open_ms, opening, high, low, close, volume = candle
+    prices = [format(value, "f") for value in (opening, high, low, close, close)]
+    return [open_ms // 1000, *prices, format(volume, "f"), 1]
+
+
+def ohlc(venue: EmulatedVenue, request: Request) -> Reply:
+    """GET /0/public/OHLC?pair=XBTUSDT&interval=1[&since=unix seconds]: up to 720 one-minute bars
+    opening after `since`, oldest first, and `last`, the since of the next call."""
+    market = _market(venue, request.query.get("pair", ""))
+    if market is None:
+        return Reply(200, {"error": ["EQuery:Unknown asset pair"]})
+    if request.query.get("interval", "1") != "1":
+        return Reply(200, {"error": ["EGeneral:Invalid arguments:interval"]})
+    try:
+        since_ms = int(request.query.get("since", -1)) * 1000
+    except ValueError:
+        return Reply(200, {"error": ["EGeneral:Invalid arguments:since"]})
+    chosen = [candle for candle in venue.candles(market.symbol) if candle[0] > since_ms][:MAX_OHLC]
+    last = chosen[-1][0] // 1000 if chosen else since_ms // 1000
+    return _ok({market_id(market): [_bar(candle) for candle in chosen], "last": last})
+
+
 ROUTES: Mapping[tuple[str, str], Handler] = {
     ("GET", "/0/public/Time"): server_time,
     ("GET", "/0/public/Assets"): assets,
     ("GET", "/0/public/AssetPairs"): asset_pairs,
     ("GET", "/0/public/Depth"): depth,
+    ("GET", "/0/public/OHLC"): ohlc,
 }

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # A book level as the emulator keeps it: exact decimals, served verbatim (even when nonsensical,
 # so tests can serve crossed or non-positive books).
 Level = tuple[Decimal, Decimal]
+# A one-minute bar as the emulator keeps it: (open time in epoch ms, open, high, low, close, volume).
+Candle = tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal]
 DEFAULT_LEVELS = 5
 
 
@@ -111,6 +113,7 @@ class EmulatedVenue:
         self.name = name
         self.markets: dict[str, Market] = {market.symbol: market for market in markets}
         self._books: dict[str, Book] = {}
+        self._candles: dict[str, tuple[Candle, ...]] = {}
         self._versions = itertools.count(1)
         self._fault = Fault()
         self._requests: Counter[str] = Counter()
@@ -126,10 +129,20 @@ class EmulatedVenue:
         with self._lock:
             self._books[symbol] = Book(tuple(bids), tuple(asks), next(self._versions))
 
+    def candles(self, symbol: str) -> tuple[Candle, ...]:
+        """The one-minute bars a test set, oldest first; none by default."""
+        with self._lock:
+            return self._candles.get(symbol, ())
+
+    def set_candles(self, symbol: str, candles: Sequence[Candle]) -> None:
+        with self._lock:
+            self._candles[symbol] = tuple(sorted(candles))
+
     def reset(self) -> None:
-        """Back to default books and no fault."""
+        """Back to default books, no candles and no fault."""
         with self._lock:
             self._books.clear()
+            self._candles.clear()
             self._fault = Fault()
 
     @property
@@ -296,6 +309,11 @@ class Emulator:
         given, in the given order: a crossed or negative book reaches the client unchanged."""
         self._venue(venue).set_book(symbol, _levels(bids), _levels(asks))
 
+    def set_candles(self, venue: str, symbol: str, candles: Sequence[Sequence[Any]]) -> None:
+        """Serve these one-minute bars, each (open time in epoch ms, open, high, low, close, volume)
+        with prices as str, int or Decimal, from the venue's OHLCV endpoint from now on."""
+        self._venue(venue).set_candles(symbol, [_candle(candle) for candle in candles])
+
     def set_fault(self, venue: str, *, status: int | None = None, delay_s: float = 0.0) -> None:
         """Make every request to `venue` wait `delay_s` (longer than the client's timeout makes it
         time out), then answer with HTTP `status` (429, 500, 503, ...) in the venue's own words."""
@@ -305,7 +323,7 @@ class Emulator:
         self._venue(venue).fault = Fault()
 
     def reset(self) -> None:
-        """Every venue back to default books and no fault (request counts keep counting)."""
+        """Every venue back to default books, no candles and no fault (request counts keep counting)."""
         for hosted in self._hosted.values():
             hosted.venue.reset()
 
@@ -338,6 +356,12 @@ class Emulator:
         if handler is None:
             return Reply(404, {"error": f"{prefix} has no endpoint {method} {request.path}"})
         return handler(hosted.venue, request)
+
+
+def _candle(raw: Sequence[Any]) -> Candle:
+    open_ms, *values = raw
+    opening, high, low, close, volume = (Decimal(str(value)) for value in values)
+    return (int(open_ms), opening, high, low, close, volume)
 
 
 def _levels(raw: Sequence[Sequence[Any]]) -> tuple[Level, ...]:
