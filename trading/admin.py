@@ -12,28 +12,24 @@ off). Recorded quotes are examined through the backtest instead.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Any
 
-import redis
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.db.models import F, Max, QuerySet
+from django.db.models import F, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from trading import pubsub
+from trading import strategies
 from trading.core.types import split_symbol
-from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
-
-logger = logging.getLogger(__name__)
+from trading.models import Alert, Balance, Opportunity, Order, StrategyConfig, Trade, Venue
 
 admin.site.site_header = "Arbitrage administration"
 admin.site.site_title = "Arbitrage"
@@ -376,33 +372,14 @@ class StrategyConfigForm(forms.ModelForm):
         return size
 
 
-def next_version() -> int:
-    return (StrategyConfig.objects.aggregate(top=Max("version"))["top"] or 0) + 1
-
-
-def activate_version(config: StrategyConfig) -> None:
-    """Make `config` the one active strategy version, atomically.
-
-    The others are deactivated first: the one_active_strategy constraint is checked per statement.
-    Announcing the change to listeners is the caller's job, after commit.
-    """
-    with transaction.atomic():
-        # Lock every version, so that two activations at once run one after the other.
-        list(StrategyConfig.objects.select_for_update().values_list("pk", flat=True))
-        StrategyConfig.objects.filter(active=True).exclude(pk=config.pk).update(active=False)
-        StrategyConfig.objects.filter(pk=config.pk).update(active=True)
-
-
 def announce_strategy(request: HttpRequest, version: int) -> None:
-    """Publish control.strategy so running listeners reload the active version.
+    """Publish control.strategy so running listeners reload the active version; tell the user
+    when Redis could not be told (the change is saved all the same)."""
+    warn_unannounced(request, version, strategies.announce_strategy(version))
 
-    Runs after commit, so a Redis failure cannot undo the change: it is logged and shown to the user.
-    """
-    try:
-        with pubsub.connect() as client:
-            pubsub.publish_event(client, pubsub.names().strategy_control, {"version": version})
-    except redis.RedisError:
-        logger.exception("strategy v%s saved but control.strategy could not be published", version)
+
+def warn_unannounced(request: HttpRequest, version: int, announced: bool) -> None:
+    if not announced:
         messages.warning(
             request,
             f"Version {version} is saved, but running listeners were not told (Redis unreachable); "
@@ -450,7 +427,7 @@ class StrategyConfigAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: StrategyConfig, form: forms.ModelForm, change: bool
     ) -> None:
         if not change:
-            obj.version = next_version()
+            obj.version = strategies.next_version()
         super().save_model(request, obj, form, change)
         if obj.active:
             transaction.on_commit(partial(announce_strategy, request, obj.version))
@@ -462,9 +439,30 @@ class StrategyConfigAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
         config = configs[0]
-        with transaction.atomic():
-            activate_version(config)
-            self.message_user(
-                request, f"Version {config.version} is now the active strategy.", messages.SUCCESS
-            )
-            transaction.on_commit(partial(announce_strategy, request, config.version))
+        strategies.activate_version(config, partial(warn_unannounced, request, config.version))
+        self.message_user(request, f"Version {config.version} is now the active strategy.", messages.SUCCESS)
+
+
+class OpenFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("open", "open"), ("resolved", "resolved")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Alert]) -> QuerySet[Alert]:
+        if self.value() == "open":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "resolved":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(Alert)
+class AlertAdmin(RecordAdmin):
+    """Alerts are opened and resolved by the monitoring checks; here they are read."""
+
+    list_display = ("subject", "severity", "key", "first_seen", "last_seen", "count", "resolved_at")
+    list_filter = (OpenFilter, "severity")
+    search_fields = ("key", "subject")
+    date_hierarchy = "first_seen"

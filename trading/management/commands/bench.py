@@ -1,4 +1,5 @@
-"""`manage.py bench listener|storage`: run a benchmark; the last line of output is its figures as JSON."""
+"""`manage.py bench backtest|listener|storage`: run a benchmark; the last line of output is its
+figures as JSON."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from trading.bench import BenchmarkUnavailable
 
-BENCHMARKS = ("listener", "storage")
+BENCHMARKS = ("backtest", "listener", "storage")
 
 
 def positive_int(raw: str) -> int:
@@ -26,7 +27,10 @@ def format_figure(value: float) -> str:
 
 
 class Command(BaseCommand):
-    help = "Run a benchmark (listener or storage). The last line of output is one JSON object of figures."
+    help = (
+        "Run a benchmark (backtest, listener or storage). "
+        "The last line of output is one JSON object of figures."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("which", choices=BENCHMARKS)
@@ -34,6 +38,9 @@ class Command(BaseCommand):
         parser.add_argument("--rows", type=positive_int, help="storage: quotes to write (default 200,000)")
         parser.add_argument(
             "--messages", type=positive_int, help="listener: quotes to publish (default 200,000)"
+        )
+        parser.add_argument(
+            "--quotes", type=positive_int, help="backtest: quotes to replay (default 5,000,000)"
         )
         parser.add_argument(
             "--rate", type=positive_int, help="listener: ticks/s for the latency run (default 1,000)"

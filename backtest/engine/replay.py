@@ -1,0 +1,380 @@
+"""The replay: recorded quotes through the live strategy, with fees, latency, TTL and inventory.
+
+It mirrors the listener: the latest book per venue, `find_decisions` on the pairs involving the
+venue whose book just changed, and one opportunity per crossing that persists (a rejected crossing
+that becomes tradeable opens a new, accepted one). An accepted opportunity is taken the way the
+trade worker takes it: dropped when its slower leg would arrive after the strategy's TTL, else funds
+are reserved on both venues and each leg is sent with its guard price. A leg fills through the one
+fill model against its venue's book as it stands when the leg arrives (decision time plus the
+venue's latency), not as it stood at the decision. Balances are pre-funded per venue and never
+transferred, so inventory drifts and a side that runs out stops trading.
+
+Time is the quote's received time; nothing at a decision looks at a quote received after it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+import numpy as np
+import numpy.typing as npt
+
+from backtest.engine import scan
+from backtest.engine.arrays import QuoteArrays
+from trading.core.fills import fees_paid, fill, filled_amount, notional
+from trading.core.gaps import GapKey, track_gaps
+from trading.core.strategy import find_decisions
+from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
+
+BookAt = Callable[[str, int], Quote | None]
+TTL_EXCEEDED = "ttl_exceeded"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a replay models: the strategy, each venue (fees, rules, starting balances) and each
+    venue's decision-to-arrival latency in ms (zero when not given)."""
+
+    params: StrategyParams
+    venues: Mapping[str, VenueState]
+    latency_ms: Mapping[str, int] = field(default_factory=dict)
+
+    def latency(self, venue: str) -> int:
+        return self.latency_ms.get(venue, 0)
+
+
+@dataclass
+class SeenOpportunity:
+    """One opportunity as the listener would have recorded it."""
+
+    buy_venue: str
+    sell_venue: str
+    accepted: bool
+    reason: str
+    first_ms: int
+    last_ms: int
+    amount: Decimal | None
+    expected_net: Decimal | None
+    ticks: int = 1
+
+    @property
+    def lifetime_ms(self) -> int:
+        return self.last_ms - self.first_ms
+
+
+@dataclass
+class SimTrade:
+    """Both legs of one taken opportunity, as they filled."""
+
+    decided_ms: int
+    buy_venue: str
+    sell_venue: str
+    amount: Decimal
+    buy_price: Decimal  # expected at the decision
+    sell_price: Decimal
+    expected_net: Decimal
+    bought: Decimal = ZERO
+    cost: Decimal = ZERO
+    buy_fee: Decimal = ZERO
+    sold: Decimal = ZERO
+    proceeds: Decimal = ZERO
+    sell_fee: Decimal = ZERO
+    settled_ms: int = 0
+    legs_open: int = 2
+
+    @property
+    def filled(self) -> bool:
+        return self.bought == self.amount and self.sold == self.amount
+
+    @property
+    def fees(self) -> Decimal:
+        return self.buy_fee + self.sell_fee
+
+    @property
+    def unhedged(self) -> Decimal:
+        """Base bought but not sold (negative: sold but not bought): a leg that missed."""
+        return self.bought - self.sold
+
+    @property
+    def gross_pnl(self) -> Decimal:
+        """Sale proceeds less purchase cost, with any unhedged base marked halfway between the
+        two expected prices: a missed leg leaves inventory, not a gain or loss the replay knows."""
+        mark = (self.buy_price + self.sell_price) / 2
+        return self.proceeds - self.cost + self.unhedged * mark
+
+    @property
+    def net_pnl(self) -> Decimal:
+        return self.gross_pnl - self.fees
+
+
+@dataclass(order=True)
+class PendingLeg:
+    arrival_ms: int
+    order: int
+    trade: SimTrade = field(compare=False)
+    venue: str = field(compare=False)
+    side: Side = field(compare=False)
+    limit: Decimal = field(compare=False)
+
+
+@dataclass
+class Result:
+    """Everything a replay produced, in the order it happened."""
+
+    symbol: str
+    rows: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+    trades: list[SimTrade] = field(default_factory=list)
+    opportunities: list[SeenOpportunity] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    balances: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    inventory: list[tuple[int, dict[str, Decimal]]] = field(default_factory=list)  # base per venue
+    gap_minutes: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    gap_widest: list[npt.NDArray[np.float64]] = field(default_factory=list)
+
+    @property
+    def taken(self) -> int:
+        return len(self.trades)
+
+
+class Replay:
+    """One replay of one symbol. `run` takes the quotes chunk by chunk and returns the Result.
+
+    With `exact=True` every quote goes through the strategy one by one; otherwise the vectorized
+    scan picks the quotes at which a decision can happen and only those go through it. Both take
+    the same decisions on the same data (a test holds them to it).
+    """
+
+    def __init__(self, setup: Setup, symbol: str) -> None:
+        self.setup = setup
+        self.params = setup.params
+        self.base, self.quote_asset = split_symbol(symbol)
+        # Our own copies: the replay moves these balances, the caller's stay as they were.
+        self.venues = {
+            name: replace(state, balances=dict(state.balances)) for name, state in setup.venues.items()
+        }
+        self.result = Result(symbol=symbol)
+        self.books: dict[str, Quote] = {}
+        self.open: dict[GapKey, SeenOpportunity] = {}
+        self.pending: list[PendingLeg] = []
+        self._orders = itertools.count()
+        self._crossed_before = False
+        self._venue_order: tuple[str, ...] = ()
+
+    # --- driving -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        chunks: Iterable[QuoteArrays],
+        *,
+        exact: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> Result:
+        for chunk in chunks:
+            if len(chunk) == 0:
+                continue
+            self._venue_order = chunk.venues
+            latest = scan.latest_rows(chunk)
+            bids = scan.book_prices(chunk.bid, latest, self._carried_prices("bid"))
+            asks = scan.book_prices(chunk.ask, latest, self._carried_prices("ask"))
+            self._note_chunk(chunk, bids, asks)
+            if exact:
+                self._every_row(chunk)
+            else:
+                self._crossing_rows(chunk, latest, bids, asks)
+            if progress is not None:
+                progress(len(chunk))
+        return self.finish()
+
+    def finish(self) -> Result:
+        """Settle legs still in flight against the last books, close open crossings."""
+        while self.pending:
+            self._settle(heapq.heappop(self.pending), lambda venue, _ms: self.books.get(venue))
+        for key in list(self.open):
+            self._close(key)
+        self.result.balances = {name: dict(state.balances) for name, state in self.venues.items()}
+        return self.result
+
+    def _note_chunk(self, chunk: QuoteArrays, bids: scan.Floats, asks: scan.Floats) -> None:
+        result = self.result
+        result.rows += len(chunk)
+        result.first_ms = int(chunk.ts[0]) if result.first_ms is None else result.first_ms
+        result.last_ms = int(chunk.ts[-1])
+        minutes, widest = scan.widest_gap_by_minute(chunk.ts, bids, asks)
+        result.gap_minutes.append(minutes)
+        result.gap_widest.append(widest)
+
+    def _carried_prices(self, side: str) -> scan.Floats:
+        """Each venue's best bid or ask before the chunk, NaN where it has no book yet."""
+        prices = np.full(len(self._venue_order), np.nan)
+        for index, name in enumerate(self._venue_order):
+            book = self.books.get(name)
+            if book is not None:
+                prices[index] = float(book.best_bid if side == "bid" else book.best_ask)
+        return prices
+
+    def _every_row(self, chunk: QuoteArrays) -> None:
+        for row in range(len(chunk)):
+            quote = chunk.quote(row)
+            self._settle_due(quote.received_ts, lambda venue, _ms: self.books.get(venue))
+            self._put_book(quote)
+            self._step(quote, self.books, quote.received_ts)
+
+    def _put_book(self, quote: Quote) -> None:
+        known = quote.venue in self.books
+        self.books[quote.venue] = quote
+        if not known:  # keep venue order fixed: pairs are decided in the same order on every path
+            order = {name: i for i, name in enumerate(self._venue_order)}
+            self.books = dict(sorted(self.books.items(), key=lambda item: order[item[0]]))
+
+    def _crossing_rows(
+        self, chunk: QuoteArrays, latest: scan.Ints, bids: scan.Floats, asks: scan.Floats
+    ) -> None:
+        crossed = scan.crossing_rows(bids, asks)
+        lookup = _ChunkBooks(chunk, latest, dict(self.books))
+        for row in scan.rows_to_decide(crossed, self._crossed_before).tolist():
+            now = int(chunk.ts[row])
+            self._settle_due(now, lookup.book_at)
+            self._step(chunk.quote(row), lookup.books_at(row), now)
+        self._crossed_before = bool(crossed[-1])
+        # Legs arriving before the chunk's last quote would settle at a quote of this chunk that
+        # decides nothing: settle them now, while their arrival books are at hand.
+        self._settle_due(int(chunk.ts[-1]), lookup.book_at)
+        self.books = lookup.books_at(len(chunk) - 1)
+
+    # --- one decision --------------------------------------------------------------------------
+
+    def _step(self, quote: Quote, books: Mapping[str, Quote], now: int) -> None:
+        decisions = find_decisions(books, self.venues, self.params, now, involving=quote.venue)
+        self._record(quote, decisions, now)
+
+    def _record(self, quote: Quote, decisions: list[Decision], now: int) -> None:
+        """The listener's bookkeeping: persisting crossings are one opportunity; crossings of the
+        quote's venue that are gone close."""
+        open_gaps = {key: gap.accepted for key, gap in self.open.items()}
+        changes = track_gaps(open_gaps, decisions, quote.symbol, quote.venue)
+        for key in changes.persisting:
+            self.open[key].ticks += 1
+            self.open[key].last_ms = now
+        for key in changes.closed:
+            self._close(key)
+        for decision in changes.opened:
+            self.open[decision.key] = self._open(decision, now)
+
+    def _open(self, decision: Decision, now: int) -> SeenOpportunity:
+        sized = decision.opportunity
+        seen = SeenOpportunity(
+            buy_venue=decision.buy_venue,
+            sell_venue=decision.sell_venue,
+            accepted=decision.accepted,
+            reason=decision.reason,
+            first_ms=now,
+            last_ms=now,
+            amount=None if sized is None else sized.buy.amount,
+            expected_net=None if sized is None else sized.net_profit,
+        )
+        if decision.accepted:
+            self._take(decision, now)
+        else:
+            self.result.rejected[decision.reason] += 1
+        return seen
+
+    def _close(self, key: GapKey) -> None:
+        self.result.opportunities.append(self.open.pop(key))
+
+    # --- trading -------------------------------------------------------------------------------
+
+    def _take(self, decision: Decision, now: int) -> None:
+        sized = decision.opportunity
+        assert sized is not None  # an accepted decision is always sized
+        slowest = max(self.setup.latency(sized.buy.venue), self.setup.latency(sized.sell.venue))
+        if slowest > self.params.ttl_ms:
+            # The trade worker drops an opportunity older than its TTL: this one would be.
+            self.result.rejected[TTL_EXCEEDED] += 1
+            return
+        buy_state = self.venues[sized.buy.venue]
+        reserve = sized.buy.amount * sized.buy.worst_price * (1 + buy_state.fees.taker)
+        self._move(sized.buy.venue, self.quote_asset, -reserve)
+        self._move(sized.sell.venue, self.base, -sized.sell.amount)
+        trade = SimTrade(
+            decided_ms=now,
+            buy_venue=sized.buy.venue,
+            sell_venue=sized.sell.venue,
+            amount=sized.buy.amount,
+            buy_price=sized.buy.price,
+            sell_price=sized.sell.price,
+            expected_net=sized.net_profit,
+        )
+        for leg in (sized.buy, sized.sell):
+            arrival = now + self.setup.latency(leg.venue)
+            pending = PendingLeg(arrival, next(self._orders), trade, leg.venue, leg.side, leg.worst_price)
+            heapq.heappush(self.pending, pending)
+
+    def _settle_due(self, now: int, book_at: BookAt) -> None:
+        """Fill every leg that arrived before `now`, against its venue's book at arrival."""
+        while self.pending and self.pending[0].arrival_ms < now:
+            self._settle(heapq.heappop(self.pending), book_at)
+
+    def _settle(self, leg: PendingLeg, book_at: BookAt) -> None:
+        trade, fee_rate = leg.trade, self.venues[leg.venue].fees.taker
+        book = book_at(leg.venue, leg.arrival_ms)
+        levels = () if book is None else (book.asks if leg.side is Side.BUY else book.bids)
+        fills = fill(levels, leg.side, trade.amount, fee_rate, limit=leg.limit)
+        amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
+        if leg.side is Side.BUY:
+            reserved = trade.amount * leg.limit * (1 + fee_rate)
+            trade.bought, trade.cost, trade.buy_fee = amount, value, fee
+            self._move(leg.venue, self.quote_asset, reserved - value - fee)
+            self._move(leg.venue, self.base, amount)
+        else:
+            trade.sold, trade.proceeds, trade.sell_fee = amount, value, fee
+            self._move(leg.venue, self.base, trade.amount - amount)
+            self._move(leg.venue, self.quote_asset, value - fee)
+        trade.legs_open -= 1
+        trade.settled_ms = max(trade.settled_ms, leg.arrival_ms)
+        if trade.legs_open == 0:
+            self.result.trades.append(trade)
+            self.result.inventory.append((trade.settled_ms, self._inventory()))
+
+    def _move(self, venue: str, asset: str, amount: Decimal) -> None:
+        balances = self.venues[venue].balances
+        balances[asset] = balances.get(asset, ZERO) + amount
+
+    def _inventory(self) -> dict[str, Decimal]:
+        return {name: state.free(self.base) for name, state in self.venues.items()}
+
+
+class _ChunkBooks:
+    """Each venue's latest exact book at any row or moment of a chunk, built only when asked for."""
+
+    def __init__(self, chunk: QuoteArrays, latest: scan.Ints, before: dict[str, Quote]) -> None:
+        self.chunk, self.latest, self.before = chunk, latest, before
+        self._built: dict[int, Quote] = {}
+
+    def _quote(self, row: int) -> Quote:
+        quote = self._built.get(row)
+        if quote is None:
+            quote = self._built[row] = self.chunk.quote(row)
+        return quote
+
+    def books_at(self, row: int) -> dict[str, Quote]:
+        books: dict[str, Quote] = {}
+        for index, name in enumerate(self.chunk.venues):
+            latest = int(self.latest[index, row])
+            book = self._quote(latest) if latest >= 0 else self.before.get(name)
+            if book is not None:
+                books[name] = book
+        return books
+
+    def book_at(self, venue: str, moment_ms: int) -> Quote | None:
+        """The venue's book as of `moment_ms`: its last quote received at or before then."""
+        row = int(np.searchsorted(self.chunk.ts, moment_ms, side="right")) - 1
+        index = self.chunk.venues.index(venue)
+        latest = int(self.latest[index, row]) if row >= 0 else -1
+        return self._quote(latest) if latest >= 0 else self.before.get(venue)

@@ -1,0 +1,218 @@
+"""The replay engine on hand-made and generated quotes: exact PnL and fees, latency, TTL,
+inventory, no look-ahead, and the vectorized path deciding exactly as the quote-by-quote one."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from backtest.engine import QuoteArrays, Replay, Result, Setup, from_quotes
+from backtest.metrics import summarize
+from tests.core.builders import levels, params, quote, venue
+from trading.bench.backtest import bench_setup, synthetic_quotes
+from trading.core.strategy import Reason
+from trading.core.types import Quote
+
+T0 = 1_700_000_000_000
+VENUES = ("a", "b")
+
+
+def two_venues(latency: dict[str, int] | None = None, **strategy: object) -> Setup:
+    """a charges 10 bps, b 20 bps; each holds 1 BTC and 1,000 USDT."""
+    funds = {"BTC": Decimal(1), "USDT": Decimal(1000)}
+    venues = {
+        "a": venue("a", taker="0.001", balances=dict(funds)),
+        "b": venue("b", taker="0.002", balances=dict(funds)),
+    }
+    settings: dict[str, object] = {"trade_size": "0.5"}
+    settings.update(strategy)
+    return Setup(params(**settings), venues, latency or {})  # type: ignore[arg-type]
+
+
+def at(ms: int, name: str, bid: str, ask: str, size: str = "1") -> Quote:
+    return quote(name, levels((bid, size)), levels((ask, size)), received_ts=T0 + ms)
+
+
+def replay(setup: Setup, quotes: list[Quote], exact: bool = True) -> Result:
+    return Replay(setup, "BTC/USDT").run([from_quotes(quotes, VENUES)], exact=exact)
+
+
+def test_a_hand_computed_trade_gives_the_exact_pnl_fees_and_balances() -> None:
+    # Given a's ask of 100 under b's bid of 101, 1 BTC at each
+    quotes = [at(0, "a", "99", "100"), at(1, "b", "101", "102"), at(2, "a", "99", "100")]
+
+    result = replay(two_venues(), quotes)
+
+    # Then 0.5 BTC is bought on a for 50 (fee 0.05) and sold on b for 50.5 (fee 0.101), once:
+    # the gap persisting over a's second quote is the same opportunity.
+    [trade] = result.trades
+    assert (trade.amount, trade.gross_pnl, trade.fees, trade.net_pnl) == (
+        Decimal("0.5"),
+        Decimal("0.5"),
+        Decimal("0.151"),
+        Decimal("0.349"),
+    )
+    assert result.balances["a"] == {"BTC": Decimal("1.5"), "USDT": Decimal("949.95")}
+    assert result.balances["b"] == {"BTC": Decimal("0.5"), "USDT": Decimal("1050.399")}
+    [seen] = result.opportunities
+    assert (seen.ticks, seen.lifetime_ms) == (2, 1)
+    metrics = summarize(result)
+    assert (Decimal(metrics["net_pnl"]), Decimal(metrics["fees"]), metrics["trades"]) == (
+        Decimal("0.349"),
+        Decimal("0.151"),
+        1,
+    )
+
+
+def test_latency_makes_a_known_trade_miss_its_sell_leg() -> None:
+    # Given the same gap, and b's bid falling below the sale's guard price 5 ms after the decision
+    quotes = [at(0, "a", "99", "100"), at(10, "b", "101", "102"), at(15, "b", "100.5", "102")]
+
+    on_time = replay(two_venues(latency={"b": 2}), quotes)
+    late = replay(two_venues(latency={"b": 8}), quotes)
+
+    # Then an order reaching b within 5 ms sells at 101; one that takes 8 ms finds 100.5 and sells
+    # nothing, leaving the bought BTC on a unhedged
+    assert on_time.trades[0].filled
+    [missed] = late.trades
+    assert (missed.bought, missed.sold) == (Decimal("0.5"), Decimal(0))
+    assert late.balances["b"]["BTC"] == Decimal(1)
+    assert late.balances["a"]["BTC"] == Decimal("1.5")
+    assert summarize(late)["trades_missed"] == 1
+
+
+def test_an_order_slower_than_the_ttl_is_never_sent() -> None:
+    quotes = [at(0, "a", "99", "100"), at(1, "b", "101", "102")]
+
+    result = replay(two_venues(latency={"b": 4_000}, ttl_ms=3_000), quotes)
+
+    assert result.trades == []
+    assert result.rejected == {"ttl_exceeded": 1}
+    assert result.balances["b"]["BTC"] == Decimal(1)
+
+
+def test_running_out_of_btc_on_the_dear_venue_stops_that_side_only() -> None:
+    # Given a gap that opens and closes again and again: buy on a, sell on b
+    quotes = []
+    for i in range(4):
+        quotes += [at(10 * i, "a", "99", "100"), at(10 * i + 1, "b", "101", "102")]
+        quotes += [at(10 * i + 2, "b", "99.5", "100.5")]
+    # and then the reverse gap: buy on b, sell on a
+    quotes += [at(50, "b", "98", "98.5")]
+
+    result = replay(two_venues(), quotes)
+
+    # Then b's 1 BTC goes in 0.5 + 0.5; the third crossing finds none to sell; the reverse side
+    # still trades, selling a's BTC
+    sides = [(t.buy_venue, t.sell_venue, t.amount) for t in result.trades]
+    assert sides == [("a", "b", Decimal("0.5")), ("a", "b", Decimal("0.5")), ("b", "a", Decimal("0.5"))]
+    assert result.rejected[Reason.INSUFFICIENT_BALANCE] == 2
+    assert result.balances["b"]["BTC"] == Decimal("0.5")
+
+
+def joined(first: QuoteArrays, second: QuoteArrays) -> QuoteArrays:
+    """One column set of `first`'s quotes followed by `second`'s (top of book only)."""
+    columns = ("ts", "venue", "bid", "ask", "bid_size", "ask_size")
+    merged = {name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in columns}
+    return QuoteArrays(symbol=first.symbol, venues=first.venues, **merged)
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["quote-by-quote", "vectorized"])
+def test_no_quote_after_the_decision_time_can_change_a_decision(exact: bool) -> None:
+    # Given generated quotes, cut at some moment, and two different futures after it
+    data = synthetic_quotes(20_000, seed=3, jump_rate=0.003)
+    cut = 12_000
+    cut_ms = int(data.ts[cut])
+    other = synthetic_quotes(8_000, seed=99, jump_rate=0.01, start_ms=cut_ms + 1)
+    histories = [data, joined(data.slice(0, cut + 1), other)]
+
+    # replayed in chunks that straddle the cut
+    runs = [
+        Replay(bench_setup(), data.symbol).run(history.chunks(7_000), exact=exact) for history in histories
+    ]
+
+    # Then every decision up to the cut is the same, whatever came after it
+    def decided_by_cut(result: Result) -> tuple[list[object], list[object]]:
+        opened = sorted(
+            (o.first_ms, o.buy_venue, o.sell_venue, o.accepted, o.reason, o.amount, o.expected_net)
+            for o in result.opportunities
+            if o.first_ms <= cut_ms
+        )
+        taken = [
+            (t.decided_ms, t.buy_venue, t.sell_venue, t.amount, t.expected_net)
+            for t in result.trades
+            if t.decided_ms <= cut_ms
+        ]
+        return opened, taken
+
+    first, second = (decided_by_cut(run) for run in runs)
+    assert first == second
+    assert len(first[1]) > 5  # decisions were taken before the cut
+    assert runs[0].trades != runs[1].trades  # and the futures did differ
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["quote-by-quote", "vectorized"])
+def test_every_decision_is_the_same_when_the_data_ends_at_its_moment(exact: bool) -> None:
+    # Given a replay, and for a sample of its decisions the same replay of only the quotes
+    # received up to that decision
+    data = synthetic_quotes(20_000, seed=8, jump_rate=0.003)
+    full = Replay(bench_setup(), data.symbol).run(data.chunks(7_000), exact=exact)
+    decisions = sorted(full.opportunities, key=lambda o: o.first_ms)
+    assert len(decisions) > 30
+
+    for seen in decisions[:: len(decisions) // 15]:
+        end = int(np.searchsorted(data.ts, seen.first_ms, side="right"))
+        cut = Replay(bench_setup(), data.symbol).run(data.slice(0, end).chunks(7_000), exact=exact)
+
+        # Then the decision comes out the same without anything received after it
+        [same] = [
+            o
+            for o in cut.opportunities
+            if (o.first_ms, o.buy_venue, o.sell_venue) == (seen.first_ms, seen.buy_venue, seen.sell_venue)
+        ]
+        assert (same.accepted, same.reason, same.amount, same.expected_net) == (
+            seen.accepted,
+            seen.reason,
+            seen.amount,
+            seen.expected_net,
+        )
+
+
+@pytest.mark.parametrize("chunk_rows", [997, 20_000, 60_000])
+def test_the_vectorized_replay_decides_exactly_as_the_quote_by_quote_one(chunk_rows: int) -> None:
+    data = synthetic_quotes(60_000, seed=11, jump_rate=0.002)
+    chunks = data.chunks(chunk_rows)
+
+    fast = Replay(bench_setup(), data.symbol).run(chunks)
+    exact = Replay(bench_setup(), data.symbol).run(data.chunks(4_999), exact=True)
+
+    assert len(exact.trades) > 20
+    assert fast.trades == exact.trades
+    assert fast.opportunities == exact.opportunities
+    assert fast.rejected == exact.rejected
+    assert fast.balances == exact.balances
+    assert fast.inventory == exact.inventory
+
+
+def test_both_paths_agree_on_recorded_depth_with_short_balances() -> None:
+    # Given books several levels deep and a venue that can afford only part of what is offered
+    quotes = []
+    for i in range(40):
+        a_ask = "100" if i % 3 else "103"
+        quotes.append(quote("a", levels(("99", "1")), levels((a_ask, "0.2"), ("100.5", "0.7")), T0 + 7 * i))
+        quotes.append(
+            quote("b", levels(("101", "0.3"), ("100.8", "1")), levels(("102", "1")), T0 + 7 * i + 3)
+        )
+    setup = dataclasses.replace(two_venues(latency={"a": 4, "b": 9}), params=params(trade_size="0.9"))
+    data: QuoteArrays = from_quotes(quotes, VENUES)
+
+    fast = Replay(setup, "BTC/USDT").run(data.chunks(13))
+    exact = Replay(setup, "BTC/USDT").run([data], exact=True)
+
+    assert len(exact.trades) >= 3
+    assert fast.trades == exact.trades
+    assert fast.opportunities == exact.opportunities
+    assert fast.balances == exact.balances
