@@ -145,10 +145,60 @@ SIMULATION_SEED = env_int("SIMULATION_SEED", 7)
 # `manage.py prune_quotes` deletes recorded quotes older than this unless told otherwise.
 QUOTE_RETENTION_DAYS = env_int("QUOTE_RETENTION_DAYS", 7)
 
+# One logging configuration for every process (web, worker, beat, listener, commands): JSON lines
+# on stdout, each with the correlation id of the work in progress and with secrets masked.
+# Celery applies this same dictionary (arbsite/celery.py), so `celery -l` does not change it.
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "filters": {
+        "correlation": {"()": "trading.observability.logs.CorrelationFilter"},
+        "redact": {"()": "trading.observability.logs.RedactionFilter"},
+    },
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
+            "timestamp": True,
+        }
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json",
+            "filters": ["correlation", "redact"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # Django's own defaults give these loggers plain-text handlers: route them here instead.
+    "loggers": {
+        name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
+        for name in ("django", "django.server")
+    },
 }
+
+# Notifications. Tokens and chat ids come only from the environment; a channel missing either is off.
+SLACK_BOT_TOKEN = env_str("SLACK_BOT_TOKEN")
+SLACK_CHANNEL = env_str("SLACK_CHANNEL")
+SLACK_API_URL = env_str("SLACK_API_URL", "https://slack.com/api/")
+TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN")
+TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
+TELEGRAM_API_URL = env_str("TELEGRAM_API_URL", "https://api.telegram.org")
+NOTIFY_TIMEOUT_SECONDS = env_int("NOTIFY_TIMEOUT_SECONDS", 5)
+# A channel answering with a temporary error is retried this often, backing off 1, 2, 4 ... s.
+NOTIFY_MAX_RETRIES = env_int("NOTIFY_MAX_RETRIES", 4)
+# The same event (same dedup key) is sent once per window; at most this many messages a minute.
+NOTIFY_DEDUP_SECONDS = env_int("NOTIFY_DEDUP_SECONDS", 300)
+NOTIFY_MAX_PER_MINUTE = env_int("NOTIFY_MAX_PER_MINUTE", 30)
+
+# Monitoring limits, checked by the `monitor.check` beat task.
+DAILY_LOSS_LIMIT = env_str("DAILY_LOSS_LIMIT", "500")  # quote currency, realized today
+MAX_DRAWDOWN = env_str("MAX_DRAWDOWN", "1000")  # quote currency, peak to trough of today's PnL
+QUEUE_BACKLOG_LIMIT = env_int("QUEUE_BACKLOG_LIMIT", 100)  # waiting tasks in any one queue
+VENUE_ERROR_RATE_LIMIT = env_int("VENUE_ERROR_RATE_LIMIT", 3)  # failures in a row, or rejections per check
+# An alert resolves only after its condition has stayed clear this long, so a flapping
+# condition keeps one alert open instead of opening and resolving it over and over.
+ALERT_CLEAR_SECONDS = env_int("ALERT_CLEAR_SECONDS", 30)

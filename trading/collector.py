@@ -21,6 +21,7 @@ from trading.config import NoActiveStrategy, active_strategy
 from trading.core.types import Quote
 from trading.core.validate import QuoteRejected
 from trading.models import Venue
+from trading.observability import heartbeats, metrics
 from trading.pubsub import connect, names, publish_quotes, reserve_sequences
 from trading.venues.base import TemporaryVenueError, VenueError
 from trading.venues.registry import book_gateway
@@ -72,10 +73,14 @@ def collect_venue(venue_id: int) -> int:
             books = asyncio.run(fetch_books(venue, symbols))
         except VenueError as error:
             record_failure(client, venue, error)
+            metrics.COLLECT_FAILURES.labels(venue=venue.name).inc()
+            heartbeats.write_collector(client, venue.name, 0, f"{type(error).__name__}: {error}"[:200])
             return 0
         record_rejections(client, venue, books.rejected)
         published = publish_quotes(client, number_quotes(client, books.quotes))
         record_success(client, venue)
+        metrics.QUOTES_PUBLISHED.labels(venue=venue.name).inc(published)
+        heartbeats.write_collector(client, venue.name, published, None)
     return published
 
 

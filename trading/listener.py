@@ -7,7 +7,6 @@ listener counts what it missed; nothing that must not be lost lives only here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,6 +26,8 @@ from trading.core.strategy import find_decisions
 from trading.core.types import Decision, Quote, StrategyParams, VenueState
 from trading.core.validate import QuoteRejected
 from trading.models import Opportunity, StrategyConfig, Venue
+from trading.observability import heartbeats, metrics
+from trading.observability.logs import correlation, opportunity_correlation
 
 log = logging.getLogger(__name__)
 GapKey = tuple[str, str, str]  # (symbol, buy venue, sell venue)
@@ -83,6 +84,7 @@ class Listener:
         self.name = name or f"listener-{os.getpid()}"
         self.own_symbols = tuple(symbols) if symbols else None
         self.stats = Stats()
+        self.latency = metrics.LocalHistogram()  # decision time, exported through the heartbeat
         self.books: dict[str, dict[str, Quote]] = defaultdict(dict)
         self.last_seq: dict[tuple[str, str], int] = {}
         self.open: dict[GapKey, OpenGap] = {}
@@ -194,9 +196,12 @@ class Listener:
             **_expected(decision),
         )
         self.stats.opportunities += 1
-        if decision.accepted:
-            transaction.on_commit(lambda: self.dispatch(row.pk))
-        self.announce(row)
+        metrics.OPPORTUNITIES.labels(status=status).inc()
+        with correlation(opportunity_correlation(row.pk)):
+            log.info("opportunity %s opened as %s: %s buy on %s, sell on %s", row.pk, status, *decision.key)
+            if decision.accepted:
+                transaction.on_commit(lambda: self.dispatch(row.pk))
+            self.announce(row)
         return OpenGap(row.pk, decision.accepted, first_seen_ms=now, last_seen_ms=now)
 
     def close_gap(self, key: GapKey) -> None:
@@ -206,17 +211,23 @@ class Listener:
         )
 
     def dispatch(self, opportunity_id: int) -> None:
+        with correlation(opportunity_correlation(opportunity_id)):
+            self._dispatch(opportunity_id)
+
+    def _dispatch(self, opportunity_id: int) -> None:
         from trading.tasks import execute_opportunity
 
         try:
             execute_opportunity.apply_async((opportunity_id,))
         except (OperationalError, redis.RedisError) as exc:
             log.exception("could not dispatch opportunity %s", opportunity_id)
-            Opportunity.objects.filter(pk=opportunity_id, status=Opportunity.Status.DISPATCHED).update(
-                status=Opportunity.Status.FAILED, reason=f"dispatch failed: {exc}"[:200]
-            )
+            failed = Opportunity.objects.filter(
+                pk=opportunity_id, status=Opportunity.Status.DISPATCHED
+            ).update(status=Opportunity.Status.FAILED, reason=f"dispatch failed: {exc}"[:200])
+            metrics.OPPORTUNITIES.labels(status=Opportunity.Status.FAILED).inc(failed)
             return
         self.stats.dispatched += 1
+        log.info("opportunity %s dispatched for execution", opportunity_id)
 
     def announce(self, row: Opportunity) -> None:
         pubsub.publish_event(
@@ -237,6 +248,7 @@ class Listener:
         if quote is None or not self.accept(quote):
             return []
         self.stats.ticks += 1
+        started = time.perf_counter()
         try:
             return self.record(quote, self.decide(quote, now), now)
         except DatabaseError:
@@ -244,6 +256,8 @@ class Listener:
             log.exception("could not record decisions for %s", quote.symbol)
             close_old_connections()
             return []
+        finally:
+            self.latency.observe(time.perf_counter() - started)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -268,9 +282,14 @@ class Listener:
         self.heartbeat()
 
     def heartbeat(self) -> None:
-        beat = {"name": self.name, "pid": os.getpid(), "at_ms": now_ms(), **self.stats.as_dict()}
-        key = self.names.heartbeat(f"listener:{self.name}")
-        self.client.set(key, json.dumps(beat), ex=HEARTBEAT_TTL_SECONDS)
+        beat = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "at_ms": now_ms(),
+            **self.stats.as_dict(),
+            "decision_seconds": self.latency.as_dict(),
+        }
+        heartbeats.write(self.client, f"listener:{self.name}", beat, HEARTBEAT_TTL_SECONDS, self.names)
 
     def reconnect(self, should_stop: Callable[[], bool]) -> redis.client.PubSub | None:
         """After a lost connection: forget books that may be stale, then resubscribe with back-off."""
@@ -305,6 +324,14 @@ class Listener:
             _close_quietly(channel)
         for key in list(self.open):
             self.close_gap(key)
+        self.sign_off()
+
+    def sign_off(self) -> None:
+        """A clean stop removes the heartbeat at once: the listener is gone, not merely late."""
+        try:
+            heartbeats.remove(self.client, f"listener:{self.name}", self.names)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("heartbeat left to expire: %s", exc)
 
 
 def _involves(key: GapKey, quote: Quote) -> bool:

@@ -73,6 +73,10 @@ class Names:
     def heartbeat(self, process: str) -> str:
         return f"{self.prefix}heartbeat:{process}"
 
+    def heartbeat_index(self, kind: str) -> str:
+        """Sorted set of the `kind` processes that wrote a heartbeat, scored by its expiry."""
+        return f"{self.prefix}heartbeats:{kind}"
+
     def venue_key(self, venue: str, what: str) -> str:
         return f"{self.prefix}venue:{venue}:{what}"
 

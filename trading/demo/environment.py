@@ -10,6 +10,7 @@ import secrets
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,6 +143,9 @@ def child_environment(
         env["REDIS_URL"] = redis_url
         env.pop("CELERY_BROKER_URL", None)  # the broker follows REDIS_URL: the demo's own server
     env["PYTHONUNBUFFERED"] = "1"
+    # The children's metrics, in one fresh directory that /metrics adds up (multiprocess mode).
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="arb-metrics-")
     return env
 
 

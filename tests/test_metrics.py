@@ -1,0 +1,197 @@
+"""/metrics: Prometheus text whose counts include every process (prefork worker children and the
+separate listener) through prometheus-client's multiprocess mode, and the trade record."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+import redis
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Child, child_env, fund, make_strategy, make_venue
+from tests.quotes import book, publish
+from trading import collector, pubsub
+from trading.config import now_ms
+from trading.listener import Listener
+from trading.models import Opportunity, Trade, Venue
+from trading.tasks import execute_opportunity
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHEAP = [("29990", "1")], [("30000", "1")]
+DEAR = [("30100", "1")], [("30110", "1")]
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape() -> Samples:
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+@pytest.fixture
+def prefork_worker(spawn: Callable[..., Child]) -> Child:
+    """A real worker with two prefork children: their counts must add up in /metrics."""
+    worker = spawn(
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "arbsite",
+        "worker",
+        "-Q",
+        "collect,trade,default",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"metrics-{os.getpid()}@%h",
+        name="prefork-worker",
+    )
+    worker.wait_for("ready.", timeout=60)
+    return worker
+
+
+@pytest.fixture
+def market() -> None:
+    fund(make_venue("alpha"), BTC="0", USDT="100000")
+    fund(make_venue("bravo"), BTC="2", USDT="0")
+    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+
+
+@pytest.mark.slow
+def test_counts_from_the_listener_process_and_prefork_children_reach_metrics(
+    market: None, spawn: Callable[..., Child], prefork_worker: Child, redis_client: redis.Redis
+) -> None:
+    before = scrape()
+    listener = spawn(
+        sys.executable, "manage.py", "listen_prices", "--name", "metrics", name="listener", env=child_env()
+    )
+    listener.wait_for("listening", timeout=60)
+
+    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
+    wait_until(lambda: Opportunity.objects.filter(status="executed").exists(), what="an executed trade")
+
+    # The listener's figures travel in its heartbeat, written every second.
+    wait_until(lambda: value(scrape(), "arb_ticks_total", listener="metrics") == 2, what="two ticks")
+    after = scrape()
+    assert value(after, "arb_decision_seconds_count", listener="metrics") == 2
+    assert value(after, "arb_decision_seconds_bucket", listener="metrics", le="+Inf") == 2
+    assert value(after, "arb_decision_seconds_sum", listener="metrics") > 0
+    opened = value(after, "arb_opportunities_total", status="dispatched")
+    assert opened - value(before, "arb_opportunities_total", status="dispatched") == 1
+    executed = value(after, "arb_opportunities_total", status="executed")
+    assert executed - value(before, "arb_opportunities_total", status="executed") == 1
+    assert value(after, "arb_trades_total", mode="paper") == 1
+    assert value(after, "arb_realized_pnl", mode="paper") == pytest.approx(19.95)
+
+
+@pytest.mark.slow
+def test_task_failures_in_prefork_children_are_counted(prefork_worker: Child) -> None:
+    venue = make_venue("alpha")
+    # No strategy on the row and none active: execution raises, so the task fails.
+    failing = [
+        Opportunity.objects.create(
+            symbol="BTC/USDT",
+            buy_venue=venue,
+            sell_venue=venue,
+            status="dispatched",
+            detected_at="2026-01-01T00:00:00Z",
+            last_seen_at="2026-01-01T00:00:00Z",
+        )
+        for _ in range(3)
+    ]
+    before = value(scrape(), "arb_task_failures_total", task="trade.execute_opportunity")
+    for opportunity in failing:
+        execute_opportunity.apply_async((opportunity.pk,))
+
+    wait_until(lambda: Opportunity.objects.filter(status="failed").count() == 3, what="three failures")
+    wait_until(
+        lambda: value(scrape(), "arb_task_failures_total", task="trade.execute_opportunity") - before == 3,
+        what="three counted failures",
+    )
+
+
+def test_sequence_gaps_and_rejections_seen_by_a_listener_are_exposed(redis_client: redis.Redis) -> None:
+    make_venue("alpha")
+    make_strategy()
+    listener = Listener(redis_client, name="gappy")
+    listener.load_strategy()
+    for seq in (1, 5):  # three messages never arrived
+        listener.on_price(pubsub.encode_quote(book("alpha", *CHEAP, seq=seq)), now_ms())
+    listener.on_price(b"not json", now_ms())
+
+    listener.heartbeat()
+
+    samples = scrape()
+    assert value(samples, "arb_sequence_gap_messages_total", listener="gappy") == 3
+    assert value(samples, "arb_price_events_rejected_total", listener="gappy", reason="bad_json") == 1
+    assert value(samples, "arb_ticks_total", listener="gappy") == 2
+    assert value(samples, "arb_decision_seconds_count", listener="gappy") == 2
+
+
+def test_trades_and_realized_pnl_come_from_the_trade_record() -> None:
+    alpha, bravo = make_venue("alpha"), make_venue("bravo")
+    for pnl in ("12.5", "-2.25"):
+        opportunity = Opportunity.objects.create(
+            symbol="BTC/USDT",
+            buy_venue=alpha,
+            sell_venue=bravo,
+            status="executed",
+            detected_at="2026-01-01T00:00:00Z",
+            last_seen_at="2026-01-01T00:00:00Z",
+        )
+        Trade.objects.create(
+            opportunity=opportunity,
+            symbol="BTC/USDT",
+            buy_venue=alpha,
+            sell_venue=bravo,
+            amount=Decimal("0.1"),
+            expected_pnl=Decimal("10"),
+            realized_pnl=Decimal(pnl),
+            fees=Decimal("1"),
+        )
+
+    samples = scrape()
+
+    assert value(samples, "arb_trades_total", mode="paper") == 2
+    assert value(samples, "arb_realized_pnl", mode="paper") == pytest.approx(10.25)
+
+
+def test_metrics_show_quotes_published_by_a_collection_round(redis_client: redis.Redis) -> None:
+    venue = make_venue("sim-a", kind=Venue.Kind.SIMULATED)
+    make_strategy(symbols=["BTC/USDT", "ETH/USDT"])
+    before = value(scrape(), "arb_quotes_published_total", venue="sim-a")
+
+    collector.collect_venue(venue.pk)
+
+    assert value(scrape(), "arb_quotes_published_total", venue="sim-a") - before == 2

@@ -1,0 +1,1 @@
+"""Operations: structured logs with correlation ids and redaction, heartbeats, health and metrics."""
