@@ -26,6 +26,9 @@ from trading.core.strategy import evaluate_pair
 from trading.core.types import Leg, Quote, Side, split_symbol
 from trading.core.types import Opportunity as Sized
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
+from trading.notify import rules as notify_rules
+from trading.observability import metrics
+from trading.observability.logs import correlation, opportunity_correlation
 from trading.venues.base import Gateway, OrderRequest, OrderResult, VenueError
 from trading.venues.paper import PaperGateway
 
@@ -44,16 +47,23 @@ def claim(opportunity_id: int) -> Opportunity | None:
 
 
 def finish(opportunity: Opportunity, status: str, reason: str) -> str:
-    Opportunity.objects.filter(pk=opportunity.pk, status=Status.EXECUTING).update(
+    finished = Opportunity.objects.filter(pk=opportunity.pk, status=Status.EXECUTING).update(
         status=status, reason=reason[:200]
     )
+    metrics.OPPORTUNITIES.labels(status=status).inc(finished)
     log.info("opportunity %s %s: %s", opportunity.pk, status, reason)
     return status
 
 
 def execute_opportunity(opportunity_id: int) -> str:
     """Trade a dispatched opportunity at most once. Returns the opportunity's final status, or
-    "not_claimed" when it was not (or no longer) waiting for execution."""
+    "not_claimed" when it was not (or no longer) waiting for execution. Everything it logs, and
+    every task it sends, carries the opportunity's correlation id."""
+    with correlation(opportunity_correlation(opportunity_id)):
+        return _claim_and_execute(opportunity_id)
+
+
+def _claim_and_execute(opportunity_id: int) -> str:
     opportunity = claim(opportunity_id)
     if opportunity is None:
         log.info("opportunity %s not claimable: already taken or not dispatched", opportunity_id)
@@ -201,6 +211,7 @@ def _record(opportunity: Opportunity, plan: Plan, results: list[OrderResult | Ba
     _settle_sell(plan.sell)
     if plan.buy.filled < plan.buy.amount or plan.sell.filled < plan.sell.amount:
         # Unwinding a one-sided fill belongs to live execution; on record it stays visible as failed.
+        transaction.on_commit(lambda: notify_rules.leg_failed(opportunity.pk))
         return finish(
             opportunity,
             Status.FAILED,
@@ -224,6 +235,15 @@ def _save_order(order: Order, result: OrderResult | BaseException) -> None:
         order.average_price = result.average_price
         order.fee = result.fee
         order.raw = result.raw
+        log.info(
+            "order %s %s on %s: filled %s of %s at %s",
+            order.client_order_id,
+            order.status,
+            order.venue.name,
+            order.filled,
+            order.amount,
+            order.average_price,
+        )
     order.save()
 
 
@@ -246,6 +266,13 @@ def _trade(opportunity: Opportunity, plan: Plan) -> Trade:
     buy, sell = plan.buy, plan.sell
     fees = buy.fee + sell.fee
     realized = sell.filled * sell.average_price - buy.filled * buy.average_price - fees
+    log.info(
+        "trade of opportunity %s: %s %s, realized pnl %s",
+        opportunity.pk,
+        buy.filled,
+        opportunity.symbol,
+        realized,
+    )
     return Trade.objects.create(
         opportunity=opportunity,
         symbol=opportunity.symbol,
@@ -275,3 +302,4 @@ def _announce(trade: Trade) -> None:
             "fees": str(trade.fees),
         },
     )
+    notify_rules.trade_executed(trade)

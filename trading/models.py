@@ -206,3 +206,40 @@ class Balance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.venue_id} {self.asset} {self.free}"
+
+
+class Alert(models.Model):
+    """One incident of a monitored condition, from the check that first saw it until it cleared.
+
+    `key` names the condition stably ("venue_stale:binance"); at most one alert per key is open.
+    """
+
+    class Severity(models.TextChoices):
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    key = models.CharField(max_length=100, db_index=True)
+    severity = models.CharField(max_length=8, choices=Severity.choices)
+    subject = models.CharField(max_length=200)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    count = models.PositiveIntegerField(default=1, help_text="Checks that saw the condition")
+    clear_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the condition was first seen clear; resolves later"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-first_seen"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key"], condition=Q(resolved_at__isnull=True), name="one_open_alert"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.subject}{'' if self.resolved_at is None else ' (resolved)'}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None

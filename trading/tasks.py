@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from datetime import timedelta
+from typing import Any
 
-from trading import collector, execution, storage
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.utils import timezone
+
+from trading import collector, execution, monitoring, storage
+from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, rules
 
 
 @shared_task(name="collect.all_venues", ignore_result=True, time_limit=10, soft_time_limit=8)
@@ -35,3 +42,36 @@ def store_quotes() -> None:
 def execute_opportunity(opportunity_id: int) -> None:
     """Idempotent: the opportunity is claimed with a conditional update, so a redelivery is a no-op."""
     execution.execute_opportunity(opportunity_id)
+
+
+@shared_task(name="monitor.check", ignore_result=True, time_limit=30, soft_time_limit=25)
+def monitor_check() -> None:
+    monitoring.run_once()
+
+
+@shared_task(
+    name="notify.send",
+    ignore_result=True,
+    autoretry_for=(TemporaryNotifyError,),
+    max_retries=settings.NOTIFY_MAX_RETRIES,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    time_limit=30,
+    soft_time_limit=25,
+)
+def send_notification(channel: str, message: dict[str, Any]) -> None:
+    """One message on one channel, so a failing channel delays no other. Temporary errors are
+    retried with back-off up to NOTIFY_MAX_RETRIES times, then the task fails (logged)."""
+    deliver(channel, Message.from_json(message))
+
+
+@shared_task(name="notify.daily_summary", ignore_result=True, time_limit=60)
+def send_daily_summary() -> None:
+    """Yesterday's summary (the schedule runs just after midnight UTC)."""
+    rules.daily_summary(timezone.now().date() - timedelta(days=1))
+
+
+@worker_ready.connect
+def announce_notification_channels(**_: object) -> None:
+    announce_channels()

@@ -1,0 +1,300 @@
+"""Monitoring: checks that name what is wrong now, and the alert state machine that remembers it.
+
+A check looks at Redis or the database and returns the conditions it finds, each with a stable key
+("venue_stale:binance"). `reconcile` turns the conditions of one run into Alert rows: a new key
+opens one alert, a key still present bumps its count and last_seen, a key gone long enough
+(ALERT_CLEAR_SECONDS of hysteresis) resolves it. Only opening and resolving notify, so a
+persisting or flapping condition never pages twice. A check that fails says so as its own
+condition, and its alerts are neither bumped nor resolved while their state is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from trading.config import NoActiveStrategy, active_strategy, now_ms
+from trading.models import Alert, Trade, Venue
+from trading.notify import rules
+from trading.observability import heartbeats
+from trading.pubsub import connect, latest_books, names
+
+log = logging.getLogger(__name__)
+
+WARNING, CRITICAL = Alert.Severity.WARNING, Alert.Severity.CRITICAL
+# A heartbeat older than this counts as missing even before its key expires.
+HEARTBEAT_MAX_AGE_MS = 15_000
+# Only one monitoring run at a time: two would race to open the same alert.
+RUN_LOCK_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Something wrong right now. `key` is stable across runs; its part before ":" is the check."""
+
+    key: str
+    severity: str
+    subject: str
+
+
+@dataclass
+class Transitions:
+    opened: list[Alert] = field(default_factory=list)
+    resolved: list[Alert] = field(default_factory=list)
+
+
+# --- pure helpers ---------------------------------------------------------------------------------
+
+
+def stale_symbols(ages_ms: Mapping[str, int | None], limit_ms: int) -> list[str]:
+    """Symbols with no book (age None) or a book older than `limit_ms`, sorted."""
+    return sorted(symbol for symbol, age in ages_ms.items() if age is None or age > limit_ms)
+
+
+def alive(bodies: Mapping[str, Mapping[str, object]], now: int, max_age_ms: int) -> list[str]:
+    """Names whose heartbeat is no older than `max_age_ms`."""
+    return sorted(name for name, body in bodies.items() if now - int(str(body.get("at_ms", 0))) <= max_age_ms)
+
+
+def max_drawdown(pnls: Iterable[Decimal]) -> Decimal:
+    """Largest fall of the running PnL total from its previous peak (the start counts as 0)."""
+    total = peak = worst = Decimal(0)
+    for pnl in pnls:
+        total += pnl
+        peak = max(peak, total)
+        worst = max(worst, peak - total)
+    return worst
+
+
+# --- the checks -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How old each symbol's latest book of one venue is (None: never seen)."""
+
+    venue: Venue
+    ages_ms: dict[str, int | None]
+
+    @property
+    def stale(self) -> list[str]:
+        return stale_symbols(self.ages_ms, self.venue.max_quote_age_ms)
+
+
+def venue_freshness(client: redis.Redis, now: int) -> list[Freshness]:
+    """Every enabled venue's book ages for the active strategy's symbols (no symbols when no
+    strategy is active)."""
+    try:
+        symbols = list(active_strategy().symbols)
+    except NoActiveStrategy:
+        symbols = []
+    books = {symbol: latest_books(client, symbol) for symbol in symbols}
+    return [
+        Freshness(
+            venue,
+            {s: now - books[s][venue.name].received_ts if venue.name in books[s] else None for s in symbols},
+        )
+        for venue in Venue.objects.filter(enabled=True)
+    ]
+
+
+def check_venue_stale(client: redis.Redis, now: int) -> list[Condition]:
+    return [
+        Condition(
+            f"venue_stale:{fresh.venue.name}",
+            CRITICAL,
+            f"Venue {fresh.venue.name} stale: no {', '.join(fresh.stale)} book within "
+            f"{fresh.venue.max_quote_age_ms} ms",
+        )
+        for fresh in venue_freshness(client, now)
+        if fresh.stale
+    ]
+
+
+def check_venue_errors(client: redis.Redis, now: int) -> list[Condition]:
+    """Venues failing VENUE_ERROR_RATE_LIMIT times in a row, or rejecting that many books since the
+    previous run (the collector keeps the streak and cumulative rejection counts)."""
+    n, limit = names(), settings.VENUE_ERROR_RATE_LIMIT
+    found = []
+    for venue in Venue.objects.filter(enabled=True).values_list("name", flat=True):
+        failures = int(client.get(n.venue_key(venue, "failures")) or 0)
+        rejections = new_rejections(client, venue)
+        if failures >= limit or rejections >= limit:
+            subject = f"Venue {venue} erring: {failures} failures in a row, {rejections} books rejected"
+            found.append(Condition(f"venue_errors:{venue}", WARNING, subject))
+    return found
+
+
+def new_rejections(client: redis.Redis, venue: str) -> int:
+    """Books the venue had rejected since the previous call (the first call counts them all)."""
+    n = names()
+    total = sum(int(count) for count in client.hvals(n.venue_key(venue, "rejections")))
+    previous = client.set(n.venue_key(venue, "rejections_seen"), total, get=True)
+    return max(total - int(previous or 0), 0)
+
+
+def check_listener(client: redis.Redis, now: int) -> list[Condition]:
+    if alive(heartbeats.read_all(client, "listener"), now, HEARTBEAT_MAX_AGE_MS):
+        return []
+    return [Condition("listener_missing", CRITICAL, "No listener heartbeat: prices are not being decided")]
+
+
+def check_workers(client: redis.Redis, now: int) -> list[Condition]:
+    if alive(heartbeats.read_all(client, "worker"), now, HEARTBEAT_MAX_AGE_MS):
+        return []
+    return [Condition("workers_missing", CRITICAL, "No Celery worker heartbeat: nothing collects or trades")]
+
+
+def broker_queues() -> list[str]:
+    routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
+    return sorted(routed | {settings.CELERY_TASK_DEFAULT_QUEUE})
+
+
+def check_queue_backlog(client: redis.Redis, now: int) -> list[Condition]:
+    """Queues holding more than QUEUE_BACKLOG_LIMIT waiting tasks. The broker prefixes its keys
+    with ARB_PREFIX (global_keyprefix), so a queue is the list `<prefix><queue>`."""
+    found = []
+    for queue in broker_queues():
+        waiting = int(client.llen(f"{settings.ARB_PREFIX}{queue}"))
+        if waiting > settings.QUEUE_BACKLOG_LIMIT:
+            subject = f"Queue {queue} backlog: {waiting} tasks waiting (limit {settings.QUEUE_BACKLOG_LIMIT})"
+            found.append(Condition(f"queue_backlog:{queue}", WARNING, subject))
+    return found
+
+
+def todays_pnls() -> list[Decimal]:
+    start = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    return list(
+        Trade.objects.filter(created_at__gte=start)
+        .order_by("created_at")
+        .values_list("realized_pnl", flat=True)
+    )
+
+
+def check_daily_loss(client: redis.Redis, now: int) -> list[Condition]:
+    realized, limit = sum(todays_pnls(), Decimal(0)), Decimal(settings.DAILY_LOSS_LIMIT)
+    if realized >= -limit:
+        return []
+    return [Condition("daily_loss", CRITICAL, f"Daily loss {-realized:,.2f} past the limit of {limit:,.2f}")]
+
+
+def check_drawdown(client: redis.Redis, now: int) -> list[Condition]:
+    drawdown, limit = max_drawdown(todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
+    if drawdown <= limit:
+        return []
+    return [Condition("drawdown", CRITICAL, f"Drawdown {drawdown:,.2f} today past the limit of {limit:,.2f}")]
+
+
+Check = Callable[[redis.Redis, int], list[Condition]]
+CHECKS: dict[str, Check] = {
+    "venue_stale": check_venue_stale,
+    "venue_errors": check_venue_errors,
+    "listener_missing": check_listener,
+    "workers_missing": check_workers,
+    "queue_backlog": check_queue_backlog,
+    "daily_loss": check_daily_loss,
+    "drawdown": check_drawdown,
+}
+
+
+def run_checks(client: redis.Redis, now: int) -> tuple[list[Condition], set[str]]:
+    """Every check's conditions, and the names of the checks that could not run (each of which
+    is also reported as a `check_failed:<name>` condition)."""
+    conditions: list[Condition] = []
+    failed: set[str] = set()
+    for name, check in CHECKS.items():
+        try:
+            conditions.extend(check(client, now))
+        except (redis.RedisError, DatabaseError) as exc:
+            log.exception("monitoring check %s failed", name)
+            failed.add(name)
+            conditions.append(
+                Condition(f"check_failed:{name}", WARNING, f"Monitoring check {name} failing: {exc}")
+            )
+    return conditions, failed
+
+
+# --- the alert state machine ----------------------------------------------------------------------
+
+
+def check_of(key: str) -> str:
+    return key.split(":", 1)[0]
+
+
+def reconcile(conditions: Iterable[Condition], now: datetime, unknown: Collection[str] = ()) -> Transitions:
+    """Bring the open alerts in line with this run's conditions; notify after commit for every
+    alert opened or resolved. Alerts of checks in `unknown` are left as they are."""
+    active = {condition.key: condition for condition in conditions}
+    changes = Transitions()
+    with transaction.atomic():
+        open_alerts = {a.key: a for a in Alert.objects.select_for_update().filter(resolved_at__isnull=True)}
+        for key, condition in active.items():
+            if key in open_alerts:
+                persist(open_alerts[key], condition, now)
+            else:
+                changes.opened.append(open_alert(condition, now))
+        for key, alert in open_alerts.items():
+            if key not in active and check_of(key) not in unknown and cleared(alert, now):
+                changes.resolved.append(alert)
+        announce(changes)
+    return changes
+
+
+def open_alert(condition: Condition, now: datetime) -> Alert:
+    log.warning("alert opened: %s (%s)", condition.subject, condition.key)
+    return Alert.objects.create(
+        key=condition.key,
+        severity=condition.severity,
+        subject=condition.subject,
+        first_seen=now,
+        last_seen=now,
+    )
+
+
+def persist(alert: Alert, condition: Condition, now: datetime) -> None:
+    """The condition is still there: count it, and forget any clear spell it had."""
+    alert.count += 1
+    alert.last_seen = now
+    alert.subject = condition.subject
+    alert.clear_since = None
+    alert.save(update_fields=["count", "last_seen", "subject", "clear_since"])
+
+
+def cleared(alert: Alert, now: datetime) -> bool:
+    """Record that the alert's condition is clear; resolve it (True) once clear long enough."""
+    if alert.clear_since is None:
+        alert.clear_since = now
+    if now - alert.clear_since >= timedelta(seconds=settings.ALERT_CLEAR_SECONDS):
+        alert.resolved_at = now
+        log.info("alert resolved: %s (%s)", alert.subject, alert.key)
+    alert.save(update_fields=["clear_since", "resolved_at"])
+    return alert.resolved_at is not None
+
+
+def announce(changes: Transitions) -> None:
+    for alert in changes.opened:
+        transaction.on_commit(lambda alert=alert: rules.alert_opened(alert))
+    for alert in changes.resolved:
+        transaction.on_commit(lambda alert=alert: rules.alert_resolved(alert))
+
+
+def run_once() -> Transitions | None:
+    """One monitoring run: all checks, then the alerts. None when another run holds the lock."""
+    with connect() as client:
+        lock = client.lock(f"{names().prefix}monitor:lock", timeout=RUN_LOCK_SECONDS, blocking=False)
+        if not lock.acquire():
+            log.info("monitoring run skipped: the previous one is still running")
+            return None
+        try:
+            conditions, failed = run_checks(client, now_ms())
+            return reconcile(conditions, timezone.now(), failed)
+        finally:
+            lock.release()
