@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 
 from trading import pubsub
 from trading.config import from_ms, load_venue_states, now_ms, strategy_params
+from trading.core.gaps import GapKey, track_gaps
 from trading.core.strategy import find_decisions
 from trading.core.types import Decision, Quote, StrategyParams, VenueState
 from trading.core.validate import QuoteRejected
@@ -30,7 +31,6 @@ from trading.observability import heartbeats, metrics
 from trading.observability.logs import correlation, opportunity_correlation
 
 log = logging.getLogger(__name__)
-GapKey = tuple[str, str, str]  # (symbol, buy venue, sell venue)
 
 REFRESH_SECONDS = 1.0
 HEARTBEAT_TTL_SECONDS = 10
@@ -161,25 +161,26 @@ class Listener:
         return find_decisions(self.books[quote.symbol], self.venues, self.params, now, involving=quote.venue)
 
     def record(self, quote: Quote, decisions: list[Decision], now: int) -> list[int]:
-        """Open one Opportunity per new crossing; close the quote venue's crossings that are gone.
-        Returns the new opportunities' ids.
+        """Open one Opportunity per new crossing, keep persisting ones, close those that are gone
+        (with the same rules as the backtest: trading.core.gaps). Returns the new opportunities' ids.
 
         A crossing that persists is the same opportunity. A rejected one that becomes tradeable
-        opens a new, accepted opportunity.
+        is closed and opens a new, accepted opportunity.
         """
+        if not decisions and not self.open:
+            return []  # the usual tick: nothing crosses and nothing was open
+        changes = track_gaps(
+            {key: gap.accepted for key, gap in self.open.items()}, decisions, quote.symbol, quote.venue
+        )
+        for key in changes.persisting:
+            self.open[key].ticks += 1
+            self.open[key].last_seen_ms = now
+        for key in changes.closed:
+            self.close_gap(key)
         new_ids: list[int] = []
-        seen: set[GapKey] = set()
-        for decision in decisions:
-            seen.add(decision.key)
-            gap = self.open.get(decision.key)
-            if gap is not None and (gap.accepted or not decision.accepted):
-                gap.ticks += 1
-                gap.last_seen_ms = now
-                continue
+        for decision in changes.opened:
             self.open[decision.key] = self.open_opportunity(decision, now)
             new_ids.append(self.open[decision.key].opportunity_id)
-        for key in [key for key in self.open if _involves(key, quote) and key not in seen]:
-            self.close_gap(key)
         return new_ids
 
     def open_opportunity(self, decision: Decision, now: int) -> OpenGap:
@@ -332,11 +333,6 @@ class Listener:
             heartbeats.remove(self.client, f"listener:{self.name}", self.names)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("heartbeat left to expire: %s", exc)
-
-
-def _involves(key: GapKey, quote: Quote) -> bool:
-    symbol, buy_venue, sell_venue = key
-    return symbol == quote.symbol and quote.venue in (buy_venue, sell_venue)
 
 
 def _close_quietly(channel: redis.client.PubSub) -> None:
