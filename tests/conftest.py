@@ -14,6 +14,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from trading.emulator import Emulator
 from trading.models import Balance, StrategyConfig, Venue
 from trading.pubsub import Names
 
@@ -94,8 +95,23 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
         child.stop()
 
 
-@pytest.fixture
-def celery_worker(spawn: Callable[..., Child]) -> Child:
+def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    """Poll `predicate` until it holds; fail the test saying `what` did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def start_worker(
+    spawn: Callable[..., Child],
+    *,
+    pool: str = "solo",
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+) -> Child:
     """A real Celery worker on every queue, against the test database and this run's Redis prefix."""
     worker = spawn(
         sys.executable,
@@ -106,21 +122,41 @@ def celery_worker(spawn: Callable[..., Child]) -> Child:
         "worker",
         "-Q",
         "collect,trade,default",
-        "-c",
-        "1",
         "-P",
-        "solo",
+        pool,
+        "-c",
+        str(concurrency),
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
-        "-l",
-        "INFO",
         "-n",
-        f"test-{os.getpid()}@%h",
-        name="worker",
+        f"test-{pool}-{os.getpid()}@%h",
+        name=f"{pool}-worker",
+        env=env,
     )
     worker.wait_for("ready.", timeout=60)
     return worker
+
+
+@pytest.fixture
+def celery_worker(spawn: Callable[..., Child]) -> Child:
+    return start_worker(spawn)
+
+
+@pytest.fixture
+def market() -> None:
+    """alpha (0 BTC, 100,000 USDT) and bravo (2 BTC, 0 USDT), and a strategy trading 0.5 BTC."""
+    fund(make_venue("alpha"), BTC="0", USDT="100000")
+    fund(make_venue("bravo"), BTC="2", USDT="0")
+    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+
+
+def emulated_venues(emulator: Emulator) -> dict[str, Venue]:
+    """The emulator's binance and kraken as ccxt venues pointed at it."""
+    return {
+        name: make_venue(name, kind=Venue.Kind.CCXT, ccxt_id=name, api_url=emulator.url_for(name))
+        for name in ("binance", "kraken")
+    }
 
 
 def make_venue(name: str, **fields: object) -> Venue:

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.client import PubSub
 
-from tests.conftest import Child, make_strategy, make_venue
+from tests.conftest import Child, emulated_venues, make_strategy, make_venue
 from trading import collector
 from trading.core.types import Quote
 from trading.emulator import Emulator, emulate
@@ -47,10 +47,7 @@ def emulator(running_emulator: Emulator, settings) -> Iterator[Emulator]:
 
 @pytest.fixture
 def venues(emulator: Emulator) -> dict[str, Venue]:
-    return {
-        name: make_venue(name, kind=Venue.Kind.CCXT, ccxt_id=name, api_url=emulator.url_for(name))
-        for name in ("binance", "kraken")
-    }
+    return emulated_venues(emulator)
 
 
 @pytest.fixture

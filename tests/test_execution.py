@@ -10,35 +10,20 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from tests.conftest import fund, make_strategy, make_venue, next_message
-from tests.quotes import book, publish
-from trading import execution, pubsub
-from trading.config import now_ms
+from tests.conftest import next_message
+from tests.quotes import FLAT, book, open_known_gap, publish
+from trading import execution
 from trading.core.types import Side
-from trading.listener import Listener
 from trading.models import Balance, Opportunity, Order, Trade
 from trading.venues.base import OrderRequest
 from trading.venues.paper import PaperGateway
 
 pytestmark = pytest.mark.django_db
 
-CHEAP = [("29990", "1")], [("30000", "1")]
-DEAR = [("30100", "1")], [("30110", "1")]
-FLAT = [("29995", "1")], [("30005", "1")]
-
 
 @pytest.fixture
-def detected(redis_client) -> Opportunity:
-    """alpha sells at 30000, bravo buys at 30100: a 0.5 BTC opportunity, dispatched by the listener."""
-    fund(make_venue("alpha"), BTC="0", USDT="100000")
-    fund(make_venue("bravo"), BTC="2", USDT="0")
-    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
-    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
-    listener = Listener(redis_client)
-    listener.load_strategy()
-    for quote in pubsub.latest_books(redis_client, "BTC/USDT").values():
-        listener.on_price(pubsub.encode_quote(quote), now_ms())
-    return Opportunity.objects.get()
+def detected(market: None, redis_client) -> Opportunity:
+    return open_known_gap(redis_client)
 
 
 def balances() -> dict[tuple[str, str], tuple[Decimal, Decimal]]:

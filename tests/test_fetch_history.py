@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 
 from backtest.importing.candles import CANDLE_HEADER
 from backtest.importing.rows import iso, timestamp_ms
-from tests.conftest import make_venue
+from tests.conftest import emulated_venues
 from trading.config import now_ms
 from trading.emulator import Emulator, emulate
 from trading.models import Quote as QuoteRow
@@ -60,10 +60,7 @@ def emulator(running_emulator: Emulator) -> Iterator[Emulator]:
 
 @pytest.fixture
 def venues(emulator: Emulator) -> dict[str, Venue]:
-    return {
-        name: make_venue(name, kind=Venue.Kind.CCXT, ccxt_id=name, api_url=emulator.url_for(name))
-        for name in ("binance", "kraken")
-    }
+    return emulated_venues(emulator)
 
 
 def fetch(venue: str, out: Path, since: str = iso(START), until: str | None = None) -> str:

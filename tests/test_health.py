@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 import redis
 from django.test import Client
 
-from tests.conftest import Child, make_strategy, make_venue
+from tests.conftest import Child, make_strategy, make_venue, wait_until
 from tests.quotes import book, publish
 from trading import collector
 from trading.config import now_ms
@@ -20,15 +17,6 @@ from trading.observability import heartbeats
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SPREAD = [("29990", "1")], [("30000", "1")]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def healthz() -> tuple[int, dict]:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import fund, make_strategy, make_venue
-from tests.quotes import book
+from tests.quotes import CHEAP, DEAR, FLAT, book
 from trading import pubsub
 from trading.config import now_ms
 from trading.core.types import Quote
@@ -17,10 +17,6 @@ from trading.listener import Listener
 from trading.models import Opportunity
 
 pytestmark = pytest.mark.django_db
-
-CHEAP = [("29990", "1")], [("30000", "1")]
-DEAR = [("30100", "1")], [("30110", "1")]
-FLAT = [("29995", "1")], [("30005", "1")]
 
 
 @pytest.fixture

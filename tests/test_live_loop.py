@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import Child, child_env, fund, make_strategy, make_venue
-from tests.quotes import book, publish
+from tests.conftest import Child, child_env, wait_until
+from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading.config import now_ms
 from trading.models import Opportunity, Order, Trade
 from trading.pubsub import Names
@@ -23,30 +23,10 @@ from trading.tasks import execute_opportunity
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-CHEAP = [("29990", "1")], [("30000", "1")]
-DEAR = [("30100", "1")], [("30110", "1")]
-FLAT = [("29995", "1")], [("30005", "1")]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
-
 
 def heartbeat(client: redis.Redis, names: Names) -> dict:
     raw = client.get(names.heartbeat("listener:e2e"))
     return json.loads(raw) if raw else {}
-
-
-@pytest.fixture
-def market() -> None:
-    fund(make_venue("alpha"), BTC="0", USDT="100000")
-    fund(make_venue("bravo"), BTC="2", USDT="0")
-    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
 
 
 def start_listener(spawn: Callable[..., Child], **env: str) -> Child:

@@ -7,25 +7,21 @@ import json
 import logging
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import ROOT, Child, child_env, fund, make_strategy, make_venue
-from tests.quotes import book, publish
+from tests.conftest import ROOT, Child, child_env, fund, make_strategy, make_venue, wait_until
+from tests.quotes import CHEAP, DEAR, book, publish
 from trading import pubsub
 from trading.config import now_ms
 from trading.listener import Listener
 from trading.models import Opportunity, Trade
 from trading.observability.logs import MASK, correlation
 from trading.tasks import collect_venue
-
-CHEAP = [("29990", "1")], [("30000", "1")]
-DEAR = [("30100", "1")], [("30110", "1")]
 
 log = logging.getLogger("trading.test")
 
@@ -44,15 +40,6 @@ def console() -> Iterator[io.StringIO]:
 def json_lines(output: str) -> list[dict[str, Any]]:
     """Every log line of a process's output, parsed; a line that is not JSON fails the test."""
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 # --- correlation ids ------------------------------------------------------------------------------

@@ -3,9 +3,7 @@ separate listener) through prometheus-client's multiprocess mode, and the trade 
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -14,8 +12,8 @@ import redis
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Child, child_env, fund, make_strategy, make_venue
-from tests.quotes import book, publish
+from tests.conftest import Child, child_env, make_strategy, make_venue, start_worker, wait_until
+from tests.quotes import CHEAP, DEAR, book, publish
 from trading import collector, pubsub
 from trading.config import now_ms
 from trading.listener import Listener
@@ -24,8 +22,6 @@ from trading.tasks import execute_opportunity
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHEAP = [("29990", "1")], [("30000", "1")]
-DEAR = [("30100", "1")], [("30110", "1")]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -45,47 +41,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
-
-
 @pytest.fixture
 def prefork_worker(spawn: Callable[..., Child]) -> Child:
     """A real worker with two prefork children: their counts must add up in /metrics."""
-    worker = spawn(
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "arbsite",
-        "worker",
-        "-Q",
-        "collect,trade,default",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-n",
-        f"metrics-{os.getpid()}@%h",
-        name="prefork-worker",
-    )
-    worker.wait_for("ready.", timeout=60)
-    return worker
-
-
-@pytest.fixture
-def market() -> None:
-    fund(make_venue("alpha"), BTC="0", USDT="100000")
-    fund(make_venue("bravo"), BTC="2", USDT="0")
-    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+    return start_worker(spawn, pool="prefork", concurrency=2)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ that are off, and a failing channel retried then given up by a real worker witho
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,30 +15,12 @@ import pytest
 from django.utils import timezone
 
 from tests.chat_servers import SLACK_TOKEN, TELEGRAM_TOKEN, Chat, chat_fixture, eager_tasks_fixture  # noqa: F401
-from tests.conftest import Child, child_env, fund, make_strategy, make_venue
-from tests.quotes import book, publish
-from trading import execution, pubsub
-from trading.config import now_ms
-from trading.listener import Listener
+from tests.conftest import Child, child_env, make_venue, start_worker
+from tests.quotes import open_known_gap
+from trading import execution
 from trading.models import Opportunity, Order, Trade
 from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, enabled_channels, rules
 from trading.tasks import execute_opportunity
-
-CHEAP = [("29990", "1")], [("30000", "1")]
-DEAR = [("30100", "1")], [("30110", "1")]
-
-
-def detect(redis_client) -> Opportunity:
-    """alpha sells at 30000, bravo buys at 30100: a 0.5 BTC opportunity, dispatched by the listener."""
-    fund(make_venue("alpha"), BTC="0", USDT="100000")
-    fund(make_venue("bravo"), BTC="2", USDT="0")
-    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
-    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
-    listener = Listener(redis_client)
-    listener.load_strategy()
-    for quote in pubsub.latest_books(redis_client, "BTC/USDT").values():
-        listener.on_price(pubsub.encode_quote(quote), now_ms())
-    return Opportunity.objects.latest("pk")
 
 
 def slack_facts(received_body: dict) -> dict[str, str]:
@@ -54,9 +35,9 @@ def slack_facts(received_body: dict) -> dict[str, str]:
 
 @pytest.mark.django_db
 def test_an_executed_trade_is_announced_with_its_legs_and_expected_against_realized_pnl(
-    chat: Chat, eager_tasks, redis_client, django_capture_on_commit_callbacks
+    chat: Chat, eager_tasks, market: None, redis_client, django_capture_on_commit_callbacks
 ) -> None:
-    opportunity = detect(redis_client)
+    opportunity = open_known_gap(redis_client)
     with django_capture_on_commit_callbacks(execute=True):
         assert execution.execute_opportunity(opportunity.pk) == "executed"
     trade = Trade.objects.get()
@@ -216,20 +197,13 @@ def test_a_server_error_is_temporary_and_a_refusal_is_permanent(chat: Chat, capl
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_channel_is_retried_then_given_up_while_trades_and_other_channels_go_on(
-    chat: Chat, redis_client, spawn: Callable[..., Child]
+    chat: Chat, market: None, redis_client, spawn: Callable[..., Child]
 ) -> None:
     chat.slack.status = 500
-    worker = spawn(
-        sys.executable,
-        *("-m", "celery", "-A", "arbsite", "worker", "-Q", "collect,trade,default", "-c", "1", "-P", "solo"),
-        *("--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO", "-n", "notify@%h"),
-        name="worker",
-        env=child_env(NOTIFY_MAX_RETRIES="2", **chat.settings_env()),
-    )
-    worker.wait_for("ready.", timeout=60)
+    worker = start_worker(spawn, env=child_env(NOTIFY_MAX_RETRIES="2", **chat.settings_env()))
     assert rules.publish(Message("venue down", severity="critical"), "first") == ["slack", "telegram"]
 
-    opportunity = detect(redis_client)
+    opportunity = open_known_gap(redis_client)
     execute_opportunity.delay(opportunity.pk)
 
     telegram = chat.telegram.wait_for(2, timeout=30)
