@@ -2,8 +2,9 @@
 
 Worker processes (each Celery prefork child) increment prometheus-client counters. With
 PROMETHEUS_MULTIPROC_DIR set (the demo and the tests set it; a deployment must give all the
-processes of one host the same, emptied-at-start directory), each process keeps its values in a
-file there and `/metrics` adds them up. Without it, `/metrics` shows only the web process's own.
+processes the same directory: a volume shared by the containers of a deployment), each process
+keeps its values in a file there, named by host and pid, and `/metrics` adds them up. Without
+it, `/metrics` shows only the web process's own.
 
 The listener's per-tick figures (ticks, sequence gaps, rejections, decision latency) are counted
 in plain Python and travel in its heartbeat, which `/metrics` reads from Redis: a multiprocess
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     generate_latest,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -57,6 +60,11 @@ if _directory == "":
     raise ImproperlyConfigured(f"{MULTIPROC_DIR_VARIABLE} is set but empty: unset it or name a directory")
 if _directory:
     os.makedirs(_directory, exist_ok=True)
+    # Containers of one deployment share the directory through a volume, and their process ids
+    # repeat (each container counts from 1), so each process names its files by host and pid.
+    values.ValueClass = values.MultiProcessValue(
+        process_identifier=lambda: f"{socket.gethostname().replace('_', '-')}-{os.getpid()}"
+    )
 
 QUOTES_PUBLISHED = Counter("arb_quotes_published", "Validated books published, by venue", ["venue"])
 COLLECT_FAILURES = Counter("arb_collect_failures", "Collection rounds that failed, by venue", ["venue"])
