@@ -344,9 +344,9 @@ def active_versions() -> list[int]:
     return list(StrategyConfig.objects.filter(active=True).values_list("version", flat=True))
 
 
-# Announcements go out after commit, so these tests commit for real (transactional database; the
-# migrations' rows are restored afterwards) and the user sees what happened in the same response.
-AFTER_COMMIT = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# Announcements go out after commit, so these tests commit for real (transactional database) and
+# the user sees what happened in the same response.
+AFTER_COMMIT = pytest.mark.django_db(transaction=True)
 
 
 @AFTER_COMMIT
