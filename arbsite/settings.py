@@ -202,3 +202,9 @@ VENUE_ERROR_RATE_LIMIT = env_int("VENUE_ERROR_RATE_LIMIT", 3)  # failures in a r
 # An alert resolves only after its condition has stayed clear this long, so a flapping
 # condition keeps one alert open instead of opening and resolving it over and over.
 ALERT_CLEAR_SECONDS = env_int("ALERT_CLEAR_SECONDS", 30)
+
+# Risk limits: defaults for the one RiskLimits row, which admin edits from then on (the daily loss
+# limit is DAILY_LOSS_LIMIT above). Empty means no limit.
+RISK_MAX_TRADE_NOTIONAL = env_str("RISK_MAX_TRADE_NOTIONAL") or None  # quote currency, one trade
+RISK_MAX_OPEN_EXPOSURE = env_str("RISK_MAX_OPEN_EXPOSURE") or None  # quote currency, per venue and asset
+RISK_PAIR_COOLDOWN_SECONDS = env_int("RISK_PAIR_COOLDOWN_SECONDS", 0)

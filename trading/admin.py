@@ -2,7 +2,8 @@
 
 Trades, opportunities, orders and balances are records written by the trading path; here they are
 read and reviewed, never added, edited or deleted (a trade's only editable field is `reviewed`).
-Venues and strategy configs are the operator's settings and are editable.
+Venues, strategy configs and risk limits are the operator's settings and are editable; the kill
+switch changes only through its trip and re-arm actions.
 
 Quotes are deliberately not registered: the table is append-only and holds millions of rows, and a
 change list always counts its rows (the paginator runs COUNT(*) even with show_full_result_count
@@ -19,6 +20,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, QuerySet
@@ -27,9 +29,19 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from trading import strategies
+from trading import risk, strategies
 from trading.core.types import split_symbol
-from trading.models import Alert, Balance, Opportunity, Order, StrategyConfig, Trade, Venue
+from trading.models import (
+    Alert,
+    Balance,
+    KillSwitch,
+    Opportunity,
+    Order,
+    RiskLimits,
+    StrategyConfig,
+    Trade,
+    Venue,
+)
 
 admin.site.site_header = "Arbitrage administration"
 admin.site.site_title = "Arbitrage"
@@ -466,3 +478,59 @@ class AlertAdmin(RecordAdmin):
     list_filter = (OpenFilter, "severity")
     search_fields = ("key", "subject")
     date_hierarchy = "first_seen"
+
+
+@admin.register(RiskLimits)
+class RiskLimitsAdmin(admin.ModelAdmin):
+    """The one set of risk limits, edited in place; it cannot be added twice or deleted."""
+
+    list_display = (
+        "__str__",
+        "max_trade_notional",
+        "max_open_exposure",
+        "daily_loss_limit",
+        "pair_cooldown_seconds",
+        "updated_at",
+    )
+    filter_horizontal = ("paused_venues",)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        RiskLimits.current()  # the row exists from the first look, with the settings' defaults
+        return super().changelist_view(request, extra_context)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: RiskLimits | None = None) -> bool:
+        return False
+
+
+class KillSwitchActionForm(ActionForm):
+    reason = forms.CharField(required=False, max_length=200, help_text="Why (required to trip)")
+
+
+@admin.register(KillSwitch)
+class KillSwitchAdmin(RecordAdmin):
+    """The kill switch: tripped and re-armed only through its actions, which record who and why."""
+
+    list_display = ("__str__", "tripped_at", "tripped_by", "reason", "rearmed_at", "rearmed_by")
+    action_form = KillSwitchActionForm
+    actions = ("trip_switch", "rearm_switch")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        risk.kill_switch()
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Trip: stop all new trades (give a reason)")
+    def trip_switch(self, request: HttpRequest, queryset: QuerySet[KillSwitch]) -> None:
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            self.message_user(request, "Give a reason to trip the kill switch.", messages.ERROR)
+            return
+        switch = risk.trip(reason, by=f"{request.user.get_username()} (admin)")
+        self.message_user(request, f"Kill switch {risk.describe(switch)}", messages.WARNING)
+
+    @admin.action(description="Re-arm: let trading resume")
+    def rearm_switch(self, request: HttpRequest, queryset: QuerySet[KillSwitch]) -> None:
+        switch = risk.rearm(request.user.get_username())
+        self.message_user(request, f"Kill switch {risk.describe(switch)}", messages.SUCCESS)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.db.models import F
 
-from trading import pubsub
+from trading import pubsub, risk
 from trading.config import (
     active_strategy,
     load_venue_states,
@@ -111,6 +111,9 @@ def _recheck_and_reserve(
     reason it was dropped."""
     buy_name, sell_name = opportunity.buy_venue.name, opportunity.sell_venue.name
     _lock_balances(opportunity.buy_venue, opportunity.sell_venue)
+    halted = risk.halt_reason()
+    if halted is not None:
+        return halted
     venues = load_venue_states(config)
     missing = [name for name in (buy_name, sell_name) if name not in books or name not in venues]
     if missing:
@@ -123,6 +126,9 @@ def _recheck_and_reserve(
     if not decision.accepted or decision.opportunity is None:
         return f"no_longer_profitable: {decision.reason}"
     sized = decision.opportunity
+    violation = risk.limit_violation(opportunity, sized, now)
+    if violation is not None:
+        return violation
     buy = _order(opportunity, opportunity.buy_venue, sized.buy)
     sell = _order(opportunity, opportunity.sell_venue, sized.sell)
     base, quote = split_symbol(opportunity.symbol)
@@ -220,6 +226,7 @@ def _record(opportunity: Opportunity, plan: Plan, results: list[OrderResult | Ba
         )
     trade = _trade(opportunity, plan)
     transaction.on_commit(lambda: _announce(trade))
+    risk.enforce_daily_loss()
     return finish(opportunity, Status.EXECUTED, "both legs filled")
 
 

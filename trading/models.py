@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -243,3 +244,73 @@ class Alert(models.Model):
     @property
     def is_open(self) -> bool:
         return self.resolved_at is None
+
+
+class RiskLimits(models.Model):
+    """The risk limits every trade is checked against. One row (pk 1), created from the settings'
+    defaults the first time it is read, then edited in admin."""
+
+    max_trade_notional = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="Largest notional one trade may put at stake; empty for none",
+    )
+    max_open_exposure = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="Cap on open exposure per venue and asset (quote currency); empty for none",
+    )
+    daily_loss_limit = models.DecimalField(
+        **MONEY, help_text="Today's realized loss that trips the kill switch (quote currency)"
+    )
+    pair_cooldown_seconds = models.PositiveIntegerField(
+        default=0, help_text="No new trade on a venue pair within this many seconds of its last one"
+    )
+    paused_venues = models.ManyToManyField(
+        Venue, blank=True, related_name="+", help_text="These venues trade nothing (they still quote)"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "risk limits"
+
+    def __str__(self) -> str:
+        return "risk limits"
+
+    @classmethod
+    def current(cls) -> RiskLimits:
+        limits, created = cls.objects.get_or_create(
+            pk=1,
+            defaults={
+                "max_trade_notional": settings.RISK_MAX_TRADE_NOTIONAL,
+                "max_open_exposure": settings.RISK_MAX_OPEN_EXPOSURE,
+                "daily_loss_limit": Decimal(settings.DAILY_LOSS_LIMIT),
+                "pair_cooldown_seconds": settings.RISK_PAIR_COOLDOWN_SECONDS,
+            },
+        )
+        if created:
+            limits.refresh_from_db()  # the defaults as stored (Decimal), not the settings' strings
+        return limits
+
+
+class KillSwitch(models.Model):
+    """The one kill switch (pk 1). While tripped no new trade starts anywhere; only a person
+    re-arms it. The latest trip and re-arm are kept with who and why."""
+
+    tripped_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    tripped_by = models.CharField(max_length=100, blank=True)
+    rearmed_at = models.DateTimeField(null=True, blank=True)
+    rearmed_by = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        verbose_name_plural = "kill switch"
+
+    def __str__(self) -> str:
+        return f"kill switch: tripped ({self.reason})" if self.tripped else "kill switch: armed"
+
+    @property
+    def tripped(self) -> bool:
+        return self.tripped_at is not None

@@ -18,11 +18,11 @@ from decimal import Decimal
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from trading.config import NoActiveStrategy, active_strategy, now_ms
-from trading.models import Alert, Trade, Venue
+from trading.models import Alert, KillSwitch, RiskLimits, Trade, Venue
 from trading.notify import rules
 from trading.observability import heartbeats
 from trading.pubsub import connect, latest_books, names
@@ -180,7 +180,7 @@ def todays_pnls() -> list[Decimal]:
 
 
 def check_daily_loss(client: redis.Redis, now: int) -> list[Condition]:
-    realized, limit = sum(todays_pnls(), Decimal(0)), Decimal(settings.DAILY_LOSS_LIMIT)
+    realized, limit = sum(todays_pnls(), Decimal(0)), RiskLimits.current().daily_loss_limit
     if realized >= -limit:
         return []
     return [Condition("daily_loss", CRITICAL, f"Daily loss {-realized:,.2f} past the limit of {limit:,.2f}")]
@@ -193,6 +193,16 @@ def check_drawdown(client: redis.Redis, now: int) -> list[Condition]:
     return [Condition("drawdown", CRITICAL, f"Drawdown {drawdown:,.2f} today past the limit of {limit:,.2f}")]
 
 
+def kill_switch_condition(switch: KillSwitch) -> Condition:
+    return Condition("kill_switch", CRITICAL, f"Kill switch tripped, no new trades: {switch.reason}")
+
+
+def check_kill_switch(client: redis.Redis, now: int) -> list[Condition]:
+    """Keeps the kill switch's alert open while it stays tripped (tripping opens it at once)."""
+    switch = KillSwitch.objects.filter(tripped_at__isnull=False).first()
+    return [] if switch is None else [kill_switch_condition(switch)]
+
+
 Check = Callable[[redis.Redis, int], list[Condition]]
 CHECKS: dict[str, Check] = {
     "venue_stale": check_venue_stale,
@@ -202,6 +212,7 @@ CHECKS: dict[str, Check] = {
     "queue_backlog": check_queue_backlog,
     "daily_loss": check_daily_loss,
     "drawdown": check_drawdown,
+    "kill_switch": check_kill_switch,
 }
 
 
@@ -246,6 +257,22 @@ def reconcile(conditions: Iterable[Condition], now: datetime, unknown: Collectio
                 changes.resolved.append(alert)
         announce(changes)
     return changes
+
+
+def raise_alert(condition: Condition, now: datetime) -> Alert | None:
+    """Open an alert for `condition` now, between monitoring runs (which keep or resolve it like
+    any other). None when an alert for its key is already open. Call inside a transaction: the
+    notification goes out when it commits."""
+    if Alert.objects.filter(key=condition.key, resolved_at__isnull=True).exists():
+        return None
+    try:
+        with transaction.atomic():
+            alert = open_alert(condition, now)
+    except IntegrityError:
+        log.info("alert %s opened meanwhile by a monitoring run: not opened twice", condition.key)
+        return None
+    announce(Transitions(opened=[alert]))
+    return alert
 
 
 def open_alert(condition: Condition, now: datetime) -> Alert:

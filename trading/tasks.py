@@ -10,7 +10,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.utils import timezone
 
-from trading import collector, execution, monitoring, storage
+from trading import collector, execution, monitoring, risk, storage
 from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, rules
 
 
@@ -46,6 +46,7 @@ def execute_opportunity(opportunity_id: int) -> None:
 
 @shared_task(name="monitor.check", ignore_result=True, time_limit=30, soft_time_limit=25)
 def monitor_check() -> None:
+    risk.enforce_daily_loss()  # first, so this run's checks already see a switch it trips
     monitoring.run_once()
 
 

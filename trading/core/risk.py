@@ -1,10 +1,13 @@
-"""Risk predicates: each answers one question about a quote or a venue, with no side effects."""
+"""Risk predicates: each answers one question about a quote, a venue or a sized trade, with no side
+effects. Time and state are passed in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
-from trading.core.types import Quote, VenueState
+from trading.core.types import Opportunity, Quote, Side, VenueState, split_symbol
 
 
 def is_stale(quote: Quote, max_age_ms: int, now_ms: int) -> bool:
@@ -28,3 +31,86 @@ def is_over_limit(venue: VenueState, notional: Decimal) -> bool:
 def quote_age_limit(venue: VenueState, strategy_limit_ms: int) -> int:
     """The stricter of the venue's own quote-age limit and the strategy's."""
     return min(venue.max_quote_age_ms, strategy_limit_ms)
+
+
+# --- trading limits: the questions asked of a sized trade before any order is sent -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The risk limits in force. None means no limit; money is in the quote currency."""
+
+    max_trade_notional: Decimal | None
+    max_open_exposure: Decimal | None
+    daily_loss_limit: Decimal
+    pair_cooldown_ms: int
+    paused_venues: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """What the limits are checked against: the unhedged base amount open per (venue, asset), and
+    when the venue pair last traded (None: never)."""
+
+    exposure: Mapping[tuple[str, str], Decimal]
+    last_pair_trade_ms: int | None
+
+
+def trade_notional(opportunity: Opportunity) -> Decimal:
+    """What the trade puts at stake: the larger of its two legs' notionals at their guard prices."""
+    return max(leg.amount * leg.worst_price for leg in (opportunity.buy, opportunity.sell))
+
+
+def added_exposure(opportunity: Opportunity) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+    """The base amount each venue is left holding (long on the buy venue, short on the sell venue)
+    if the other leg fails, with the guard price that values it: {(venue, base): (amount, price)}."""
+    base, _ = split_symbol(opportunity.symbol)
+    return {(leg.venue, base): (leg.amount, leg.worst_price) for leg in (opportunity.buy, opportunity.sell)}
+
+
+def unhedged(fills: Iterable[tuple[str, Side, Decimal]]) -> dict[str, Decimal]:
+    """The base amount a failed trade left open on each venue, from its (venue, side, filled)
+    orders: the absolute net of what was bought and sold there, so a hedge on the same venue
+    closes it. Venues left flat are omitted."""
+    net: dict[str, Decimal] = {}
+    for venue, side, filled in fills:
+        net[venue] = net.get(venue, Decimal(0)) + (filled if side is Side.BUY else -filled)
+    return {venue: abs(amount) for venue, amount in net.items() if amount}
+
+
+def in_cooldown(last_trade_ms: int | None, now_ms: int, cooldown_ms: int) -> bool:
+    """True while `now_ms` is within `cooldown_ms` after the pair's last trade."""
+    return last_trade_ms is not None and now_ms - last_trade_ms < cooldown_ms
+
+
+def past_daily_loss(realized_pnls: Iterable[Decimal], limit: Decimal) -> bool:
+    """True when today's realized PnL has lost more than `limit`."""
+    return sum(realized_pnls, Decimal(0)) < -limit
+
+
+def trade_violation(opportunity: Opportunity, limits: Limits, state: RiskState, now_ms: int) -> str | None:
+    """The first limit the trade breaks, as a rejection reason starting "risk: ", or None."""
+    pair = f"{opportunity.buy.venue}->{opportunity.sell.venue}"
+    paused = sorted({opportunity.buy.venue, opportunity.sell.venue} & limits.paused_venues)
+    if paused:
+        return f"risk: venue_paused {', '.join(paused)}"
+    notional = trade_notional(opportunity)
+    if is_over(notional, limits.max_trade_notional):
+        return f"risk: max_notional {plain(notional)} over {plain(limits.max_trade_notional)}"
+    for (venue, asset), (added, price) in added_exposure(opportunity).items():
+        total = (state.exposure.get((venue, asset), Decimal(0)) + added) * price
+        if is_over(total, limits.max_open_exposure):
+            return f"risk: max_exposure {venue} {asset} {plain(total)} over {plain(limits.max_open_exposure)}"
+    if in_cooldown(state.last_pair_trade_ms, now_ms, limits.pair_cooldown_ms):
+        waited = now_ms - (state.last_pair_trade_ms or 0)
+        return f"risk: cooldown {pair} traded {waited} ms ago, cooldown {limits.pair_cooldown_ms} ms"
+    return None
+
+
+def is_over(amount: Decimal, limit: Decimal | None) -> bool:
+    return limit is not None and amount > limit
+
+
+def plain(amount: Decimal | None) -> str:
+    """An amount as people write it: no exponent and no trailing zeros ("15050", "0.5")."""
+    return "none" if amount is None else f"{amount.normalize():f}"

@@ -1,0 +1,178 @@
+"""Risk service: the limits in force, the check every trade passes before an order is sent, and
+the kill switch.
+
+The questions themselves are pure (trading.core.risk); this module loads their inputs from the
+record and keeps the switch. The switch lives only in the database, so no restart clears it:
+only `rearm`, which a person calls, does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from trading import monitoring
+from trading.config import to_ms
+from trading.core import risk as core_risk
+from trading.core.types import Opportunity as Sized
+from trading.core.types import Side, split_symbol
+from trading.models import KillSwitch, Opportunity, Order, RiskLimits, Venue
+
+log = logging.getLogger(__name__)
+
+SWITCH = 1  # the kill switch's primary key: there is exactly one
+DAILY_LOSS = "daily loss limit"  # who trips the switch when the loss limit does
+
+
+def limits() -> core_risk.Limits:
+    """The limits in force (the RiskLimits row, created from the settings' defaults if missing)."""
+    row = RiskLimits.current()
+    return core_risk.Limits(
+        max_trade_notional=row.max_trade_notional,
+        max_open_exposure=row.max_open_exposure,
+        daily_loss_limit=row.daily_loss_limit,
+        pair_cooldown_ms=row.pair_cooldown_seconds * 1000,
+        paused_venues=frozenset(row.paused_venues.values_list("name", flat=True)),
+    )
+
+
+def kill_switch() -> KillSwitch:
+    switch, _ = KillSwitch.objects.get_or_create(pk=SWITCH)
+    return switch
+
+
+# --- before a trade -------------------------------------------------------------------------------
+
+
+def halt_reason() -> str | None:
+    """The rejection for every trade while the kill switch is tripped ("kill_switch: <why>"),
+    else None. Read from the database each time: no process keeps a copy that could go stale."""
+    switch = kill_switch()
+    return f"kill_switch: {switch.reason}" if switch.tripped else None
+
+
+def limit_violation(opportunity: Opportunity, sized: Sized, now: int) -> str | None:
+    """The limit trading `sized` would break, as a reason starting "risk: ", or None to go ahead.
+
+    Call under the balance row locks of both venues, before the orders are recorded: trades on
+    the same venues are then serialised, so the exposure and last trade it reads stay current.
+    """
+    base, _ = split_symbol(sized.symbol)
+    venues = (opportunity.buy_venue, opportunity.sell_venue)
+    state = core_risk.RiskState(open_exposure(base), last_pair_trade_ms(venues, exclude=opportunity))
+    return core_risk.trade_violation(sized, limits(), state, now)
+
+
+def open_exposure(base: str) -> dict[tuple[str, str], Decimal]:
+    """Unhedged `base` per (venue, base): what orders still in flight would leave open if their
+    other leg failed, plus what failed trades did leave open (one-sided fills)."""
+    exposure: defaultdict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for venue, amount in in_flight(base):
+        exposure[(venue, base)] += amount
+    for fills in failed_fills(base).values():
+        for venue, amount in core_risk.unhedged(fills).items():
+            exposure[(venue, base)] += amount
+    return dict(exposure)
+
+
+def in_flight(base: str) -> list[tuple[str, Decimal]]:
+    """(venue, amount) of the orders sent or about to be sent for trades still executing."""
+    return list(
+        Order.objects.filter(
+            symbol__startswith=f"{base}/",
+            opportunity__status=Opportunity.Status.EXECUTING,
+            status__in=[Order.Status.NEW, Order.Status.OPEN],
+        ).values_list("venue__name", "amount")
+    )
+
+
+def failed_fills(base: str) -> dict[int, list[tuple[str, Side, Decimal]]]:
+    """Each failed trade's filled orders as (venue, side, filled), by opportunity id."""
+    fills: defaultdict[int, list[tuple[str, Side, Decimal]]] = defaultdict(list)
+    rows = Order.objects.filter(
+        symbol__startswith=f"{base}/", opportunity__status=Opportunity.Status.FAILED, filled__gt=0
+    ).values_list("opportunity_id", "venue__name", "side", "filled")
+    for opportunity_id, venue, side, filled in rows:
+        fills[opportunity_id].append((venue, Side(side), filled))
+    return dict(fills)
+
+
+def last_pair_trade_ms(venues: tuple[Venue, Venue], exclude: Opportunity) -> int | None:
+    """When orders were last recorded for a trade between the two venues, either way round."""
+    a, b = venues
+    pair = Q(opportunity__buy_venue=a, opportunity__sell_venue=b) | Q(
+        opportunity__buy_venue=b, opportunity__sell_venue=a
+    )
+    last = Order.objects.filter(pair).exclude(opportunity=exclude).order_by("-created_at").first()
+    return None if last is None else to_ms(last.created_at)
+
+
+# --- after a trade, and on the monitoring beat ----------------------------------------------------
+
+
+def enforce_daily_loss() -> KillSwitch | None:
+    """Trip the switch when today's realized loss is past the limit. Returns the switch when it
+    is (or already was) tripped for that, None while the loss is within the limit."""
+    pnls, limit = monitoring.todays_pnls(), limits().daily_loss_limit
+    if not core_risk.past_daily_loss(pnls, limit):
+        return None
+    realized = sum(pnls, Decimal(0))
+    return trip(
+        f"daily_loss: realized {core_risk.plain(realized)} today, limit {core_risk.plain(limit)}",
+        by=DAILY_LOSS,
+    )
+
+
+# --- the kill switch ------------------------------------------------------------------------------
+
+
+def trip(reason: str, by: str) -> KillSwitch:
+    """Trip the kill switch: no new trade starts anywhere until someone re-arms it. Books, orders
+    and trades already recorded are left as they are. The first trip opens a critical alert
+    (notified when the transaction commits); tripping a tripped switch changes nothing, so its
+    first reason and time stand. Returns the switch."""
+    now = timezone.now()
+    with transaction.atomic():
+        kill_switch()
+        tripped = KillSwitch.objects.filter(pk=SWITCH, tripped_at__isnull=True).update(
+            tripped_at=now, reason=reason[:200], tripped_by=by[:100]
+        )
+        switch = KillSwitch.objects.get(pk=SWITCH)
+        if tripped:
+            log.critical("kill switch tripped by %s: %s", by, reason)
+            monitoring.raise_alert(monitoring.kill_switch_condition(switch), now)
+        else:
+            log.info("kill switch already tripped (%s): %s not recorded", switch.reason, reason)
+    return switch
+
+
+def rearm(by: str) -> KillSwitch:
+    """Let trading resume, recording who re-armed and when; a no-op on an armed switch. The last
+    trip's reason and who tripped it stay on record. The switch's alert resolves on the next
+    monitoring runs."""
+    if not by.strip():
+        raise ValueError("re-arming the kill switch needs the name of the person doing it")
+    kill_switch()
+    rearmed = KillSwitch.objects.filter(pk=SWITCH, tripped_at__isnull=False).update(
+        tripped_at=None, rearmed_at=timezone.now(), rearmed_by=by[:100]
+    )
+    switch = KillSwitch.objects.get(pk=SWITCH)
+    if rearmed:
+        log.warning("kill switch re-armed by %s (was tripped: %s)", by, switch.reason)
+    else:
+        log.info("kill switch already armed: re-arm by %s changes nothing", by)
+    return switch
+
+
+def describe(switch: KillSwitch) -> str:
+    """One line for people: the switch's state with who and why."""
+    if switch.tripped:
+        return f"TRIPPED at {switch.tripped_at:%Y-%m-%d %H:%M:%S %Z} by {switch.tripped_by}: {switch.reason}"
+    if switch.rearmed_at is not None:
+        return f"armed (re-armed at {switch.rearmed_at:%Y-%m-%d %H:%M:%S %Z} by {switch.rearmed_by})"
+    return "armed (never tripped)"
