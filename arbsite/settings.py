@@ -75,7 +75,7 @@ WSGI_APPLICATION = "arbsite.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "arbsite" / "templates"],  # project-wide admin overrides
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

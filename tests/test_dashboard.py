@@ -118,3 +118,10 @@ def test_the_alert_list_in_admin_filters_open_alerts(trading_day, admin_client: 
     assert page.status_code == 200
     assert b"Venue bravo stale" in page.content
     assert b"An old drawdown" not in page.content
+
+
+@pytest.mark.django_db
+def test_the_admin_index_links_to_the_dashboard(admin_client: Client) -> None:
+    page = admin_client.get("/admin/")
+    assert page.status_code == 200
+    assert f'href="{URL}"' in page.content.decode()
