@@ -1,7 +1,11 @@
-"""The Binance spot REST dialect: the public endpoints ccxt's binance uses to read books and bars.
+"""The Binance spot REST dialect: the public endpoints ccxt's binance uses to read books and bars,
+and the signed ones it uses to trade (account, order, myTrades).
 
 Bodies follow https://developers.binance.com/docs/binance-spot-api-docs/rest-api: market ids are
 base+quote ("BTCUSDT"), numbers are strings with eight decimals, errors are {"code", "msg"}.
+Signed requests carry X-MBX-APIKEY and end in `signature`, the HMAC-SHA256 of everything before
+it, with a `timestamp` inside `recvWindow` of the server's clock. Private amounts are served
+exactly (the emulator's fees can have more than eight decimals).
 """
 
 from __future__ import annotations
@@ -11,13 +15,28 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from trading.emulator.server import Candle, EmulatedVenue, Handler, Level, Market, Reply, Request
+from trading.emulator import auth, matching
+from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
+from trading.emulator.server import (
+    Candle,
+    EmulatedVenue,
+    Handler,
+    Level,
+    Market,
+    PrivateHandler,
+    Reply,
+    Request,
+)
 
 MAX_DEPTH = 5000
 DEFAULT_DEPTH = 100
 MAX_KLINES = 1000
 DEFAULT_KLINES = 500
 MINUTE_MS = 60_000
+DEFAULT_RECV_WINDOW_MS = 5000
+MAX_RECV_WINDOW_MS = 60_000
+# Binance accepts a timestamp up to a second ahead of its clock.
+AHEAD_MS = 1000
 
 _FAULTS = {
     418: (-1003, "Way too much request weight used; IP banned until later."),
@@ -152,6 +171,242 @@ def klines(venue: EmulatedVenue, request: Request) -> Reply:
         return _error(-1100, "Illegal characters found in a parameter.")
     chosen = [candle for candle in venue.candles(market.symbol) if start <= candle[0] <= end]
     return Reply(200, [_kline(candle) for candle in chosen[:limit]])
+
+
+def _exact(value: Decimal) -> str:
+    return format(value, "f")
+
+
+_REFUSALS = {
+    Refusal.DUPLICATE: (-2010, "Duplicate order sent."),
+    Refusal.INSUFFICIENT: (-2010, "Account has insufficient balance for requested action."),
+    Refusal.UNKNOWN_ORDER: (-2011, "Unknown order sent."),
+}
+
+
+def refusal_reply(refused: Refused) -> Reply:
+    code, message = _REFUSALS.get(refused.refusal, (-2010, refused.reason))
+    return _error(code, message)
+
+
+def _params(request: Request) -> dict[str, str]:
+    """Query and form fields together, as Binance reads a signed request."""
+    return {**request.query, **request.form()}
+
+
+def _signed_payload(request: Request) -> tuple[str, str]:
+    """(what was signed, the signature): the query string for GET and DELETE, the body for POST."""
+    payload = request.body.decode(errors="replace") if request.method == "POST" else request.raw_query
+    signed, _, signature = payload.rpartition("&signature=")
+    return signed, signature
+
+
+def _timestamp_error(params: Mapping[str, str]) -> Reply | None:
+    try:
+        stamp = int(params["timestamp"])
+        window = int(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
+    except (KeyError, ValueError):
+        return _error(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
+    if window > MAX_RECV_WINDOW_MS:
+        return _error(-1131, "recvWindow must be less than 60000")
+    now = time.time_ns() // 1_000_000
+    if stamp > now + AHEAD_MS or now - stamp > window:
+        return _error(-1021, "Timestamp for this request is outside of the recvWindow.")
+    return None
+
+
+def authenticate(venue: EmulatedVenue, request: Request) -> Account | Reply:
+    """The account whose key signed the request, or Binance's refusal."""
+    account = venue.accounts.get(request.header("X-MBX-APIKEY"))
+    if account is None:
+        return Reply(401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."})
+    signed, signature = _signed_payload(request)
+    if not signature or not auth.same(auth.binance_signature(account.secret, signed), signature):
+        return _error(-1022, "Signature for this request is not valid.")
+    return _timestamp_error(_params(request)) or account
+
+
+def account_info(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """GET /api/v3/account"""
+    balances = [
+        {"asset": asset, "free": _exact(amount), "locked": "0.00000000"}
+        for asset, amount in sorted(account.balances.items())
+    ]
+    return Reply(
+        200,
+        {
+            "makerCommission": 10,
+            "takerCommission": 10,
+            "buyerCommission": 0,
+            "sellerCommission": 0,
+            "canTrade": True,
+            "canWithdraw": True,
+            "canDeposit": True,
+            "brokered": False,
+            "requireSelfTradePrevention": False,
+            "updateTime": matching.now_ms(),
+            "accountType": "SPOT",
+            "balances": balances,
+            "permissions": ["SPOT"],
+        },
+    )
+
+
+def _status(order: Order) -> str:
+    if order.state is OrderState.OPEN:
+        return "PARTIALLY_FILLED" if order.filled else "NEW"
+    return {OrderState.FILLED: "FILLED", OrderState.CANCELED: "CANCELED", OrderState.EXPIRED: "EXPIRED"}[
+        order.state
+    ]
+
+
+def _order(order: Order) -> dict[str, Any]:
+    return {
+        "symbol": market_id(order.market),
+        "orderId": order.order_id,
+        "orderListId": -1,
+        "clientOrderId": order.client_order_id,
+        "price": _exact(order.price),
+        "origQty": _exact(order.amount),
+        "executedQty": _exact(order.filled),
+        "cummulativeQuoteQty": _exact(order.cost),
+        "status": _status(order),
+        "timeInForce": order.time_in_force,
+        "type": "LIMIT",
+        "side": order.side.upper(),
+        "stopPrice": "0.00000000",
+        "icebergQty": "0.00000000",
+        "time": order.created_ms,
+        "updateTime": order.closed_ms or order.created_ms,
+        "isWorking": True,
+        "workingTime": order.created_ms,
+        "origQuoteOrderQty": "0.00000000",
+        "selfTradePreventionMode": "NONE",
+    }
+
+
+def _fill(trade: Trade, quote: str) -> dict[str, Any]:
+    return {
+        "price": _exact(trade.price),
+        "qty": _exact(trade.amount),
+        "commission": _exact(trade.fee),
+        "commissionAsset": quote,
+        "tradeId": trade.trade_id,
+    }
+
+
+def _order_terms(params: Mapping[str, str]) -> tuple[str, Decimal, Decimal, str] | Reply:
+    """(side, price, amount, time in force) of a new LIMIT order, or Binance's refusal."""
+    if params.get("type") != "LIMIT":
+        return _error(-1116, "Invalid orderType.")
+    side = params.get("side", "").lower()
+    if side not in ("buy", "sell"):
+        return _error(-1117, "Invalid side.")
+    try:
+        price, amount = Decimal(params["price"]), Decimal(params["quantity"])
+    except (KeyError, ArithmeticError):
+        return _error(-1102, "Mandatory parameter 'price' or 'quantity' was not sent or malformed.")
+    if price <= 0 or amount <= 0:
+        return _error(-1013, "Invalid quantity.")
+    return side, price, amount, params.get("timeInForce", "GTC")
+
+
+def new_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /api/v3/order: a LIMIT order, matched at once; answered in the FULL form (with fills)."""
+    params = _params(request)
+    market = _market(venue, params.get("symbol", ""))
+    if market is None:
+        return _error(-1121, "Invalid symbol.")
+    terms = _order_terms(params)
+    if isinstance(terms, Reply):
+        return terms
+    side, price, amount, time_in_force = terms
+    try:
+        order = matching.place_on(
+            venue,
+            account,
+            market,
+            side=side,
+            price=price,
+            amount=amount,
+            client_order_id=params.get("newClientOrderId") or f"emulator-{time.time_ns()}",
+            time_in_force=time_in_force,
+        )
+    except Refused as refused:
+        return refusal_reply(refused)
+    fills = [_fill(trade, market.quote) for trade in order.trades]
+    return Reply(200, {**_order(order), "transactTime": order.created_ms, "fills": fills})
+
+
+def _find(account: Account, params: Mapping[str, str]) -> Order:
+    """The order named by origClientOrderId or orderId; raises Refused(UNKNOWN_ORDER)."""
+    client_id = params.get("origClientOrderId")
+    if client_id:
+        return account.order(client_order_id=client_id)
+    try:
+        return account.order(order_id=int(params.get("orderId", "")))
+    except ValueError:
+        raise Refused(Refusal.UNKNOWN_ORDER) from None
+
+
+def query_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """GET /api/v3/order?symbol=...&origClientOrderId=... (or orderId)"""
+    try:
+        return Reply(200, _order(_find(account, _params(request))))
+    except Refused:
+        return _error(-2013, "Order does not exist.")
+
+
+def cancel_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """DELETE /api/v3/order?symbol=...&origClientOrderId=... (or orderId): -2011 for an order that
+    is unknown or already closed."""
+    params = _params(request)
+    market = _market(venue, params.get("symbol", ""))
+    if market is None:
+        return _error(-1121, "Invalid symbol.")
+    try:
+        canceled = matching.cancel_on(venue, account, _find(account, params))
+    except Refused as refused:
+        return refusal_reply(refused)
+    return Reply(200, {**_order(canceled), "origClientOrderId": canceled.client_order_id})
+
+
+def my_trades(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """GET /api/v3/myTrades?symbol=...[&orderId=...]: the account's trades, oldest first."""
+    params = _params(request)
+    market = _market(venue, params.get("symbol", ""))
+    if market is None:
+        return _error(-1121, "Invalid symbol.")
+    order_id = params.get("orderId")
+    trades = [t for t in account.trades(market.symbol) if order_id is None or str(t.order_id) == order_id]
+    return Reply(200, [_trade(trade, market) for trade in trades])
+
+
+def _trade(trade: Trade, market: Market) -> dict[str, Any]:
+    return {
+        "symbol": market_id(market),
+        "id": trade.trade_id,
+        "orderId": trade.order_id,
+        "orderListId": -1,
+        "price": _exact(trade.price),
+        "qty": _exact(trade.amount),
+        "quoteQty": _exact(trade.cost),
+        "commission": _exact(trade.fee),
+        "commissionAsset": market.quote,
+        "time": trade.time_ms,
+        "isBuyer": trade.side == "buy",
+        "isMaker": False,
+        "isBestMatch": True,
+    }
+
+
+PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler] = {
+    ("GET", "/api/v3/account"): account_info,
+    ("POST", "/api/v3/order"): new_order,
+    ("GET", "/api/v3/order"): query_order,
+    ("DELETE", "/api/v3/order"): cancel_order,
+    ("GET", "/api/v3/myTrades"): my_trades,
+}
 
 
 ROUTES: Mapping[tuple[str, str], Handler] = {

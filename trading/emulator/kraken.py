@@ -1,9 +1,14 @@
-"""The Kraken REST dialect: the public endpoints ccxt's kraken uses to read books and bars.
+"""The Kraken REST dialect: the public endpoints ccxt's kraken uses to read books and bars, and
+the private ones it uses to trade (BalanceEx, AddOrder, QueryOrders, OpenOrders, ClosedOrders,
+CancelOrder, TradesHistory).
 
 Bodies follow https://docs.kraken.com/api-reference/: every answer is {"error": [...], "result":
 ...}; assets have ids and altnames (BTC is "XXBT", altname "XBT"); pairs are keyed by id
 ("XBTUSDT"); book levels are [price, volume, unix seconds] with prices and volumes as strings.
 The real OHLC endpoint keeps only the latest 720 bars; the emulator serves any window it was given.
+Private calls are POSTs signed with API-Key and API-Sign (HMAC-SHA512 of the URI path and
+SHA256(nonce + body), keyed with the base64-decoded secret); each key's nonce must grow. A bad key
+or signature is "EAPI:Invalid key", as Kraken answers both.
 """
 
 from __future__ import annotations
@@ -14,7 +19,18 @@ from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
 
-from trading.emulator.server import Candle, EmulatedVenue, Handler, Level, Market, Reply, Request
+from trading.emulator import auth, matching
+from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
+from trading.emulator.server import (
+    Candle,
+    EmulatedVenue,
+    Handler,
+    Level,
+    Market,
+    PrivateHandler,
+    Reply,
+    Request,
+)
 
 DEFAULT_DEPTH = 100
 MAX_OHLC = 720
@@ -158,6 +174,244 @@ def ohlc(venue: EmulatedVenue, request: Request) -> Reply:
     chosen = [candle for candle in venue.candles(market.symbol) if candle[0] > since_ms][:MAX_OHLC]
     last = chosen[-1][0] // 1000 if chosen else since_ms // 1000
     return _ok({market_id(market): [_bar(candle) for candle in chosen], "last": last})
+
+
+def _failed(error: str) -> Reply:
+    return Reply(200, {"error": [error]})
+
+
+def refusal_reply(refused: Refused) -> Reply:
+    """Kraken's words for a refusal; a chosen rejection reason that is not already a Kraken
+    error code becomes an invalid-order error."""
+    if refused.refusal is Refusal.INSUFFICIENT:
+        return _failed("EOrder:Insufficient funds")
+    if refused.refusal is Refusal.UNKNOWN_ORDER:
+        return _failed("EOrder:Unknown order")
+    if refused.refusal is Refusal.DUPLICATE:
+        return _failed("EOrder:Invalid order:duplicate cl_ord_id")
+    reason = refused.reason
+    return _failed(reason if reason.startswith("E") and ":" in reason else f"EOrder:Invalid order:{reason}")
+
+
+def authenticate(venue: EmulatedVenue, request: Request) -> Account | Reply:
+    """The account whose key signed the request with a fresh nonce, or Kraken's refusal."""
+    account = venue.accounts.get(request.header("API-Key"))
+    nonce = request.form().get("nonce", "")
+    if account is None or not _signed_by(account, request, nonce):
+        return _failed("EAPI:Invalid key")
+    if not nonce.isdigit() or int(nonce) <= account.last_nonce:
+        return _failed("EAPI:Invalid nonce")
+    account.last_nonce = int(nonce)
+    return account
+
+
+def _signed_by(account: Account, request: Request, nonce: str) -> bool:
+    try:
+        expected = auth.kraken_signature(account.secret, request.path, nonce, request.body)
+    except ValueError:
+        return False  # a secret that is not base64 can sign nothing
+    return auth.same(expected, request.header("API-Sign"))
+
+
+def balance_ex(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/BalanceEx: {asset id: {balance, hold_trade}}."""
+    return _ok(
+        {
+            asset_id(code): {"balance": format(amount, "f"), "hold_trade": "0"}
+            for code, amount in sorted(account.balances.items())
+        }
+    )
+
+
+def txid(order: Order) -> str:
+    """Kraken-shaped order id: three dash-separated groups."""
+    return f"O{order.order_id:06d}-EMULA-TOR{order.order_id % 1000:03d}"
+
+
+def _trade_id(trade: Trade) -> str:
+    return f"T{trade.trade_id:06d}-EMULA-TOR{trade.trade_id % 1000:03d}"
+
+
+_STATUSES = {
+    OrderState.OPEN: "open",
+    OrderState.FILLED: "closed",
+    OrderState.CANCELED: "canceled",
+    OrderState.EXPIRED: "canceled",
+}
+_REASONS = {OrderState.CANCELED: "User requested", OrderState.EXPIRED: "Immediate or cancel"}
+
+
+def _descr(order: Order) -> dict[str, str]:
+    pair, price = market_id(order.market), format(order.price, "f")
+    return {
+        "pair": pair,
+        "type": order.side,
+        "ordertype": "limit",
+        "price": price,
+        "price2": "0",
+        "leverage": "none",
+        "order": f"{order.side} {format(order.amount, 'f')} {pair} @ limit {price}",
+        "close": "",
+    }
+
+
+def _order_info(order: Order) -> dict[str, Any]:
+    return {
+        "refid": None,
+        "userref": 0,
+        "cl_ord_id": order.client_order_id,
+        "status": _STATUSES[order.state],
+        "reason": _REASONS.get(order.state),
+        "opentm": order.created_ms / 1000,
+        "closetm": (order.closed_ms or 0) / 1000,
+        "starttm": 0,
+        "expiretm": 0,
+        "descr": _descr(order),
+        "vol": format(order.amount, "f"),
+        "vol_exec": format(order.filled, "f"),
+        "cost": format(order.cost, "f"),
+        "fee": format(order.fee, "f"),
+        "price": format(order.average, "f"),
+        "stopprice": "0",
+        "limitprice": "0",
+        "misc": "",
+        "oflags": "fciq",
+        "timeinforce": order.time_in_force,
+        "trades": [_trade_id(trade) for trade in order.trades],
+    }
+
+
+def _order_terms(form: Mapping[str, str]) -> tuple[str, Decimal, Decimal, str] | Reply:
+    """(side, price, amount, time in force) of a new limit order, or Kraken's refusal."""
+    if form.get("ordertype") != "limit":
+        return _failed("EGeneral:Invalid arguments:ordertype")
+    side = form.get("type", "")
+    if side not in ("buy", "sell"):
+        return _failed("EGeneral:Invalid arguments:type")
+    try:
+        price, amount = Decimal(form["price"]), Decimal(form["volume"])
+    except (KeyError, ArithmeticError):
+        return _failed("EGeneral:Invalid arguments:volume")
+    if price <= 0 or amount <= 0:
+        return _failed("EGeneral:Invalid arguments:volume")
+    return side, price, amount, form.get("timeinforce", "GTC")
+
+
+def add_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/AddOrder: a limit order, matched at once; answers its txid only, as Kraken
+    does (the fill is read with QueryOrders)."""
+    form = request.form()
+    market = _market(venue, form.get("pair", ""))
+    if market is None:
+        return _failed("EQuery:Unknown asset pair")
+    terms = _order_terms(form)
+    if isinstance(terms, Reply):
+        return terms
+    side, price, amount, time_in_force = terms
+    try:
+        order = matching.place_on(
+            venue,
+            account,
+            market,
+            side=side,
+            price=price,
+            amount=amount,
+            client_order_id=form.get("cl_ord_id") or f"emulator-{time.time_ns()}",
+            time_in_force=time_in_force,
+        )
+    except Refused as refused:
+        return refusal_reply(refused)
+    return _ok({"descr": {"order": _descr(order)["order"]}, "txid": [txid(order)]})
+
+
+def _by_txid(account: Account, wanted: str) -> Order:
+    order = next((order for order in account.orders if txid(order) == wanted), None)
+    if order is None:
+        raise Refused(Refusal.UNKNOWN_ORDER)
+    return order
+
+
+def query_orders(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/QueryOrders with txid (comma-separated): {txid: order}."""
+    try:
+        orders = [_by_txid(account, wanted) for wanted in request.form().get("txid", "").split(",")]
+    except Refused:
+        return _failed("EOrder:Invalid order")
+    return _ok({txid(order): _order_info(order) for order in orders})
+
+
+def _chosen(account: Account, form: Mapping[str, str], open_: bool) -> dict[str, Any]:
+    """The account's open (or closed) orders, only the one with `cl_ord_id` when it is given."""
+    client_id = form.get("cl_ord_id")
+    return {
+        txid(order): _order_info(order)
+        for order in account.orders
+        if (order.state is OrderState.OPEN) == open_ and client_id in (None, order.client_order_id)
+    }
+
+
+def open_orders(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/OpenOrders[cl_ord_id=...]"""
+    return _ok({"open": _chosen(account, request.form(), open_=True)})
+
+
+def closed_orders(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/ClosedOrders[cl_ord_id=...]"""
+    closed = _chosen(account, request.form(), open_=False)
+    return _ok({"closed": closed, "count": len(closed)})
+
+
+def _named(account: Account, form: Mapping[str, str]) -> Order:
+    """The order named by cl_ord_id, else by txid; raises Refused(UNKNOWN_ORDER)."""
+    client_id = form.get("cl_ord_id")
+    return account.order(client_order_id=client_id) if client_id else _by_txid(account, form.get("txid", ""))
+
+
+def cancel_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/CancelOrder with txid or cl_ord_id: "EOrder:Unknown order" for an order
+    that is unknown or already closed."""
+    form = request.form()
+    try:
+        matching.cancel_on(venue, account, _named(account, form))
+    except Refused as refused:
+        return refusal_reply(refused)
+    return _ok({"count": 1, "pending": False})
+
+
+def _trade(trade: Trade, order: Order) -> dict[str, Any]:
+    return {
+        "ordertxid": txid(order),
+        "postxid": "PEMULA-TOR000-000000",
+        "pair": market_id(order.market),
+        "time": trade.time_ms / 1000,
+        "type": trade.side,
+        "ordertype": "limit",
+        "price": format(trade.price, "f"),
+        "cost": format(trade.cost, "f"),
+        "fee": format(trade.fee, "f"),
+        "vol": format(trade.amount, "f"),
+        "margin": "0",
+        "misc": "",
+        "trade_id": trade.trade_id,
+        "maker": False,
+    }
+
+
+def trades_history(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/TradesHistory: every trade of the account."""
+    trades = {_trade_id(trade): _trade(trade, order) for order in account.orders for trade in order.trades}
+    return _ok({"trades": trades, "count": len(trades)})
+
+
+PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler] = {
+    ("POST", "/0/private/BalanceEx"): balance_ex,
+    ("POST", "/0/private/AddOrder"): add_order,
+    ("POST", "/0/private/QueryOrders"): query_orders,
+    ("POST", "/0/private/OpenOrders"): open_orders,
+    ("POST", "/0/private/ClosedOrders"): closed_orders,
+    ("POST", "/0/private/CancelOrder"): cancel_order,
+    ("POST", "/0/private/TradesHistory"): trades_history,
+}
 
 
 ROUTES: Mapping[tuple[str, str], Handler] = {

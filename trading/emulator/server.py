@@ -2,8 +2,10 @@
 
 One server on 127.0.0.1 hosts several venues, each under its own path prefix
 (`http://127.0.0.1:PORT/<venue>/...`) and each speaking one dialect. A dialect is a module with
-the same shape as `binance` and `kraken`: a route table from (method, path) to a handler, and a
-`fault_reply(status)` that words an injected error the way that venue does. The server itself
+the same shape as `binance` and `kraken`: a route table from (method, path) to a handler, a table
+of private (signed) routes whose handlers also get the caller's account, `authenticate(venue,
+request)` that checks a signature the way that venue does, and a `fault_reply(status)` that words
+an injected error the way that venue does. The server itself
 knows nothing of any venue's format.
 
 This module uses only the standard library, so it runs in a test process or a command alike.
@@ -17,12 +19,14 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, urlsplit
+
+from trading.emulator.matching import DEFAULT_TAKER_FEE, Account, OrderFault
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +87,12 @@ class Book:
 
 @dataclass(frozen=True)
 class Fault:
-    """An injected failure: wait `delay_s` before answering, then answer `status` if it is set."""
+    """An injected failure: wait `delay_s` before answering, then answer `status` if it is set;
+    `orders` is the trouble new orders meet (rejection, partial fill, fill after cancel)."""
 
     status: int | None = None
     delay_s: float = 0.0
+    orders: OrderFault = field(default_factory=OrderFault)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,16 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     body: bytes
+    raw_query: str = ""  # as sent: signatures cover the exact bytes, not the parsed pairs
+
+    def header(self, name: str) -> str:
+        """The header's value ("" when absent), its name matched regardless of case."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers.items() if key.lower() == wanted), "")
+
+    def form(self) -> dict[str, str]:
+        """The URL-encoded body's fields."""
+        return dict(parse_qsl(self.body.decode(errors="replace"), keep_blank_values=True))
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,8 @@ class Reply:
 
 
 class EmulatedVenue:
-    """One venue's markets, books, fault and request counts. Safe to use from any thread."""
+    """One venue's markets, books, accounts, fault and request counts. Safe to use from any
+    thread; private handlers run holding `ledger`, so orders and balances change one at a time."""
 
     def __init__(self, name: str, markets: Sequence[Market]) -> None:
         self.name = name
@@ -118,6 +135,9 @@ class EmulatedVenue:
         self._fault = Fault()
         self._requests: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self.ledger = threading.RLock()
+        self.accounts: dict[str, Account] = {}
+        self.taker_fee = DEFAULT_TAKER_FEE
 
     def book(self, symbol: str) -> Book:
         """The book a test set, else a sane default around the market's mid price."""
@@ -139,11 +159,14 @@ class EmulatedVenue:
             self._candles[symbol] = tuple(sorted(candles))
 
     def reset(self) -> None:
-        """Back to default books, no candles and no fault."""
+        """Back to default books, no candles, no accounts, the default fee and no fault."""
         with self._lock:
             self._books.clear()
             self._candles.clear()
             self._fault = Fault()
+        with self.ledger:
+            self.accounts.clear()
+            self.taker_fee = DEFAULT_TAKER_FEE
 
     @property
     def fault(self) -> Fault:
@@ -175,10 +198,18 @@ def default_book(market: Market, levels: int = DEFAULT_LEVELS) -> Book:
 Handler = Callable[[EmulatedVenue, Request], Reply]
 
 
+PrivateHandler = Callable[[EmulatedVenue, Request, Account], Reply]
+
+
 class Dialect(Protocol):
     """The shape of a dialect module."""
 
     ROUTES: Mapping[tuple[str, str], Handler]
+    PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler]
+
+    def authenticate(self, venue: EmulatedVenue, request: Request) -> Account | Reply:
+        """The signing account, or the venue's refusal. Called holding the venue's ledger."""
+        ...
 
     def fault_reply(self, status: int) -> Reply: ...
 
@@ -212,7 +243,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         reply = self.server.emulator.handle(
-            self.command, url.path, dict(parse_qsl(url.query)), dict(self.headers.items()), body
+            self.command, url.path, dict(parse_qsl(url.query)), dict(self.headers.items()), body, url.query
         )
         if reply is None:
             return
@@ -314,16 +345,51 @@ class Emulator:
         with prices as str, int or Decimal, from the venue's OHLCV endpoint from now on."""
         self._venue(venue).set_candles(symbol, [_candle(candle) for candle in candles])
 
-    def set_fault(self, venue: str, *, status: int | None = None, delay_s: float = 0.0) -> None:
+    def set_fault(
+        self,
+        venue: str,
+        *,
+        status: int | None = None,
+        delay_s: float = 0.0,
+        reject: str | None = None,
+        fill_fraction: Decimal | str | None = None,
+        fill_after_cancel: bool = False,
+    ) -> None:
         """Make every request to `venue` wait `delay_s` (longer than the client's timeout makes it
-        time out), then answer with HTTP `status` (429, 500, 503, ...) in the venue's own words."""
-        self._venue(venue).fault = Fault(status, delay_s)
+        time out), then answer with HTTP `status` (429, 500, 503, ...) in the venue's own words.
+        For new orders: refuse them with the reason `reject` ("insufficient balance" for the
+        venue's own missing-funds refusal), fill at most `fill_fraction` of
+        each, or (`fill_after_cancel`) leave them open and fill them when a cancel arrives."""
+        fraction = Decimal(str(fill_fraction)) if fill_fraction is not None else None
+        orders = OrderFault(reject, fraction, fill_after_cancel)
+        self._venue(venue).fault = Fault(status, delay_s, orders)
 
     def clear_fault(self, venue: str) -> None:
         self._venue(venue).fault = Fault()
 
+    def add_account(self, venue: str, key: str, secret: str, balances: Mapping[str, Any]) -> None:
+        """Open (or replace) an account on `venue` that signs with `key`/`secret` and holds
+        `balances` (asset -> amount as str, int or Decimal)."""
+        hosted = self._venue(venue)
+        funds = {asset: Decimal(str(amount)) for asset, amount in balances.items()}
+        with hosted.ledger:
+            hosted.accounts[key] = Account(key, secret, funds)
+
+    def balances(self, venue: str, key: str) -> dict[str, Decimal]:
+        """The account's balances now."""
+        hosted = self._venue(venue)
+        with hosted.ledger:
+            return dict(hosted.accounts[key].balances)
+
+    def set_taker_fee(self, venue: str, rate: Decimal | str) -> None:
+        """Charge `rate` (a fraction of notional, in the quote currency) on every fill from now on."""
+        hosted = self._venue(venue)
+        with hosted.ledger:
+            hosted.taker_fee = Decimal(str(rate))
+
     def reset(self) -> None:
-        """Every venue back to default books, no candles and no fault (request counts keep counting)."""
+        """Every venue back to default books, no candles, no accounts and no fault (request counts
+        keep counting)."""
         for hosted in self._hosted.values():
             hosted.venue.reset()
 
@@ -338,24 +404,42 @@ class Emulator:
             raise KeyError(f"the emulator hosts no venue {name!r}; it hosts {sorted(self._hosted)}") from None
 
     def handle(
-        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+        raw_query: str = "",
     ) -> Reply | None:
         """Route one request; None when the emulator stopped while it waited out a delay."""
         prefix, _, rest = path.lstrip("/").partition("/")
         hosted = self._hosted.get(prefix)
         if hosted is None:
             return Reply(404, {"error": f"no venue {prefix!r} here"})
-        request = Request(method, "/" + rest, query, headers, body)
+        request = Request(method, "/" + rest, query, headers, body, raw_query)
         hosted.venue.count_request(request.path)
         fault = hosted.venue.fault
         if fault.delay_s and self._stopping.wait(fault.delay_s):
             return None
         if fault.status is not None:
             return hosted.dialect.fault_reply(fault.status)
+        private = hosted.dialect.PRIVATE_ROUTES.get((method, request.path))
+        if private is not None:
+            return _signed(hosted, private, request)
         handler = hosted.dialect.ROUTES.get((method, request.path))
         if handler is None:
             return Reply(404, {"error": f"{prefix} has no endpoint {method} {request.path}"})
         return handler(hosted.venue, request)
+
+
+def _signed(hosted: _Hosted, handler: PrivateHandler, request: Request) -> Reply:
+    """Answer a private request for the account that signed it, or with the venue's refusal."""
+    with hosted.venue.ledger:
+        account = hosted.dialect.authenticate(hosted.venue, request)
+        if isinstance(account, Reply):
+            return account
+        return handler(hosted.venue, request, account)
 
 
 def _candle(raw: Sequence[Any]) -> Candle:

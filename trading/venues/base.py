@@ -29,6 +29,10 @@ class InsufficientBalance(OrderRejected):
     """The venue (or the paper ledger) lacks the funds for the order."""
 
 
+class OrderNotFound(VenueError):
+    """The venue has no order under that id: it was never placed (or never arrived)."""
+
+
 @dataclass(frozen=True)
 class OrderRequest:
     symbol: str

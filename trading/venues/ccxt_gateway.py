@@ -1,15 +1,20 @@
-"""The ccxt gateway: any exchange ccxt knows, read through its async client.
+"""The ccxt gateway: any exchange ccxt knows, through its async client.
 
-ccxt's errors stop here: every one is translated into a trading.venues.base error. This gateway
-reads books only; placing orders through ccxt comes with the emulator's private endpoints.
+ccxt's errors stop here: every one is translated into a trading.venues.base error. Without
+credentials a gateway reads books only; with them (and an order dialect for its exchange in
+ORDER_DIALECTS) it also trades: immediate-or-cancel limit orders under our client order ids,
+found again by those ids. The key and secret never appear in a log line, an exception or a repr.
 """
 
 from __future__ import annotations
 
+import binascii
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,11 +22,14 @@ import ccxt.async_support as ccxt
 from django.conf import settings
 
 from trading.config import now_ms
-from trading.core.types import Quote
+from trading.core.types import ZERO, Fill, MarketRules, Quote, split_symbol
 from trading.core.validate import parse_quote
 from trading.venues.base import (
     InsufficientBalance,
+    OrderNotFound,
     OrderRejected,
+    OrderRequest,
+    OrderResult,
     QuotesOnly,
     TemporaryVenueError,
     VenueError,
@@ -30,15 +38,16 @@ from trading.venues.base import (
 log = logging.getLogger(__name__)
 
 # Per-exchange client options. Binance would otherwise also load its futures markets (from other
-# hosts) and ask a signed endpoint for currencies.
+# hosts), ask a signed endpoint for currencies and, holding a key, its margin pairs.
 EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
-    "binance": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False},
+    "binance": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False},
 }
 
 # Checked in order, most specific first. ccxt's OperationFailed is its branch of errors that may
 # pass on a retry: network trouble, timeouts, rate limits, unavailability, garbled answers.
 ERROR_TRANSLATIONS: tuple[tuple[type[Exception], type[VenueError]], ...] = (
     (ccxt.InsufficientFunds, InsufficientBalance),
+    (ccxt.OrderNotFound, OrderNotFound),
     (ccxt.InvalidOrder, OrderRejected),
     (ccxt.OperationFailed, TemporaryVenueError),
     (ccxt.BaseError, VenueError),
@@ -51,10 +60,46 @@ MARKETS_TTL_S = 3600.0
 _markets: dict[tuple[str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
 
 
-def translate_error(venue: str, exc: Exception) -> VenueError:
-    """Our named error for a ccxt exception, its message naming ccxt's class for the record."""
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets: tuple[str, ...] | set[str]) -> str:
+    """`text` with every secret replaced (the longest first, so one inside another goes whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class CredentialRedaction(logging.Filter):
+    """Masks every API key and secret a gateway was given in the records of the logger it is on.
+
+    ccxt logs each request with its headers at DEBUG, and Binance's headers carry the API key;
+    the settings-wide redaction only knows secrets from the environment and settings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = redact(record.getMessage(), self.secrets)
+            record.args = None
+        return True
+
+
+# The logger of every client that holds credentials: ccxt's request and response lines go here.
+WIRE_LOG = logging.getLogger(f"{__name__}.wire")
+_credential_redaction = CredentialRedaction()
+WIRE_LOG.addFilter(_credential_redaction)
+
+
+def translate_error(venue: str, exc: Exception, secrets: tuple[str, ...] = ()) -> VenueError:
+    """Our named error for a ccxt exception, its message naming ccxt's class for the record and
+    free of `secrets`."""
     ours = next(cls for ccxt_cls, cls in ERROR_TRANSLATIONS if isinstance(exc, ccxt_cls))
-    return ours(f"{venue}: {type(exc).__name__}: {exc}")
+    return ours(redact(f"{venue}: {type(exc).__name__}: {exc}", secrets))
 
 
 def rewrite_api_urls(urls: Any, root: str) -> Any:
@@ -88,13 +133,28 @@ def _overloads_are_temporary(exchange: Any) -> None:
     exchange.on_rest_response = on_rest_response
 
 
-def open_exchange(ccxt_id: str, api_url: str, timeout_ms: int) -> Any:
-    """A ccxt async client with rate limiting on, its API pointed at `api_url` when given."""
+def open_exchange(
+    ccxt_id: str,
+    api_url: str,
+    timeout_ms: int,
+    credentials: tuple[str, str] | None = None,
+    *,
+    rate_limited: bool = True,
+) -> Any:
+    """A ccxt async client, rate limited unless told otherwise, its API pointed at `api_url` when
+    given, signing with `credentials` (api key, secret) when given."""
     if ccxt_id not in ccxt.exchanges:
         raise VenueError(f"ccxt knows no exchange {ccxt_id!r}")
-    exchange = getattr(ccxt, ccxt_id)(
-        {"enableRateLimit": True, "timeout": timeout_ms, "options": EXCHANGE_OPTIONS.get(ccxt_id, {})}
-    )
+    config: dict[str, Any] = {
+        "enableRateLimit": rate_limited,
+        "timeout": timeout_ms,
+        "options": EXCHANGE_OPTIONS.get(ccxt_id, {}),
+    }
+    if credentials is not None:
+        config["apiKey"], config["secret"] = credentials
+        config["logger"] = WIRE_LOG
+        _credential_redaction.secrets.update(credentials)
+    exchange = getattr(ccxt, ccxt_id)(config)
     if api_url:
         exchange.urls = {**exchange.urls, "api": rewrite_api_urls(exchange.urls["api"], api_url)}
     _overloads_are_temporary(exchange)
@@ -118,23 +178,179 @@ def book_payload(venue: str, symbol: str, book: dict[str, Any], depth: int) -> d
     }
 
 
+def decimal(value: Any) -> Decimal | None:
+    """ccxt's float (or string) as the Decimal the venue sent: floats go through their shortest
+    repr, which gives back the venue's decimal string for up to 15 significant digits."""
+    return None if value is None else Decimal(str(value))
+
+
+def text(value: Decimal) -> str:
+    """A Decimal as ccxt takes an exact number: a plain string, never a float."""
+    return format(value, "f")
+
+
+@dataclass(frozen=True)
+class OrderDialect:
+    """How one exchange's ccxt client takes our client order id, and finds an order by it.
+
+    `create_params` are the extra parameters of an immediate-or-cancel limit order; `find`
+    returns ccxt's order with that client id (raising ccxt.OrderNotFound when there is none);
+    `cancel_params` name the order to cancel; `trades_params` narrow my-trades to one venue
+    order id where the venue can.
+    """
+
+    create_params: Callable[[str], dict[str, Any]]
+    find: Callable[[Any, str, str], Awaitable[dict[str, Any]]]
+    cancel_params: Callable[[str], dict[str, Any]]
+    trades_params: Callable[[str], dict[str, Any]]
+
+
+async def _binance_find(exchange: Any, client_order_id: str, symbol: str) -> dict[str, Any]:
+    order: dict[str, Any] = await exchange.fetch_order(None, symbol, {"origClientOrderId": client_order_id})
+    return order
+
+
+async def _kraken_find(exchange: Any, client_order_id: str, symbol: str) -> dict[str, Any]:
+    """Kraken's QueryOrders wants a txid; its open and closed order lists filter by cl_ord_id."""
+    for fetch in (exchange.fetch_closed_orders, exchange.fetch_open_orders):
+        orders: list[dict[str, Any]] = await fetch(symbol, None, None, {"cl_ord_id": client_order_id})
+        if orders:
+            return orders[0]
+    raise ccxt.OrderNotFound(f"{exchange.id} has no order {client_order_id}")
+
+
+ORDER_DIALECTS: dict[str, OrderDialect] = {
+    "binance": OrderDialect(
+        create_params=lambda cid: {"newClientOrderId": cid, "timeInForce": "IOC"},
+        find=_binance_find,
+        cancel_params=lambda cid: {"origClientOrderId": cid},
+        trades_params=lambda order_id: {"orderId": order_id},
+    ),
+    "kraken": OrderDialect(
+        create_params=lambda cid: {"clientOrderId": cid, "timeInForce": "IOC"},
+        find=_kraken_find,
+        cancel_params=lambda cid: {"clientOrderId": cid},
+        trades_params=lambda order_id: {},
+    ),
+}
+
+# ccxt's unified statuses of an order the venue is done with (nothing more will fill).
+_FINISHED = {"closed", "canceled", "expired"}
+
+
+def order_status(ccxt_status: str | None, amount: Decimal, filled: Decimal) -> str:
+    """Our status for an order ccxt reports: filled, partial (finished with some filled),
+    canceled (finished with nothing filled), rejected or open."""
+    if ccxt_status == "rejected":
+        return "rejected"
+    if ccxt_status not in _FINISHED:
+        return "open"
+    if filled >= amount:
+        return "filled"
+    return "partial" if filled > ZERO else "canceled"
+
+
+def _fee_in_quote(fee: dict[str, Any] | None, quote: str, base: str, average: Decimal | None) -> Decimal:
+    """One ccxt fee in the quote currency (a fee charged in the base converted at `average`)."""
+    if not fee or fee.get("cost") is None:
+        return ZERO
+    cost, currency = decimal(fee["cost"]) or ZERO, fee.get("currency")
+    if currency in (None, quote):
+        return cost
+    if currency == base and average is not None:
+        return cost * average
+    log.warning("fee of %s %s left out of the quote-currency fee", cost, currency)
+    return ZERO
+
+
+def order_fee(
+    order: dict[str, Any], symbol: str, average: Decimal | None, fills: tuple[Fill, ...]
+) -> Decimal:
+    """The order's fee in the quote currency: as the order states it, else the sum over its fills."""
+    base, quote = split_symbol(symbol)
+    fees = [fee for fee in order.get("fees") or [order.get("fee")] if fee and fee.get("cost") is not None]
+    if not fees:
+        return sum((fill.fee for fill in fills), ZERO)
+    return sum((_fee_in_quote(fee, quote, base, average) for fee in fees), ZERO)
+
+
+def order_average(order: dict[str, Any], filled: Decimal) -> Decimal | None:
+    """The average fill price: the exact cost over the filled amount where ccxt has the cost."""
+    if filled <= ZERO:
+        return None
+    cost = decimal(order.get("cost"))
+    return cost / filled if cost else decimal(order.get("average"))
+
+
+def order_fills(order: dict[str, Any], symbol: str) -> tuple[Fill, ...]:
+    """The executions ccxt parsed with the order (binance's fills); Kraken lists trade ids only."""
+    base, quote = split_symbol(symbol)
+    fills = []
+    for trade in order.get("trades") or []:
+        price, amount = decimal(trade.get("price")), decimal(trade.get("amount"))
+        if price is None or amount is None:
+            continue
+        fills.append(Fill(price, amount, _fee_in_quote(trade.get("fee"), quote, base, price)))
+    return tuple(fills)
+
+
+def scrubbed(raw: Any, secrets: tuple[str, ...]) -> Any:
+    """A copy of a venue's answer with every secret removed from its strings."""
+    if isinstance(raw, dict):
+        return {key: scrubbed(value, secrets) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [scrubbed(value, secrets) for value in raw]
+    return redact(raw, secrets) if isinstance(raw, str) else raw
+
+
 class CcxtGateway(QuotesOnly):
     """One venue through ccxt. Markets load at most once per gateway, and at most once an hour
-    per process and API root."""
+    per process and API root. With `credentials` (api key, secret) and an order dialect for
+    `ccxt_id`, capabilities include "orders". `rate_limited=False` drops ccxt's pacing (Kraken's
+    private calls wait three seconds each), only for a venue without limits such as the local
+    emulator."""
 
-    orders_refusal = "the ccxt gateway does not support orders yet"
+    orders_refusal = "the ccxt gateway does not support orders without API credentials"
 
-    def __init__(self, name: str, ccxt_id: str, *, api_url: str = "", timeout_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        ccxt_id: str,
+        *,
+        api_url: str = "",
+        timeout_ms: int | None = None,
+        credentials: tuple[str, str] | None = None,
+        rate_limited: bool = True,
+    ) -> None:
         self.name = name
         self._markets_key = (ccxt_id, api_url)
-        self._exchange = open_exchange(ccxt_id, api_url, timeout_ms or settings.COLLECT_TIMEOUT_MS)
+        self._secrets: tuple[str, ...] = tuple(credentials or ())
+        self._dialect = ORDER_DIALECTS.get(ccxt_id) if credentials is not None else None
+        if self._dialect is not None:
+            self.capabilities = frozenset({"books", "orders"})
+        elif credentials is not None:
+            self.orders_refusal = f"no order dialect for ccxt exchange {ccxt_id!r}"
+        timeout = timeout_ms or settings.COLLECT_TIMEOUT_MS
+        self._exchange = open_exchange(ccxt_id, api_url, timeout, credentials, rate_limited=rate_limited)
+
+    def __repr__(self) -> str:
+        return f"CcxtGateway({self.name!r}, capabilities={sorted(self.capabilities)})"
 
     @contextmanager
     def _translated_errors(self) -> Iterator[None]:
         try:
             yield
         except ccxt.BaseError as exc:
-            raise translate_error(self.name, exc) from exc
+            # `from None`: ccxt's own exception may quote a signed request; ours is redacted.
+            raise translate_error(self.name, exc, self._secrets) from None
+        except binascii.Error:
+            # Kraken signs with the base64-decoded secret; say so without quoting it.
+            raise VenueError(f"{self.name}: the API secret is not valid base64") from None
+
+    def _orders(self) -> OrderDialect:
+        if self._dialect is None:
+            raise self._refuse()
+        return self._dialect
 
     async def _load_markets(self) -> None:
         if self._exchange.markets:
@@ -154,6 +370,118 @@ class CcxtGateway(QuotesOnly):
             await self._load_markets()
             book = await self._exchange.fetch_order_book(symbol, depth)
         return parse_quote(book_payload(self.name, symbol, book, depth))
+
+    async def market_rules(self, symbol: str) -> MarketRules:
+        """The venue's amount step, minimum amount and minimum cost for `symbol`, from ccxt's
+        market data. Raises VenueError for an unlisted symbol."""
+        with self._translated_errors():
+            await self._load_markets()
+            market = self._exchange.market(symbol)
+        limits = market.get("limits") or {}
+        return MarketRules(
+            amount_step=decimal(market["precision"]["amount"]) or MarketRules().amount_step,
+            min_amount=decimal((limits.get("amount") or {}).get("min")) or ZERO,
+            min_cost=decimal((limits.get("cost") or {}).get("min")) or ZERO,
+        )
+
+    async def create_order(self, request: OrderRequest) -> OrderResult:
+        """Send an immediate-or-cancel limit order at request.price under request.client_order_id
+        and return its outcome (read back by client id when the venue's answer lacks the fill).
+        Raises InsufficientBalance, OrderRejected (also for a client id already used),
+        TemporaryVenueError (the order may or may not exist: find it with fetch_order) or
+        VenueError."""
+        dialect = self._orders()
+        with self._translated_errors():
+            await self._load_markets()
+            self._check_precision(request)
+            order = await self._exchange.create_order(
+                request.symbol,
+                "limit",
+                request.side.value,
+                text(request.amount),
+                text(request.price),
+                dialect.create_params(request.client_order_id),
+            )
+            if order.get("status") is None or order.get("filled") is None:
+                order = await dialect.find(self._exchange, request.client_order_id, request.symbol)
+            order = await self._with_trades(order, request.symbol)
+        return self._result(order, request.client_order_id, request.symbol)
+
+    def _check_precision(self, request: OrderRequest) -> None:
+        """Refuse an amount off the venue's step or a price off its tick: ccxt would silently
+        truncate the amount, and round the price, possibly past the limit."""
+        amount = Decimal(self._exchange.amount_to_precision(request.symbol, text(request.amount)))
+        price = Decimal(self._exchange.price_to_precision(request.symbol, text(request.price)))
+        if amount != request.amount or price != request.price:
+            raise OrderRejected(
+                f"{self.name}: {request.client_order_id} amount {request.amount} or price {request.price} "
+                f"is off the market's precision ({amount} at {price})"
+            )
+
+    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
+        """The order sent under `client_order_id`. Raises OrderNotFound when the venue has none
+        (it never arrived), TemporaryVenueError or VenueError."""
+        dialect = self._orders()
+        with self._translated_errors():
+            await self._load_markets()
+            order = await self._with_trades(
+                await dialect.find(self._exchange, client_order_id, symbol), symbol
+            )
+        return self._result(order, client_order_id, symbol)
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult:
+        """Cancel the order if it is still open, then return its state as the venue reports it
+        afterwards: a venue that matched before the cancel arrived shows it filled. Raises
+        OrderNotFound when the venue has no such order."""
+        dialect = self._orders()
+        with self._translated_errors():
+            await self._load_markets()
+            try:
+                await self._exchange.cancel_order(None, symbol, dialect.cancel_params(client_order_id))
+            except ccxt.OrderNotFound:
+                # Already closed (filled or expired) or never placed: the fetch below tells which.
+                log.info("%s: cancel of %s found no open order", self.name, client_order_id)
+            order = await self._with_trades(
+                await dialect.find(self._exchange, client_order_id, symbol), symbol
+            )
+        return self._result(order, client_order_id, symbol)
+
+    async def _with_trades(self, order: dict[str, Any], symbol: str) -> dict[str, Any]:
+        """`order` with its executions from my-trades when it filled some and ccxt's order lacks
+        them (a fetched binance order, any kraken order)."""
+        if not decimal(order.get("filled")) or order_fills(order, symbol):
+            return order
+        order_id = str(order.get("id"))
+        trades = await self._exchange.fetch_my_trades(
+            symbol, None, None, self._orders().trades_params(order_id)
+        )
+        return {**order, "trades": [trade for trade in trades if str(trade.get("order")) == order_id]}
+
+    async def fetch_balance(self) -> dict[str, Decimal]:
+        """Free balance per asset."""
+        self._orders()
+        with self._translated_errors():
+            await self._load_markets()
+            balance = await self._exchange.fetch_balance()
+        free = balance.get("free") or {}
+        return {asset: amount for asset, value in free.items() if (amount := decimal(value)) is not None}
+
+    def _result(self, order: dict[str, Any], client_order_id: str, symbol: str) -> OrderResult:
+        amount = decimal(order.get("amount")) or ZERO
+        filled = decimal(order.get("filled")) or ZERO
+        average = order_average(order, filled)
+        fills = order_fills(order, symbol)
+        return OrderResult(
+            client_order_id=order.get("clientOrderId") or client_order_id,
+            venue_order_id=str(order.get("id") or ""),
+            status=order_status(order.get("status"), amount, filled),
+            amount=amount,
+            filled=filled,
+            average_price=average,
+            fee=order_fee(order, symbol, average, fills),
+            fills=fills,
+            raw=scrubbed(order.get("info") or {}, self._secrets),
+        )
 
     async def close(self) -> None:
         with self._translated_errors():
