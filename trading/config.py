@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -79,11 +80,41 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def credential_names(venue: str) -> tuple[str, str]:
+    """The environment variables holding `venue`'s API key and secret: ARB_<VENUE>_API_KEY and
+    ARB_<VENUE>_API_SECRET, the name upper-cased with dashes as underscores."""
+    stem = f"ARB_{venue.upper().replace('-', '_')}"
+    return f"{stem}_API_KEY", f"{stem}_API_SECRET"
+
+
+def credentials(venue: str) -> tuple[str, str] | None:
+    """`venue`'s (key, secret) from the environment, or None unless both are set."""
+    key, secret = (os.environ.get(name, "") for name in credential_names(venue))
+    return (key, secret) if key and secret else None
+
+
+def venues_without_keys() -> list[str]:
+    """Enabled ccxt venues whose keys are missing from the environment."""
+    names = Venue.objects.filter(enabled=True, kind=Venue.Kind.CCXT).values_list("name", flat=True)
+    return [name for name in names if credentials(name) is None]
+
+
 def trading_mode() -> str:
-    """The mode trades really run in. Live order placement is not available yet, so a request for
-    live mode is refused loudly and the system trades on paper."""
-    if settings.TRADING_MODE == "live":
+    """ "live" only with TRADING_MODE=live and keys in the environment for every enabled ccxt
+    venue; "paper" otherwise. Asked afresh each time (venues change in admin); see
+    announce_trading_mode for the line said at start."""
+    return "live" if settings.TRADING_MODE == "live" and not venues_without_keys() else "paper"
+
+
+def announce_trading_mode() -> str:
+    """Say at start which mode trades run in, and why not live when live was asked for (naming
+    the missing variables, never a key). Returns the mode."""
+    mode = trading_mode()
+    if settings.TRADING_MODE == "live" and mode != "live":
+        missing = [name for venue in venues_without_keys() for name in credential_names(venue)]
         log.warning(
-            "TRADING_MODE=live requested, but live order placement is not available: trading on paper"
+            "TRADING_MODE=live requested but keys are missing (%s): trading on PAPER", ", ".join(missing)
         )
-    return "paper"
+    else:
+        log.warning("trading mode: %s", mode.upper())
+    return mode

@@ -10,7 +10,8 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.utils import timezone
 
-from trading import collector, execution, monitoring, risk, storage
+from trading import collector, execution, monitoring, reconcile, risk, storage
+from trading.config import announce_trading_mode
 from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, rules
 
 
@@ -50,6 +51,12 @@ def monitor_check() -> None:
     monitoring.run_once()
 
 
+@shared_task(name="trade.reconcile", ignore_result=True, time_limit=120, soft_time_limit=110)
+def reconcile_venues() -> None:
+    """Compare recorded orders and balances with what each live venue reports; alert on differences."""
+    reconcile.reconcile_all()
+
+
 @shared_task(
     name="notify.send",
     ignore_result=True,
@@ -76,3 +83,8 @@ def send_daily_summary() -> None:
 @worker_ready.connect
 def announce_notification_channels(**_: object) -> None:
     announce_channels()
+
+
+@worker_ready.connect
+def announce_mode(**_: object) -> None:
+    announce_trading_mode()

@@ -1,4 +1,5 @@
-"""Which gateway reads a venue's books: one constructor per Venue.Kind, no branches on names."""
+"""Which gateway serves a venue: one constructor per Venue.Kind for books, and per trading mode
+for orders; no branches on names."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from trading import pubsub
+from trading.config import credentials, trading_mode
+from trading.core.types import Quote
 from trading.models import Venue
 from trading.venues.base import Gateway, VenueError
 from trading.venues.ccxt_gateway import CcxtGateway
+from trading.venues.paper import PaperGateway
 from trading.venues.simulated import SimulatedGateway
 
 
@@ -34,3 +39,40 @@ def book_gateway(venue: Venue) -> Gateway:
     except KeyError:
         raise VenueError(f"{venue.name}: no gateway for venue kind {venue.kind!r}") from None
     return build(venue)
+
+
+def paper_gateway(venue: Venue) -> Gateway:
+    """Fills against the venue's latest published book at the moment the order is placed."""
+    client = pubsub.connect()
+
+    def book_for(symbol: str) -> Quote:
+        books = pubsub.latest_books(client, symbol)
+        if venue.name not in books:
+            raise VenueError(f"{venue.name}: no current {symbol} book to fill against")
+        return books[venue.name]
+
+    return PaperGateway(venue.name, venue.taker_fee, book_for)
+
+
+def live_gateway(venue: Venue) -> Gateway:
+    """The venue's real order API through ccxt, signing with its keys from the environment.
+    Raises VenueError for a venue without keys or without an order API."""
+    keys = credentials(venue.name)
+    if venue.kind != Venue.Kind.CCXT or keys is None:
+        raise VenueError(f"{venue.name}: no live order gateway (a ccxt venue with keys is needed)")
+    return CcxtGateway(
+        venue.name,
+        venue.ccxt_id,
+        api_url=venue.api_url,
+        credentials=keys,
+        rate_limited=settings.LIVE_RATE_LIMITED,
+    )
+
+
+ORDER_GATEWAYS: dict[str, Callable[[Venue], Gateway]] = {"paper": paper_gateway, "live": live_gateway}
+
+
+def order_gateway(venue: Venue, mode: str | None = None) -> Gateway:
+    """A new gateway that places `venue`'s orders in `mode` (the current trading mode when not
+    given); the caller closes it."""
+    return ORDER_GATEWAYS[mode or trading_mode()](venue)

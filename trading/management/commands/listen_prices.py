@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from trading import pubsub
-from trading.config import trading_mode
+from trading.config import announce_trading_mode
 from trading.listener import Listener
 
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         listener = Listener(pubsub.connect(), symbols=options["symbols"], name=options["name"])
-        mode = trading_mode()
+        mode = announce_trading_mode()
 
         def ready() -> None:
             owned = ", ".join(listener.symbols) or "nothing yet"
