@@ -295,3 +295,23 @@ def test_the_beat_task_run_by_a_real_worker_opens_the_alert_and_notifies(
     assert slack.body["text"].startswith("CRITICAL: No listener heartbeat")
     assert Alert.objects.get(key="listener_missing").is_open
     assert "notifications: slack is on" in worker.output()
+
+
+@pytest.mark.usefixtures("eager_tasks")
+def test_an_incident_stays_open_through_monitoring_runs_until_a_person_resolves_it(
+    redis_client: redis.Redis, chat: Chat, settings, django_capture_on_commit_callbacks, admin_client
+) -> None:
+    settings.ALERT_CLEAR_SECONDS = 0
+    beat(redis_client, "worker:w1@host")
+    beat(redis_client, "listener:main")
+    incident = monitoring.Condition("hedge:opp-7", monitoring.CRITICAL, "Hedge left 0.1 BTC open")
+    with django_capture_on_commit_callbacks(execute=True):
+        monitoring.raise_alert(incident, timezone.now())
+
+    for _ in range(3):
+        check(django_capture_on_commit_callbacks)
+    assert Alert.objects.get(key="hedge:opp-7").is_open
+
+    alert = Alert.objects.get(key="hedge:opp-7")
+    admin_client.post("/admin/trading/alert/", {"action": "resolve", "_selected_action": [alert.pk]})
+    assert not Alert.objects.get(key="hedge:opp-7").is_open

@@ -26,6 +26,7 @@ from django.db import models, transaction
 from django.db.models import F, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -472,12 +473,19 @@ class OpenFilter(admin.SimpleListFilter):
 
 @admin.register(Alert)
 class AlertAdmin(RecordAdmin):
-    """Alerts are opened and resolved by the monitoring checks; here they are read."""
+    """Alerts of the monitoring checks open and resolve by themselves; incidents (a hedged leg, a
+    reconciliation difference) stay open until a person resolves them here."""
 
     list_display = ("subject", "severity", "key", "first_seen", "last_seen", "count", "resolved_at")
     list_filter = (OpenFilter, "severity")
     search_fields = ("key", "subject")
     date_hierarchy = "first_seen"
+    actions = ("resolve",)
+
+    @admin.action(description="Resolve the selected alerts (dealt with)")
+    def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        resolved = queryset.filter(resolved_at__isnull=True).update(resolved_at=timezone.now())
+        self.message_user(request, f"{resolved} alert(s) resolved.", messages.SUCCESS)
 
 
 @admin.register(RiskLimits)

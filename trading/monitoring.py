@@ -240,6 +240,12 @@ def check_of(key: str) -> str:
     return key.split(":", 1)[0]
 
 
+def resolves_itself(key: str) -> bool:
+    """Alerts of the checks here resolve when their condition clears. Incidents raised elsewhere
+    (a hedged leg, a reconciliation difference) stay open until a person resolves them in admin."""
+    return check_of(key) in CHECKS or check_of(key) == "check_failed"
+
+
 def reconcile(conditions: Iterable[Condition], now: datetime, unknown: Collection[str] = ()) -> Transitions:
     """Bring the open alerts in line with this run's conditions; notify after commit for every
     alert opened or resolved. Alerts of checks in `unknown` are left as they are."""
@@ -253,7 +259,12 @@ def reconcile(conditions: Iterable[Condition], now: datetime, unknown: Collectio
             else:
                 changes.opened.append(open_alert(condition, now))
         for key, alert in open_alerts.items():
-            if key not in active and check_of(key) not in unknown and cleared(alert, now):
+            if (
+                key not in active
+                and resolves_itself(key)
+                and check_of(key) not in unknown
+                and cleared(alert, now)
+            ):
                 changes.resolved.append(alert)
         announce(changes)
     return changes
