@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from decimal import Decimal
 
 import pytest
 
@@ -40,15 +39,3 @@ def test_a_book_whose_bid_reaches_its_ask_is_crossed(bid: str, crossed: bool) ->
 def test_a_venue_marked_down_is_down() -> None:
     assert risk.is_down(venue("A", up=False))
     assert not risk.is_down(venue("A"))
-
-
-@pytest.mark.parametrize(
-    ("max_notional", "notional", "over"),
-    [(None, "1e9", False), ("1000", "1000", False), ("1000", "1000.01", True)],
-)
-def test_a_notional_over_the_venue_limit_is_over_limit(
-    max_notional: str | None, notional: str, over: bool
-) -> None:
-    limit = None if max_notional is None else Decimal(max_notional)
-
-    assert risk.is_over_limit(venue("A", max_notional=limit), Decimal(notional)) is over

@@ -24,10 +24,6 @@ def is_down(venue: VenueState) -> bool:
     return not venue.up
 
 
-def is_over_limit(venue: VenueState, notional: Decimal) -> bool:
-    return venue.max_notional is not None and notional > venue.max_notional
-
-
 def quote_age_limit(venue: VenueState, strategy_limit_ms: int) -> int:
     """The stricter of the venue's own quote-age limit and the strategy's."""
     return min(venue.max_quote_age_ms, strategy_limit_ms)

@@ -295,8 +295,8 @@ def _fill(trade: Trade, quote: str) -> dict[str, Any]:
     }
 
 
-def _order_terms(params: Mapping[str, str]) -> tuple[str, Decimal, Decimal, str] | Reply:
-    """(side, price, amount, time in force) of a new LIMIT order, or Binance's refusal."""
+def _order_terms(params: Mapping[str, str]) -> matching.OrderTerms | Reply:
+    """The terms of a new LIMIT order, or Binance's refusal."""
     if params.get("type") != "LIMIT":
         return _error(-1116, "Invalid orderType.")
     side = params.get("side", "").lower()
@@ -308,7 +308,9 @@ def _order_terms(params: Mapping[str, str]) -> tuple[str, Decimal, Decimal, str]
         return _error(-1102, "Mandatory parameter 'price' or 'quantity' was not sent or malformed.")
     if price <= 0 or amount <= 0:
         return _error(-1013, "Invalid quantity.")
-    return side, price, amount, params.get("timeInForce", "GTC")
+    return matching.OrderTerms(
+        side, price, amount, params.get("timeInForce", "GTC"), params.get("newClientOrderId", "")
+    )
 
 
 def new_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
@@ -320,18 +322,8 @@ def new_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply
     terms = _order_terms(params)
     if isinstance(terms, Reply):
         return terms
-    side, price, amount, time_in_force = terms
     try:
-        order = matching.place_on(
-            venue,
-            account,
-            market,
-            side=side,
-            price=price,
-            amount=amount,
-            client_order_id=params.get("newClientOrderId") or f"emulator-{time.time_ns()}",
-            time_in_force=time_in_force,
-        )
+        order = matching.place_on(venue, account, market, terms)
     except Refused as refused:
         return refusal_reply(refused)
     fills = [_fill(trade, market.quote) for trade in order.trades]

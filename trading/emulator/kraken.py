@@ -281,8 +281,8 @@ def _order_info(order: Order) -> dict[str, Any]:
     }
 
 
-def _order_terms(form: Mapping[str, str]) -> tuple[str, Decimal, Decimal, str] | Reply:
-    """(side, price, amount, time in force) of a new limit order, or Kraken's refusal."""
+def _order_terms(form: Mapping[str, str]) -> matching.OrderTerms | Reply:
+    """The terms of a new limit order, or Kraken's refusal."""
     if form.get("ordertype") != "limit":
         return _failed("EGeneral:Invalid arguments:ordertype")
     side = form.get("type", "")
@@ -294,7 +294,7 @@ def _order_terms(form: Mapping[str, str]) -> tuple[str, Decimal, Decimal, str] |
         return _failed("EGeneral:Invalid arguments:volume")
     if price <= 0 or amount <= 0:
         return _failed("EGeneral:Invalid arguments:volume")
-    return side, price, amount, form.get("timeinforce", "GTC")
+    return matching.OrderTerms(side, price, amount, form.get("timeinforce", "GTC"), form.get("cl_ord_id", ""))
 
 
 def add_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
@@ -307,18 +307,8 @@ def add_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply
     terms = _order_terms(form)
     if isinstance(terms, Reply):
         return terms
-    side, price, amount, time_in_force = terms
     try:
-        order = matching.place_on(
-            venue,
-            account,
-            market,
-            side=side,
-            price=price,
-            amount=amount,
-            client_order_id=form.get("cl_ord_id") or f"emulator-{time.time_ns()}",
-            time_in_force=time_in_force,
-        )
+        order = matching.place_on(venue, account, market, terms)
     except Refused as refused:
         return refusal_reply(refused)
     return _ok({"descr": {"order": _descr(order)["order"]}, "txid": [txid(order)]})

@@ -252,28 +252,29 @@ def cancel(
     return order
 
 
-def place_on(
-    venue: EmulatedVenue,
-    account: Account,
-    market: Market,
-    *,
-    side: str,
-    price: Decimal,
-    amount: Decimal,
-    client_order_id: str,
-    time_in_force: str,
-) -> Order:
+@dataclass(frozen=True)
+class OrderTerms:
+    """A new limit order as a dialect read it from the request."""
+
+    side: str
+    price: Decimal
+    amount: Decimal
+    time_in_force: str
+    client_order_id: str
+
+
+def place_on(venue: EmulatedVenue, account: Account, market: Market, terms: OrderTerms) -> Order:
     """place() against the venue's current book, fee rate and injected order fault."""
     book = venue.book(market.symbol)
     return place(
         account,
         market,
         (book.bids, book.asks),
-        side=side,
-        price=price,
-        amount=amount,
-        client_order_id=client_order_id,
-        time_in_force=time_in_force,
+        side=terms.side,
+        price=terms.price,
+        amount=terms.amount,
+        client_order_id=terms.client_order_id or f"emulator-{time.time_ns()}",
+        time_in_force=terms.time_in_force,
         fee_rate=venue.taker_fee,
         fault=venue.fault.orders,
     )
