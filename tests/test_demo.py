@@ -401,11 +401,14 @@ def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stop
             client.delete(*leftovers)
     figures = _summary_of(run)
     assert figures["quotes"] > 0
-    assert figures["opportunities"] >= figures["trades"] >= 0
-    assert Decimal(figures["pnl"]).is_finite()
     with psycopg.connect(fresh_database) as conn:
         venues = conn.execute("SELECT count(*) FROM trading_venue WHERE kind = 'simulated'").fetchone()
+        record = "SELECT count(*), coalesce(sum(realized_pnl), 0) FROM trading_trade"
+        trades, pnl = conn.execute(record).fetchone()
     assert venues == (4,)
+    # The summary tells the record: every trade of this fresh database, and their realized PnL.
+    assert (figures["trades"], Decimal(figures["pnl"])) == (trades, pnl)
+    assert figures["opportunities"] >= figures["trades"]
 
 
 @pytest.mark.slow
