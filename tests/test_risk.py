@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import redis
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -211,6 +214,41 @@ def test_tripping_twice_keeps_the_first_reason_and_time_and_one_alert(market: No
         first.tripped_at,
     )
     assert Alert.objects.filter(key="kill_switch").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trade_checking_while_a_trip_is_being_written_waits_for_it_and_is_stopped(
+    detected: Opportunity,
+) -> None:
+    risk.kill_switch()  # the switch's row exists, armed, as it does once anything has read it
+    tripping, release = threading.Event(), threading.Event()
+
+    def trip_and_hold() -> None:
+        with transaction.atomic():
+            risk.trip("incident", by="alice")
+            tripping.set()
+            release.wait(10)
+        connection.close()
+
+    def execute() -> str:
+        try:
+            return execution.execute_opportunity(detected.pk)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        tripped = pool.submit(trip_and_hold)
+        assert tripping.wait(10)
+        trade = pool.submit(execute)
+        with pytest.raises(TimeoutError):
+            trade.result(timeout=1)  # held at the switch until the trip is written
+        release.set()
+        tripped.result(timeout=10)
+        assert trade.result(timeout=10) == "rejected"
+
+    detected.refresh_from_db()
+    assert detected.reason == "kill_switch: incident"
+    assert not Order.objects.exists()
 
 
 def test_only_a_re_arm_clears_the_switch_not_monitoring_runs_or_a_fresh_process(

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -51,8 +51,18 @@ def kill_switch() -> KillSwitch:
 
 def halt_reason() -> str | None:
     """The rejection for every trade while the kill switch is tripped ("kill_switch: <why>"),
-    else None. Read from the database each time: no process keeps a copy that could go stale."""
-    switch = kill_switch()
+    else None. Read from the database each time: no process keeps a copy that could go stale.
+
+    Call inside the transaction that records the trade's orders. On PostgreSQL the switch's row
+    is read under a share lock held to the end of that transaction: a trip waits for the trades
+    already past this check to be recorded, and a trade checking while a trip is being written
+    waits for it and sees it tripped. No trade passes the check once `trip` has returned.
+    (SQLite runs one writing transaction at a time, which orders them the same way.)
+    """
+    kill_switch()
+    shared = " FOR SHARE" if connection.vendor == "postgresql" else ""
+    table = KillSwitch._meta.db_table
+    switch = KillSwitch.objects.raw(f"SELECT * FROM {table} WHERE id = %s{shared}", [SWITCH])[0]
     return f"kill_switch: {switch.reason}" if switch.tripped else None
 
 
