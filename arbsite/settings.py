@@ -46,11 +46,11 @@ ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost").spli
 TRADING_MODE = env_str("TRADING_MODE", "paper")
 if TRADING_MODE not in {"paper", "live"}:
     raise ImproperlyConfigured(f"TRADING_MODE must be 'paper' or 'live', got {TRADING_MODE!r}")
-# Live legs: how long a fill is polled for, how often a missing quantity is retried within the
+# Legs, paper and live: how long a fill is polled for, how often a missing quantity is retried within the
 # price guard, and the worst price (in bps off the fill) a hedge may close a one-sided fill at.
-LIVE_FILL_DEADLINE_MS = env_int("LIVE_FILL_DEADLINE_MS", 5_000)
-LIVE_LEG_RETRIES = env_int("LIVE_LEG_RETRIES", 2)
-LIVE_HEDGE_MAX_LOSS_BPS = env_int("LIVE_HEDGE_MAX_LOSS_BPS", 50)
+LEG_FILL_DEADLINE_MS = env_int("LEG_FILL_DEADLINE_MS", 5_000)
+LEG_RETRIES = env_int("LEG_RETRIES", 2)
+HEDGE_MAX_LOSS_BPS = env_int("HEDGE_MAX_LOSS_BPS", 50)
 # Off only against a venue without rate limits (the local emulator): ccxt then skips its pacing.
 LIVE_RATE_LIMITED = env_bool("LIVE_RATE_LIMITED", True)
 

@@ -1,4 +1,5 @@
-"""Executing opportunities on paper: re-check, both legs, the record, and idempotency."""
+"""Executing opportunities on paper: re-check, both legs, the record, idempotency, and the
+same retries, hedges and resumption after a crash as live legs."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from tests.conftest import next_message
 from tests.quotes import FLAT, book, open_known_gap, publish
-from trading import execution
+from trading import execution, pubsub
+from trading.config import now_ms
 from trading.core.types import Side
-from trading.models import Balance, Opportunity, Order, Trade
+from trading.models import Alert, Balance, Opportunity, Order, Trade
 from trading.venues.base import OrderRequest
 from trading.venues.paper import PaperGateway
 
@@ -102,3 +105,62 @@ def test_paper_orders_fill_immediately_or_cancel_within_their_limit() -> None:
     assert result.average_price == Decimal("302") / 3
     assert result.fee == Decimal("0.302")
     assert asyncio.run(gateway.create_order(request)) is result  # same client order id: no second fill
+
+
+def reserved_then_crashed(opportunity: Opportunity, redis_client) -> None:
+    """What a worker killed after recording the orders leaves: both orders recorded, funds
+    reserved, nothing filled, the opportunity still executing."""
+    claimed = execution.claim(opportunity.pk)
+    assert claimed is not None
+    books = pubsub.latest_books(redis_client, "BTC/USDT")
+    with transaction.atomic():
+        plan = execution._recheck_and_reserve(claimed, claimed.strategy, books, now_ms())
+    assert isinstance(plan, execution.Plan)
+
+
+def test_a_paper_trade_left_executing_by_a_dead_worker_is_completed_on_redelivery(
+    detected: Opportunity, redis_client
+) -> None:
+    reserved_then_crashed(detected, redis_client)
+    assert balances()[("alpha", "USDT")] == (Decimal("84985"), Decimal("15015"))
+
+    assert execution.execute_opportunity(detected.pk) == "executed"
+
+    assert Trade.objects.get().realized_pnl == Decimal("19.95")
+    assert Order.objects.count() == 2
+    assert balances() == {
+        ("alpha", "BTC"): (Decimal("0.5"), 0),
+        ("alpha", "USDT"): (Decimal("84985"), 0),
+        ("bravo", "BTC"): (Decimal("1.5"), 0),
+        ("bravo", "USDT"): (Decimal("15034.95"), 0),
+    }
+    assert execution.execute_opportunity(detected.pk) == "not_claimed"
+
+
+def test_a_paper_leg_that_cannot_fill_is_retried_then_the_other_is_hedged_back(
+    detected: Opportunity, redis_client
+) -> None:
+    reserved_then_crashed(detected, redis_client)
+    publish(redis_client, book("bravo", *FLAT))  # bravo's bid falls below the sell's guard price
+
+    assert execution.execute_opportunity(detected.pk) == "failed"
+
+    detected.refresh_from_db()
+    assert detected.reason == "leg failure: bought 0.5, sold 0, hedged 0.5"
+    orders = {o.client_order_id.removeprefix(f"arb{detected.pk}-"): o for o in Order.objects.all()}
+    assert sorted(orders) == ["buy", "hedge", "sell", "sell-r1", "sell-r2"]
+    assert [orders[k].filled for k in ("sell", "sell-r1", "sell-r2")] == [0, 0, 0]
+    # the 0.5 BTC bought at 30000 is sold back on alpha at its bid, 29990; 0.1% fee both ways
+    assert (orders["hedge"].side, orders["hedge"].filled) == ("sell", Decimal("0.5"))
+    assert orders["hedge"].average_price == Decimal("29990")
+    assert balances() == {
+        ("alpha", "BTC"): (0, 0),
+        ("alpha", "USDT"): (Decimal("99965.005"), 0),
+        ("bravo", "BTC"): (Decimal("2"), 0),
+        ("bravo", "USDT"): (0, 0),
+    }
+    assert not Trade.objects.exists()
+    assert set(Alert.objects.values_list("key", flat=True)) == {
+        f"leg_retry:{detected.pk}",
+        f"leg_hedge:{detected.pk}",
+    }

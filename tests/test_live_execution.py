@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import child_env, emulated_venues, fund, make_strategy, start_worker, wait_until
 from tests.quotes import book, publish
-from trading import execution, legs, pubsub, reconcile, risk
+from trading import execution, legs, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms, trading_mode
 from trading.emulator import Emulator, emulate
 from trading.listener import Listener
@@ -35,7 +35,7 @@ FUNDS = {"binance": {"BTC": "0", "USDT": "100000"}, "kraken": {"BTC": "2", "USDT
 
 
 def live_env() -> dict[str, str]:
-    env = {"TRADING_MODE": "live", "LIVE_RATE_LIMITED": "0", "LIVE_FILL_DEADLINE_MS": "1500"}
+    env = {"TRADING_MODE": "live", "LIVE_RATE_LIMITED": "0", "LEG_FILL_DEADLINE_MS": "1500"}
     for venue in KEYS:
         env[f"ARB_{venue.upper()}_API_KEY"] = KEYS[venue]
         env[f"ARB_{venue.upper()}_API_SECRET"] = SECRETS[venue]
@@ -65,7 +65,7 @@ def live(emulator: Emulator, settings, monkeypatch) -> Emulator:
         monkeypatch.setenv(name, value)
     settings.TRADING_MODE = "live"
     settings.LIVE_RATE_LIMITED = False
-    settings.LIVE_FILL_DEADLINE_MS = 1500
+    settings.LEG_FILL_DEADLINE_MS = 1500
     for name, venue in emulated_venues(emulator).items():
         fund(venue, **FUNDS[name])
     make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
@@ -185,7 +185,9 @@ def test_redelivery_after_a_crash_between_the_legs_sends_each_leg_exactly_once(
     assert isinstance(plan, execution.Plan)
     asyncio.run(
         legs.on_venue(
-            plan.buy.venue, lambda gw: legs.confirmed(gw, execution._request(plan.buy), look_first=False)
+            plan.buy.venue,
+            "live",
+            lambda gw: legs.confirmed(gw, settlement.as_request(plan.buy), look_first=False),
         )
     )
 

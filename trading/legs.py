@@ -1,5 +1,5 @@
-"""Live legs on a venue: send (or find again), confirm by polling until a deadline, cancel what
-is still open then.
+"""Legs on a venue: send (or find again), confirm by polling until a deadline, cancel what is
+still open then. Paper legs take the same steps; the paper gateway answers at once.
 
 Only venue calls live here; what to send and what it means for the record is execution's.
 """
@@ -25,9 +25,10 @@ T = TypeVar("T")
 POLL_S = 0.2
 
 
-async def on_venue(venue: Venue, action: Callable[[Gateway], Awaitable[T]]) -> T:
-    """`action` on a fresh live order gateway of `venue`, closed afterwards."""
-    gateway = order_gateway(venue, "live")
+async def on_venue(venue: Venue, mode: str, action: Callable[[Gateway], Awaitable[T]]) -> T:
+    """`action` on a fresh order gateway of `venue` in `mode` ("paper" or "live"), closed
+    afterwards."""
+    gateway = order_gateway(venue, mode)
     try:
         return await action(gateway)
     finally:
@@ -41,13 +42,13 @@ async def venue_facts(venue: Venue, symbol: str) -> tuple[dict[str, Decimal], Ma
         rules = await gateway.market_rules(symbol)  # type: ignore[attr-defined]
         return await gateway.fetch_balance(), rules
 
-    return await on_venue(venue, read)
+    return await on_venue(venue, "live", read)
 
 
 async def confirmed(gateway: Gateway, request: OrderRequest, *, look_first: bool) -> OrderResult:
     """The final state of the order under request.client_order_id. With `look_first` (it may have
     been sent before a crash) the venue is asked first and the order is sent only when the venue
-    has none, so it is never sent twice. An open order is polled until LIVE_FILL_DEADLINE_MS, then
+    has none, so it is never sent twice. An open order is polled until LEG_FILL_DEADLINE_MS, then
     cancelled. Raises OrderNotFound when the order never arrived, OrderRejected or VenueError when
     the venue refused it."""
     result = await _existing(gateway, request) if look_first else None
@@ -78,7 +79,7 @@ async def _send(gateway: Gateway, request: OrderRequest) -> OrderResult | None:
 
 
 async def _until_finished(gateway: Gateway, request: OrderRequest, result: OrderResult | None) -> OrderResult:
-    deadline = time.monotonic() + settings.LIVE_FILL_DEADLINE_MS / 1000
+    deadline = time.monotonic() + settings.LEG_FILL_DEADLINE_MS / 1000
     while result is None or result.status == "open":
         if time.monotonic() >= deadline:
             log.warning(

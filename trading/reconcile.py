@@ -59,7 +59,7 @@ def reconcile_venue(venue: Venue) -> list[Difference]:
         return []
     orders = _orders_to_check(venue)
     try:
-        reported, balances = asyncio.run(legs.on_venue(venue, lambda gw: _read(gw, orders)))
+        reported, balances = asyncio.run(legs.on_venue(venue, "live", lambda gw: _read(gw, orders)))
     except VenueError as exc:
         log.warning("reconciliation of %s failed: %s", venue.name, exc)
         return [

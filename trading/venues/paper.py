@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from trading.core.fills import average_price, fees_paid, fill, filled_amount
 from trading.core.types import ZERO, Quote, Side
-from trading.venues.base import OrderRequest, OrderResult, VenueError
+from trading.venues.base import OrderNotFound, OrderRequest, OrderResult
 
 
 class PaperGateway:
@@ -65,10 +65,13 @@ class PaperGateway:
         return result
 
     async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
+        """The order placed under `client_order_id` through this gateway. Raises OrderNotFound
+        for any other: a paper order exists nowhere else, so one recorded by a worker that died
+        before its answer was kept has not filled, and is placed now."""
         try:
             return self._orders[client_order_id]
         except KeyError:
-            raise VenueError(f"{self.name}: no paper order {client_order_id}") from None
+            raise OrderNotFound(f"{self.name}: no paper order {client_order_id}") from None
 
     async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult:
         # Paper orders are immediate-or-cancel: by the time anyone asks, they are done.
