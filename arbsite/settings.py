@@ -51,6 +51,8 @@ if TRADING_MODE not in {"paper", "live"}:
 LEG_FILL_DEADLINE_MS = env_int("LEG_FILL_DEADLINE_MS", 5_000)
 LEG_RETRIES = env_int("LEG_RETRIES", 2)
 HEDGE_MAX_LOSS_BPS = env_int("HEDGE_MAX_LOSS_BPS", 50)
+# How long a live venue's fee tier (its taker fee for the account) is trusted before it is read again.
+FEE_TIER_TTL_S = env_int("FEE_TIER_TTL_S", 600)
 # Off only against a venue without rate limits (the local emulator): ccxt then skips its pacing.
 LIVE_RATE_LIMITED = env_bool("LIVE_RATE_LIMITED", True)
 

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import wait_until
 from trading.core.types import MarketRules, Side
 from trading.emulator import DEFAULT_MARKETS, DIALECTS, Emulator, emulate
+from trading.venues import ccxt_gateway
 from trading.venues.base import (
     InsufficientBalance,
     OrderNotFound,
@@ -42,8 +43,10 @@ def running_emulator() -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def emulator(running_emulator: Emulator) -> Iterator[Emulator]:
-    """Both venues with the test book, a 0.2% taker fee and a funded account each."""
+def emulator(running_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """Both venues with the test book, a 0.2% taker fee and a funded account each; no fee tier
+    remembered from another test's accounts."""
+    monkeypatch.setattr(ccxt_gateway, "_fee_tiers", {})
     for venue in DIALECTS:
         running_emulator.set_book(venue, "BTC/USDT", BIDS, ASKS)
         running_emulator.set_taker_fee(venue, FEE)
@@ -103,10 +106,10 @@ def test_ioc_buy_fills_fully_across_levels_and_balances_move(emulator: Emulator,
     assert result.client_order_id == "opp1-buy-1"
     assert result.average_price == cost / Decimal("0.5")
     assert result.fee == cost * FEE
-    assert [(fill.price, fill.amount) for fill in result.fills] == [
-        (Decimal("60000"), Decimal("0.3")),
-        (Decimal("60010"), Decimal("0.2")),
-    ]
+    # Binance answers an order with its executions; Kraken states the fee and average, and its
+    # executions would cost a TradesHistory call, the dearest of its rate limit, for nothing new.
+    executions = [(Decimal("60000"), Decimal("0.3")), (Decimal("60010"), Decimal("0.2"))]
+    assert [(fill.price, fill.amount) for fill in result.fills] == (executions if venue == "binance" else [])
     balances = trade(emulator, venue, lambda gateway: gateway.fetch_balance())
     assert balances["BTC"] == Decimal("1.5")
     assert balances["USDT"] == Decimal("100000") - cost - cost * FEE
@@ -331,6 +334,47 @@ def test_market_rules_match_the_venue_markets(emulator: Emulator, venue: str, ma
     assert rules == MarketRules(
         amount_step=market.step, min_amount=market.min_amount, min_cost=market.min_cost
     )
+
+
+def test_a_kraken_order_spends_two_private_calls_of_its_rate_limit(emulator: Emulator) -> None:
+    """Kraken counts every private call against the key's budget (3 s each for a query): an
+    order is placed, then read back once by the id Kraken gave it, its fee included."""
+    private = ["AddOrder", "QueryOrders", "ClosedOrders", "OpenOrders", "TradesHistory"]
+    before = {call: emulator.request_count("kraken", f"/0/private/{call}") for call in private}
+
+    placed = place(emulator, "kraken", buy("0.5", "60010"))
+
+    spent = {call: emulator.request_count("kraken", f"/0/private/{call}") - before[call] for call in private}
+    assert spent == {"AddOrder": 1, "QueryOrders": 1, "ClosedOrders": 0, "OpenOrders": 0, "TradesHistory": 0}
+    # 0.3 at 60000 and 0.2 at 60010 with the 0.2% fee
+    assert (placed.status, placed.filled, placed.fee) == ("filled", Decimal("0.5"), Decimal("60.004"))
+
+
+@venues
+def test_the_fee_tier_is_read_from_the_venue_for_the_signing_account(
+    emulator: Emulator, venue: str, settings
+) -> None:
+    settings.FEE_TIER_TTL_S = 0
+    assert trade(emulator, venue, lambda gateway: gateway.taker_fee("BTC/USDT")) == FEE
+
+    emulator.set_taker_fee(venue, "0.00075")  # the account reached a cheaper tier
+    assert trade(emulator, venue, lambda gateway: gateway.taker_fee("BTC/USDT")) == Decimal("0.00075")
+    with pytest.raises(VenueError, match=f"^{venue}: AuthenticationError"):
+        trade(emulator, venue, lambda gw: gw.taker_fee("BTC/USDT"), credentials=("unknown-key-000", "eA=="))
+
+
+@venues
+def test_the_fee_tier_is_remembered_for_its_ttl(emulator: Emulator, venue: str, settings) -> None:
+    settings.FEE_TIER_TTL_S = 600
+    fee_path = {"binance": "/sapi/v1/asset/tradeFee", "kraken": "/0/private/TradeVolume"}[venue]
+    emulator.set_taker_fee(venue, "0.0011")
+    asked = emulator.request_count(venue, fee_path)
+    first = trade(emulator, venue, lambda gateway: gateway.taker_fee("BTC/USDT"))
+    emulator.set_taker_fee(venue, "0.0009")
+    again = trade(emulator, venue, lambda gateway: gateway.taker_fee("BTC/USDT"))
+
+    assert (first, again) == (Decimal("0.0011"), Decimal("0.0011"))
+    assert emulator.request_count(venue, fee_path) == asked + 1
 
 
 def test_orders_need_credentials_and_an_order_dialect(emulator: Emulator) -> None:

@@ -21,7 +21,8 @@ from trading import execution, legs, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms, trading_mode
 from trading.emulator import Emulator, emulate
 from trading.listener import Listener
-from trading.models import Alert, Balance, Opportunity, Order, Trade
+from trading.models import Alert, Balance, Opportunity, Order, Trade, Venue
+from trading.venues import ccxt_gateway
 
 KEYS = {"binance": "live-binance-key-81f2", "kraken": "live-kraken-key-44c9"}
 SECRETS = {
@@ -60,7 +61,9 @@ def emulator(running_emulator: Emulator) -> Iterator[Emulator]:
 
 @pytest.fixture
 def live(emulator: Emulator, settings, monkeypatch) -> Emulator:
-    """Both emulated venues funded in the record as on the venue, keys in the environment, live."""
+    """Both emulated venues funded in the record as on the venue, keys in the environment, live;
+    no fee tier remembered from another test."""
+    monkeypatch.setattr(ccxt_gateway, "_fee_tiers", {})
     for name, value in live_env().items():
         monkeypatch.setenv(name, value)
     settings.TRADING_MODE = "live"
@@ -114,6 +117,36 @@ def test_both_legs_fill_on_the_venues_and_the_trade_is_recorded(live: Emulator, 
     assert {key: o.status for key, o in orders().items()} == {"buy": "filled", "sell": "filled"}
     logged = caplog.text
     assert all(secret not in logged for secret in (*KEYS.values(), *SECRETS.values()))
+
+
+@pytest.mark.django_db
+def test_a_costlier_fee_tier_on_the_venue_stops_a_trade_the_recorded_fee_would_take(
+    live: Emulator, redis_client
+) -> None:
+    """The record says 0.1% on kraken, so the listener sees 39.9 USDT in the gap; kraken charges
+    this account 0.26%, which makes it a loss of 8.26: nothing may be sent."""
+    live.set_taker_fee("kraken", "0.0026")
+    opportunity = open_gap(redis_client)
+
+    assert execution.execute_opportunity(opportunity.pk) == "rejected"
+
+    opportunity.refresh_from_db()
+    assert opportunity.reason.startswith("no_longer_profitable")
+    assert not Order.objects.exists()
+    assert Venue.objects.get(name="kraken").taker_fee == Decimal("0.0026")
+
+
+@pytest.mark.django_db
+def test_a_cheaper_fee_tier_is_what_the_trade_expects_and_pays(live: Emulator, redis_client) -> None:
+    live.set_taker_fee("kraken", "0.0005")
+    opportunity = open_gap(redis_client)
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    trade = Trade.objects.get()
+    # buy 0.5 at 60000 (fee 30), sell 0.5 at 60200 (fee 15.05): as expected, so as paid
+    assert (trade.expected_pnl, trade.realized_pnl) == (Decimal("54.95"), Decimal("54.95"))
+    assert Venue.objects.get(name="kraken").taker_fee == Decimal("0.0005")
 
 
 @pytest.mark.django_db

@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from trading import legs, pubsub, risk, settlement
 from trading.config import active_strategy, load_venue_states, now_ms, strategy_params, to_ms, trading_mode
 from trading.core.strategy import evaluate_pair
-from trading.core.types import Leg, MarketRules, Quote, VenueState, split_symbol
+from trading.core.types import Leg, Quote, VenueState, split_symbol
 from trading.core.types import Opportunity as Sized
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Venue
 from trading.observability.logs import correlation, opportunity_correlation
@@ -137,11 +137,11 @@ def _execute(opportunity: Opportunity) -> str:
     return settlement.complete(opportunity, plan_or_reason.sized.net_profit, resuming=False)
 
 
-Facts = dict[str, tuple[dict[str, Decimal], MarketRules]]
+Facts = dict[str, legs.VenueFacts]
 
 
 async def _venue_facts(opportunity: Opportunity) -> Facts:
-    """Each venue's fresh free balances and market rules, read from both venues at once."""
+    """Each venue's fresh free balances, market rules and fee tier, read from both at once."""
     venues = (opportunity.buy_venue, opportunity.sell_venue)
     read = await asyncio.gather(*(legs.venue_facts(venue, opportunity.symbol) for venue in venues))
     return {venue.name: facts for venue, facts in zip(venues, read, strict=True)}
@@ -149,12 +149,30 @@ async def _venue_facts(opportunity: Opportunity) -> Facts:
 
 def _with_facts(venues: dict[str, VenueState], facts: Facts) -> dict[str, VenueState]:
     """The venue states with what the venues themselves said replacing the record's balances
-    and rules, so sizing respects their real funds, minimums and precision."""
+    and rules, so sizing respects their real funds, minimums and precision. (Their fee tiers are
+    recorded on the venues first, by _adopt_fee_tiers, and loaded with the states.)"""
     updated = dict(venues)
-    for name, (balances, rules) in facts.items():
+    for name, said in facts.items():
         if name in updated:
-            updated[name] = dataclasses.replace(updated[name], balances=balances, rules=rules)
+            updated[name] = dataclasses.replace(updated[name], balances=said.balances, rules=said.rules)
     return updated
+
+
+def _adopt_fee_tiers(opportunity: Opportunity, facts: Facts) -> None:
+    """Record each venue's taker fee as the venue stated it, where it differs from the record's:
+    the admin then shows the fee trades pay, and reservations hold enough for it."""
+    for venue in (opportunity.buy_venue, opportunity.sell_venue):
+        said = facts.get(venue.name)
+        if said is None or said.taker_fee == venue.taker_fee:
+            continue
+        log.warning(
+            "%s: the account's taker fee is %s, not the recorded %s: recording the venue's",
+            venue.name,
+            said.taker_fee,
+            venue.taker_fee,
+        )
+        Venue.objects.filter(pk=venue.pk).update(taker_fee=said.taker_fee)
+        venue.taker_fee = said.taker_fee
 
 
 def _recheck_and_reserve(
@@ -169,6 +187,7 @@ def _recheck_and_reserve(
     their funds. Returns the plan or the reason it was dropped."""
     buy_name, sell_name = opportunity.buy_venue.name, opportunity.sell_venue.name
     _lock_balances(opportunity.buy_venue, opportunity.sell_venue)
+    _adopt_fee_tiers(opportunity, facts or {})
     halted = risk.halt_reason()
     if halted is not None:
         return halted

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeVar
 
@@ -35,12 +36,23 @@ async def on_venue(venue: Venue, mode: str, action: Callable[[Gateway], Awaitabl
         await gateway.close()
 
 
-async def venue_facts(venue: Venue, symbol: str) -> tuple[dict[str, Decimal], MarketRules]:
-    """The venue's free balances now and its market rules for `symbol` (minimums, precision)."""
+@dataclass(frozen=True)
+class VenueFacts:
+    """What a live venue says before a trade: the account's free balances, the market's rules
+    (minimums, precision) and the taker fee of the account's fee tier."""
 
-    async def read(gateway: Gateway) -> tuple[dict[str, Decimal], MarketRules]:
+    balances: dict[str, Decimal]
+    rules: MarketRules
+    taker_fee: Decimal
+
+
+async def venue_facts(venue: Venue, symbol: str) -> VenueFacts:
+    """`venue`'s facts for trading `symbol` now."""
+
+    async def read(gateway: Gateway) -> VenueFacts:
         rules = await gateway.market_rules(symbol)  # type: ignore[attr-defined]
-        return await gateway.fetch_balance(), rules
+        taker_fee = await gateway.taker_fee(symbol)  # type: ignore[attr-defined]
+        return VenueFacts(await gateway.fetch_balance(), rules, taker_fee)
 
     return await on_venue(venue, "live", read)
 

@@ -1,5 +1,5 @@
 """The Binance spot REST dialect: the public endpoints ccxt's binance uses to read books and bars,
-and the signed ones it uses to trade (account, order, myTrades).
+and the signed ones it uses to trade (account, order, myTrades, and the account's trade fees).
 
 Bodies follow https://developers.binance.com/docs/binance-spot-api-docs/rest-api: market ids are
 base+quote ("BTCUSDT"), numbers are strings with eight decimals, errors are {"code", "msg"}.
@@ -235,8 +235,8 @@ def account_info(venue: EmulatedVenue, request: Request, account: Account) -> Re
     return Reply(
         200,
         {
-            "makerCommission": 10,
-            "takerCommission": 10,
+            "makerCommission": _basis_points(venue.taker_fee),
+            "takerCommission": _basis_points(venue.taker_fee),
             "buyerCommission": 0,
             "sellerCommission": 0,
             "canTrade": True,
@@ -250,6 +250,24 @@ def account_info(venue: EmulatedVenue, request: Request, account: Account) -> Re
             "permissions": ["SPOT"],
         },
     )
+
+
+def _basis_points(rate: Decimal) -> int:
+    return int(rate * 10_000)
+
+
+def trade_fee(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """GET /sapi/v1/asset/tradeFee: the account's commission rates, for one symbol when asked."""
+    wanted = _params(request).get("symbol")
+    rate = _exact(venue.taker_fee)
+    rows = [
+        {"symbol": market_id(market), "makerCommission": rate, "takerCommission": rate}
+        for market in venue.markets.values()
+        if wanted in (None, market_id(market))
+    ]
+    if not rows:
+        return _error(-1121, "Invalid symbol.")
+    return Reply(200, rows)
 
 
 def _status(order: Order) -> str:
@@ -398,6 +416,7 @@ PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler] = {
     ("GET", "/api/v3/order"): query_order,
     ("DELETE", "/api/v3/order"): cancel_order,
     ("GET", "/api/v3/myTrades"): my_trades,
+    ("GET", "/sapi/v1/asset/tradeFee"): trade_fee,
 }
 
 

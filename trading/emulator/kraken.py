@@ -1,6 +1,6 @@
 """The Kraken REST dialect: the public endpoints ccxt's kraken uses to read books and bars, and
-the private ones it uses to trade (BalanceEx, AddOrder, QueryOrders, OpenOrders, ClosedOrders,
-CancelOrder, TradesHistory).
+the private ones it uses to trade (BalanceEx, TradeVolume, AddOrder, QueryOrders, OpenOrders,
+ClosedOrders, CancelOrder, TradesHistory).
 
 Bodies follow https://docs.kraken.com/api-reference/: every answer is {"error": [...], "result":
 ...}; assets have ids and altnames (BTC is "XXBT", altname "XBT"); pairs are keyed by id
@@ -223,6 +223,18 @@ def balance_ex(venue: EmulatedVenue, request: Request, account: Account) -> Repl
     )
 
 
+def trade_volume(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """POST /0/private/TradeVolume: the 30-day volume and, for each pair asked, the fee tier in
+    percent (the emulator charges one rate, taker and maker alike, and has no next tier)."""
+    pairs = [pair for pair in request.form().get("pair", "").split(",") if pair]
+    if any(_market(venue, pair) is None for pair in pairs):
+        return _failed("EQuery:Unknown asset pair")
+    percent = format((venue.taker_fee * 100).normalize(), "f")
+    tier = {"fee": percent, "minfee": percent, "maxfee": percent, "tiervolume": "0.0000"}
+    tiers = dict.fromkeys(pairs, tier)
+    return _ok({"currency": "ZUSD", "volume": "0.0000", "fees": tiers, "fees_maker": tiers})
+
+
 def txid(order: Order) -> str:
     """Kraken-shaped order id: three dash-separated groups."""
     return f"O{order.order_id:06d}-EMULA-TOR{order.order_id % 1000:03d}"
@@ -395,6 +407,7 @@ def trades_history(venue: EmulatedVenue, request: Request, account: Account) -> 
 
 PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler] = {
     ("POST", "/0/private/BalanceEx"): balance_ex,
+    ("POST", "/0/private/TradeVolume"): trade_volume,
     ("POST", "/0/private/AddOrder"): add_order,
     ("POST", "/0/private/QueryOrders"): query_orders,
     ("POST", "/0/private/OpenOrders"): open_orders,

@@ -51,7 +51,7 @@ class OrderResult:
     filled: Decimal
     average_price: Decimal | None
     fee: Decimal
-    fills: tuple[Fill, ...] = ()
+    fills: tuple[Fill, ...] = ()  # the executions, where the venue's answer lists them
     raw: dict[str, Any] = field(default_factory=dict)
 
 

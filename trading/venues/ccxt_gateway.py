@@ -58,6 +58,8 @@ MARKETS_TTL_S = 3600.0
 # builds a fresh gateway, and reloading markets every round would spend the venue's rate limit on
 # data that changes a few times a year.
 _markets: dict[tuple[str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
+# Taker fee per (ccxt id, API root, API key, symbol), with when it was read.
+_fee_tiers: dict[tuple[str, str, str, str], tuple[float, Decimal]] = {}
 
 
 REDACTED = "[redacted]"
@@ -263,12 +265,17 @@ def _fee_in_quote(fee: dict[str, Any] | None, quote: str, base: str, average: De
     return ZERO
 
 
+def stated_fees(order: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fees ccxt's order states itself (not summed from its fills)."""
+    return [fee for fee in order.get("fees") or [order.get("fee")] if fee and fee.get("cost") is not None]
+
+
 def order_fee(
     order: dict[str, Any], symbol: str, average: Decimal | None, fills: tuple[Fill, ...]
 ) -> Decimal:
     """The order's fee in the quote currency: as the order states it, else the sum over its fills."""
     base, quote = split_symbol(symbol)
-    fees = [fee for fee in order.get("fees") or [order.get("fee")] if fee and fee.get("cost") is not None]
+    fees = stated_fees(order)
     if not fees:
         return sum((fill.fee for fill in fills), ZERO)
     return sum((_fee_in_quote(fee, quote, base, average) for fee in fees), ZERO)
@@ -326,6 +333,7 @@ class CcxtGateway(QuotesOnly):
         self._markets_key = (ccxt_id, api_url)
         self._secrets: tuple[str, ...] = tuple(credentials or ())
         self._dialect = ORDER_DIALECTS.get(ccxt_id) if credentials is not None else None
+        self._venue_ids: dict[str, str] = {}  # client order id -> the venue's, for orders placed here
         if self._dialect is not None:
             self.capabilities = frozenset({"books", "orders"})
         elif credentials is not None:
@@ -384,6 +392,25 @@ class CcxtGateway(QuotesOnly):
             min_cost=decimal((limits.get("cost") or {}).get("min")) or ZERO,
         )
 
+    async def taker_fee(self, symbol: str) -> Decimal:
+        """The account's taker fee rate on `symbol` (a fraction of notional) as the venue states
+        it: the fee tier its trading volume has reached. Remembered per process, key and symbol
+        for FEE_TIER_TTL_S: tiers move with 30-day volume, and each read spends rate limit.
+        Raises VenueError when the venue does not say."""
+        self._orders()
+        key = (*self._markets_key, self._secrets[0], symbol)
+        cached = _fee_tiers.get(key)
+        if cached is not None and time.monotonic() - cached[0] < settings.FEE_TIER_TTL_S:
+            return cached[1]
+        with self._translated_errors():
+            await self._load_markets()
+            fee = await self._exchange.fetch_trading_fee(symbol)
+        taker = decimal(fee.get("taker"))
+        if taker is None or taker < ZERO:
+            raise VenueError(f"{self.name}: no taker fee for {symbol} in the venue's answer")
+        _fee_tiers[key] = (time.monotonic(), taker)
+        return taker
+
     async def create_order(self, request: OrderRequest) -> OrderResult:
         """Send an immediate-or-cancel limit order at request.price under request.client_order_id
         and return its outcome (read back by client id when the venue's answer lacks the fill).
@@ -402,8 +429,10 @@ class CcxtGateway(QuotesOnly):
                 text(request.price),
                 dialect.create_params(request.client_order_id),
             )
+            if order.get("id"):
+                self._venue_ids[request.client_order_id] = str(order["id"])
             if order.get("status") is None or order.get("filled") is None:
-                order = await dialect.find(self._exchange, request.client_order_id, request.symbol)
+                order = await self._find(request.client_order_id, request.symbol)
             order = await self._with_trades(order, request.symbol)
         return self._result(order, request.client_order_id, request.symbol)
 
@@ -418,15 +447,22 @@ class CcxtGateway(QuotesOnly):
                 f"is off the market's precision ({amount} at {price})"
             )
 
+    async def _find(self, client_order_id: str, symbol: str) -> dict[str, Any]:
+        """ccxt's order under our client order id: by the venue's own id when this gateway placed
+        it (one call on any venue), else by the dialect's search."""
+        venue_id = self._venue_ids.get(client_order_id)
+        if venue_id is not None:
+            order: dict[str, Any] = await self._exchange.fetch_order(venue_id, symbol)
+            return order
+        return await self._orders().find(self._exchange, client_order_id, symbol)
+
     async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
         """The order sent under `client_order_id`. Raises OrderNotFound when the venue has none
         (it never arrived), TemporaryVenueError or VenueError."""
-        dialect = self._orders()
+        self._orders()
         with self._translated_errors():
             await self._load_markets()
-            order = await self._with_trades(
-                await dialect.find(self._exchange, client_order_id, symbol), symbol
-            )
+            order = await self._with_trades(await self._find(client_order_id, symbol), symbol)
         return self._result(order, client_order_id, symbol)
 
     async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult:
@@ -441,15 +477,13 @@ class CcxtGateway(QuotesOnly):
             except ccxt.OrderNotFound:
                 # Already closed (filled or expired) or never placed: the fetch below tells which.
                 log.info("%s: cancel of %s found no open order", self.name, client_order_id)
-            order = await self._with_trades(
-                await dialect.find(self._exchange, client_order_id, symbol), symbol
-            )
+            order = await self._with_trades(await self._find(client_order_id, symbol), symbol)
         return self._result(order, client_order_id, symbol)
 
     async def _with_trades(self, order: dict[str, Any], symbol: str) -> dict[str, Any]:
-        """`order` with its executions from my-trades when it filled some and ccxt's order lacks
-        them (a fetched binance order, any kraken order)."""
-        if not decimal(order.get("filled")) or order_fills(order, symbol):
+        """`order` with its executions from my-trades when it filled some and ccxt's order states
+        neither them nor its fee (a fetched binance order; kraken's orders carry their fee)."""
+        if not decimal(order.get("filled")) or order_fills(order, symbol) or stated_fees(order):
             return order
         order_id = str(order.get("id"))
         trades = await self._exchange.fetch_my_trades(
