@@ -55,6 +55,9 @@ HEDGE_MAX_LOSS_BPS = env_int("HEDGE_MAX_LOSS_BPS", 50)
 FEE_TIER_TTL_S = env_int("FEE_TIER_TTL_S", 600)
 # Off only against a venue without rate limits (the local emulator): ccxt then skips its pacing.
 LIVE_RATE_LIMITED = env_bool("LIVE_RATE_LIMITED", True)
+# Live calls of one key are paced across every process through Redis by ccxt's costs, in a bucket
+# holding this many tokens when idle (1: exactly ccxt's own pacing of one client).
+LIVE_RATE_BURST = env_int("LIVE_RATE_BURST", 1)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

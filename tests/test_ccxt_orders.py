@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
+from django.conf import settings
 
 from tests.conftest import wait_until
 from trading.core.types import MarketRules, Side
@@ -26,6 +27,7 @@ from trading.venues.base import (
     VenueError,
 )
 from trading.venues.ccxt_gateway import CcxtGateway, order_status
+from trading.venues.pacing import SharedPacer, bucket_key
 
 T = TypeVar("T")
 FEE = Decimal("0.002")
@@ -375,6 +377,35 @@ def test_the_fee_tier_is_remembered_for_its_ttl(emulator: Emulator, venue: str, 
 
     assert (first, again) == (Decimal("0.0011"), Decimal("0.0011"))
     assert emulator.request_count(venue, fee_path) == asked + 1
+
+
+def test_the_ccxt_client_spends_the_shared_bucket_by_its_endpoint_costs(
+    emulator: Emulator, redis_client
+) -> None:
+    """ccxt weighs binance's account endpoint 4 tokens (its weight of 20, at 0.2 a token): one
+    balance read from a full bucket of one token leaves it 3 in debt, so the next call of the key,
+    from any process, waits 150 ms."""
+
+    key = bucket_key(settings.ARB_PREFIX, "binance", KEYS["binance"])
+
+    async def run() -> None:
+        gateway = CcxtGateway(
+            "binance",
+            "binance",
+            api_url=emulator.url_for("binance"),
+            credentials=(KEYS["binance"], SECRETS["binance"]),
+            pacer=SharedPacer(settings.REDIS_URL, key),
+        )
+        try:
+            await gateway.market_rules("BTC/USDT")  # markets first: their own cost is not the point
+            await asyncio.sleep(0.5)  # the bucket fills again
+            await gateway.fetch_balance()
+        finally:
+            await gateway.close()
+
+    asyncio.run(run())
+
+    assert float(redis_client.hget(key, "tokens")) == -3
 
 
 def test_orders_need_credentials_and_an_order_dialect(emulator: Emulator) -> None:

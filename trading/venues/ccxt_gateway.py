@@ -9,6 +9,7 @@ found again by those ids. The key and secret never appear in a log line, an exce
 from __future__ import annotations
 
 import binascii
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,6 +35,7 @@ from trading.venues.base import (
     TemporaryVenueError,
     VenueError,
 )
+from trading.venues.pacing import SharedPacer
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +317,8 @@ class CcxtGateway(QuotesOnly):
     per process and API root. With `credentials` (api key, secret) and an order dialect for
     `ccxt_id`, capabilities include "orders". `rate_limited=False` drops ccxt's pacing (Kraken's
     private calls wait three seconds each), only for a venue without limits such as the local
-    emulator."""
+    emulator. A `pacer` paces the calls in turn with every other client of the same key, in any
+    process, by ccxt's costs, instead of within this client alone."""
 
     orders_refusal = "the ccxt gateway does not support orders without API credentials"
 
@@ -328,6 +331,7 @@ class CcxtGateway(QuotesOnly):
         timeout_ms: int | None = None,
         credentials: tuple[str, str] | None = None,
         rate_limited: bool = True,
+        pacer: SharedPacer | None = None,
     ) -> None:
         self.name = name
         self._markets_key = (ccxt_id, api_url)
@@ -340,6 +344,9 @@ class CcxtGateway(QuotesOnly):
             self.orders_refusal = f"no order dialect for ccxt exchange {ccxt_id!r}"
         timeout = timeout_ms or settings.COLLECT_TIMEOUT_MS
         self._exchange = open_exchange(ccxt_id, api_url, timeout, credentials, rate_limited=rate_limited)
+        self._pacer = pacer
+        if pacer is not None:
+            self._exchange.throttle = functools.partial(pacer.wait, self._exchange.rateLimit)
 
     def __repr__(self) -> str:
         return f"CcxtGateway({self.name!r}, capabilities={sorted(self.capabilities)})"
@@ -518,5 +525,9 @@ class CcxtGateway(QuotesOnly):
         )
 
     async def close(self) -> None:
-        with self._translated_errors():
-            await self._exchange.close()
+        try:
+            with self._translated_errors():
+                await self._exchange.close()
+        finally:
+            if self._pacer is not None:
+                await self._pacer.close()

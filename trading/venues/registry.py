@@ -13,6 +13,7 @@ from trading.core.types import Quote
 from trading.models import Venue
 from trading.venues.base import Gateway, VenueError
 from trading.venues.ccxt_gateway import CcxtGateway
+from trading.venues.pacing import SharedPacer, bucket_key
 from trading.venues.paper import PaperGateway
 from trading.venues.simulated import SimulatedGateway
 
@@ -55,17 +56,21 @@ def paper_gateway(venue: Venue) -> Gateway:
 
 
 def live_gateway(venue: Venue) -> Gateway:
-    """The venue's real order API through ccxt, signing with its keys from the environment.
-    Raises VenueError for a venue without keys or without an order API."""
+    """The venue's real order API through ccxt, signing with its keys from the environment, its
+    calls paced with every other process using those keys. Raises VenueError for a venue without
+    keys or without an order API."""
     keys = credentials(venue.name)
     if venue.kind != Venue.Kind.CCXT or keys is None:
         raise VenueError(f"{venue.name}: no live order gateway (a ccxt venue with keys is needed)")
+    paced = settings.LIVE_RATE_LIMITED
+    key = bucket_key(pubsub.names().prefix, venue.ccxt_id, keys[0])
     return CcxtGateway(
         venue.name,
         venue.ccxt_id,
         api_url=venue.api_url,
         credentials=keys,
-        rate_limited=settings.LIVE_RATE_LIMITED,
+        rate_limited=paced,
+        pacer=SharedPacer(settings.REDIS_URL, key, settings.LIVE_RATE_BURST) if paced else None,
     )
 
 
