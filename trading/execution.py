@@ -58,7 +58,7 @@ def exclusive(opportunity_id: int) -> Iterator[bool]:
     drops it with the connection of a killed worker, so a redelivered task gets it then, but
     never while the first one still runs. Without PostgreSQL (the quick SQLite demo, paper only)
     the conditional claim alone keeps a task from trading twice."""
-    if connection.vendor != "postgresql":
+    if not _advisory_locks():
         yield True
         return
     with connection.cursor() as cursor:
@@ -78,9 +78,17 @@ def _claim_and_execute(opportunity_id: int) -> str:
             log.info("opportunity %s is being executed by another worker", opportunity_id)
             return "not_claimed"
         opportunity = claim(opportunity_id)
+        if opportunity is None and not _advisory_locks():
+            # Without the lock, a worker still running could not be told from a dead one.
+            log.info("opportunity %s already claimed; not resumed without PostgreSQL", opportunity_id)
+            return "not_claimed"
         if opportunity is None:
             return _resume(opportunity_id)
         return _guarded(opportunity, _execute)
+
+
+def _advisory_locks() -> bool:
+    return connection.vendor == "postgresql"
 
 
 def _guarded(opportunity: Opportunity, run: Callable[[Opportunity], str]) -> str:
