@@ -105,6 +105,7 @@ def describe(spec: RunSpec, setup: Setup) -> dict[str, Any]:
         "trade_size": str(params.trade_size),
         "max_quote_age_ms": params.max_quote_age_ms,
         "ttl_ms": params.ttl_ms,
+        "slippage_bps": str(params.slippage_bps),
         "taker_fees": {name: str(state.fees.taker) for name, state in setup.venues.items()},
         "latency_ms": {name: setup.latency(name) for name in setup.venues},
         "funds": {

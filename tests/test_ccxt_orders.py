@@ -334,7 +334,10 @@ def test_market_rules_match_the_venue_markets(emulator: Emulator, venue: str, ma
     rules = trade(emulator, venue, lambda gateway: gateway.market_rules(market.symbol))
 
     assert rules == MarketRules(
-        amount_step=market.step, min_amount=market.min_amount, min_cost=market.min_cost
+        amount_step=market.step,
+        min_amount=market.min_amount,
+        min_cost=market.min_cost,
+        price_tick=market.tick,
     )
 
 

@@ -21,7 +21,7 @@ from trading import execution, legs, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms, trading_mode
 from trading.emulator import Emulator, emulate
 from trading.listener import Listener
-from trading.models import Alert, Balance, Opportunity, Order, Trade, Venue
+from trading.models import Alert, Balance, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.venues import ccxt_gateway
 
 KEYS = {"binance": "live-binance-key-81f2", "kraken": "live-kraken-key-44c9"}
@@ -117,6 +117,42 @@ def test_both_legs_fill_on_the_venues_and_the_trade_is_recorded(live: Emulator, 
     assert {key: o.status for key, o in orders().items()} == {"buy": "filled", "sell": "filled"}
     logged = caplog.text
     assert all(secret not in logged for secret in (*KEYS.values(), *SECRETS.values()))
+
+
+@pytest.mark.django_db
+def test_a_book_that_moves_before_the_order_lands_is_caught_within_the_slippage_allowance(
+    live: Emulator, redis_client
+) -> None:
+    """The collected kraken bid is 60200; by the time the sell lands kraken bids 60190 (1.7 bps
+    lower). With 5 bps of allowance the sell's limit is 60169.90, and it fills at 60190."""
+    StrategyConfig.objects.filter(active=True).update(slippage_bps=5)
+    opportunity = open_gap(redis_client)
+    live.set_book("kraken", "BTC/USDT", [("60190", "1")], DEAR[1])
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    sell = orders()["sell"]
+    assert (sell.price, sell.filled, sell.average_price) == (
+        Decimal("60169.9"),
+        Decimal("0.5"),
+        Decimal("60190"),
+    )
+    # 0.5 bought at 60000 (fee 30), sold at 60190 (fee 30.095): 5 USDT under the 39.9 expected
+    trade = Trade.objects.get()
+    assert (trade.expected_pnl, trade.realized_pnl) == (Decimal("39.9"), Decimal("34.905"))
+
+
+@pytest.mark.django_db
+def test_without_a_slippage_allowance_a_moved_book_leaves_the_leg_unfilled_and_hedged(
+    live: Emulator, redis_client
+) -> None:
+    opportunity = open_gap(redis_client)
+    live.set_book("kraken", "BTC/USDT", [("60190", "1")], DEAR[1])
+
+    assert execution.execute_opportunity(opportunity.pk) == "failed"
+
+    assert [o.filled for key, o in sorted(orders().items()) if key.startswith("sell")] == [0, 0, 0]
+    assert orders()["hedge"].filled == Decimal("0.5")
 
 
 @pytest.mark.django_db

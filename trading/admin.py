@@ -359,18 +359,20 @@ def valid_venue_limits(limits: Any) -> dict[str, Any]:
     return limits
 
 
+STRATEGY_PARAMETERS = (
+    "symbols",
+    "min_profit_bps",
+    "trade_size",
+    "slippage_bps",
+    "max_quote_age_ms",
+    "ttl_ms",
+)
+
+
 class StrategyConfigForm(forms.ModelForm):
     class Meta:
         model = StrategyConfig
-        fields = (
-            "symbols",
-            "min_profit_bps",
-            "trade_size",
-            "max_quote_age_ms",
-            "ttl_ms",
-            "venue_limits",
-            "note",
-        )
+        fields = (*STRATEGY_PARAMETERS, "venue_limits", "note")
 
     def clean_symbols(self) -> list[str]:
         return valid_symbols(self.cleaned_data["symbols"])
@@ -409,6 +411,7 @@ class StrategyConfigAdmin(admin.ModelAdmin):
         "symbols",
         decimal_column("min_profit_bps", "min profit (bps)"),
         decimal_column("trade_size", "trade size"),
+        decimal_column("slippage_bps", "slippage (bps)"),
         "max_quote_age_ms",
         "ttl_ms",
         "note",
@@ -425,7 +428,7 @@ class StrategyConfigAdmin(admin.ModelAdmin):
                 "“Save as new” copies this version into a new one.",
             },
         ),
-        ("Parameters", {"fields": ("symbols", "min_profit_bps", "trade_size", "max_quote_age_ms", "ttl_ms")}),
+        ("Parameters", {"fields": STRATEGY_PARAMETERS}),
         ("Per-venue limits", {"fields": ("venue_limits",)}),
     )
     # Activation goes through the action only, which keeps exactly one version active.

@@ -39,6 +39,7 @@ def strategy_params(config: StrategyConfig) -> StrategyParams:
         trade_size=Decimal(config.trade_size),
         max_quote_age_ms=config.max_quote_age_ms,
         ttl_ms=config.ttl_ms,
+        slippage_bps=Decimal(config.slippage_bps),
     )
 
 

@@ -83,6 +83,13 @@ class StrategyConfig(models.Model):
     trade_size = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal("0.01"))
     max_quote_age_ms = models.PositiveIntegerField(default=5_000)
     ttl_ms = models.PositiveIntegerField(default=3_000, help_text="An opportunity's time to live")
+    slippage_bps = models.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        default=Decimal(0),
+        help_text="How far past the book (in bps) each leg's limit price may reach if the book moves "
+        "before the order lands; 0 sends at the last book level the amount reaches",
+    )
     venue_limits = models.JSONField(
         default=dict, blank=True, help_text='Per-venue max notional, e.g. {"binance": "5000"}'
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from trading import legs, monitoring, pubsub, risk
 from trading.config import trading_mode
+from trading.core.fills import guard_price, tick_of
 from trading.core.risk import plain
 from trading.core.types import Side, split_symbol
 from trading.models import Balance, Opportunity, Order, Trade, Venue
@@ -237,11 +238,9 @@ def _hedge_limit(filled: list[Order], side: str) -> Decimal:
     HEDGE_MAX_LOSS_BPS, rounded inward onto the guard price's tick."""
     value = sum((order.filled * (order.average_price or 0) for order in filled), Decimal(0))
     average = value / _filled(filled)
-    loss = Decimal(settings.HEDGE_MAX_LOSS_BPS) / Decimal(10_000)
-    tick = Decimal(1).scaleb(min(filled[0].price.normalize().as_tuple().exponent, 0))
-    if side == Order.Side.BUY:  # we sell back what we bought: no lower than this
-        return (average * (1 - loss)).quantize(tick, rounding=ROUND_UP)
-    return (average * (1 + loss)).quantize(tick, rounding=ROUND_DOWN)
+    hedge_side = Side.SELL if side == Order.Side.BUY else Side.BUY  # sell back what we bought
+    loss = Decimal(settings.HEDGE_MAX_LOSS_BPS)
+    return guard_price(average, hedge_side, loss, tick_of(filled[0].price))
 
 
 def _alert(key: str, severity: str, subject: str) -> None:

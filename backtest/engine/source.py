@@ -133,4 +133,10 @@ def with_overrides(params: StrategyParams, overrides: Mapping[str, str]) -> Stra
     return replace(params, **changes)
 
 
-PARAM_TYPES = {"min_profit_bps": Decimal, "trade_size": Decimal, "max_quote_age_ms": int, "ttl_ms": int}
+PARAM_TYPES = {
+    "min_profit_bps": Decimal,
+    "trade_size": Decimal,
+    "max_quote_age_ms": int,
+    "ttl_ms": int,
+    "slippage_bps": Decimal,
+}

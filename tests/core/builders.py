@@ -114,7 +114,8 @@ def venues(draw: st.DrawFn, name: str) -> VenueState:
 
 def strategy_params() -> st.SearchStrategy[StrategyParams]:
     return st.builds(
-        lambda bps, size: params(str(bps), str(size)),
+        lambda bps, size, slippage: params(str(bps), str(size), slippage_bps=Decimal(slippage)),
         st.integers(0, 30),
         lot_amounts(3_000),
+        st.sampled_from([0, 0, 3, 25]),
     )

@@ -22,7 +22,16 @@ from tests.core.builders import (
 )
 from trading.core.fills import fees_paid, fill, notional
 from trading.core.strategy import Reason, evaluate_pair, find_decisions, quantize_amount
-from trading.core.types import BPS, Decision, Opportunity, Quote, Side, StrategyParams, VenueState
+from trading.core.types import (
+    BPS,
+    Decision,
+    MarketRules,
+    Opportunity,
+    Quote,
+    Side,
+    StrategyParams,
+    VenueState,
+)
 
 # Buy on A, sell on B: A's asks are below B's bids for the first 1.3 BTC or so.
 CHEAP = quote("A", bids=levels(("99.00", "1")), asks=levels(("100.00", "0.5"), ("100.50", "1")))
@@ -71,6 +80,37 @@ def test_a_known_gap_is_accepted_with_the_hand_computed_profit() -> None:
     assert opportunity.gross_profit == Decimal("0.90")
     assert opportunity.net_profit == Decimal("0.6986")
     assert opportunity.net_bps.quantize(Decimal("0.01")) == Decimal("69.69")
+
+
+def test_a_slippage_allowance_moves_each_guard_past_the_book_but_not_the_expected_prices() -> None:
+    # 10 bps past 100.50 is 100.6005, down onto the cent; 10 bps under 101.00 is 100.899, up.
+    cents = MarketRules(price_tick=Decimal("0.01"))
+    a, b = venue("A", rules=cents), venue("B", rules=cents)
+    plain = accepted(decide(buy_venue=a, sell_venue=b, strategy=params(min_profit_bps="10", trade_size="1")))
+    slipped = accepted(
+        decide(
+            buy_venue=a,
+            sell_venue=b,
+            strategy=params(min_profit_bps="10", trade_size="1", slippage_bps=Decimal(10)),
+        )
+    )
+
+    assert (slipped.buy.worst_price, slipped.sell.worst_price) == (Decimal("100.60"), Decimal("100.90"))
+    assert (slipped.buy.price, slipped.sell.price) == (plain.buy.price, plain.sell.price)
+    assert slipped.net_profit == plain.net_profit
+
+
+def test_a_slippage_allowance_is_paid_for_out_of_the_balance_before_it_is_needed() -> None:
+    """Funds for 1 BTC at the 100.50 guard with fee, not at 10 bps more: the buy is sized down
+    so that even a fill at its slipped limit is covered."""
+    funds = Decimal("100.50") * Decimal("1.001")
+    poorer = venue("A", balances={"USDT": funds, "BTC": Decimal(0)})
+    strategy = params(trade_size="1", slippage_bps=Decimal(10))
+
+    opportunity = accepted(decide(buy_venue=poorer, strategy=strategy))
+
+    assert opportunity.buy.amount < 1
+    assert opportunity.buy.amount * opportunity.buy.worst_price * Decimal("1.001") <= funds
 
 
 def test_units_under_the_bar_are_traded_while_the_whole_trade_still_meets_it() -> None:
@@ -371,6 +411,8 @@ def assert_within_every_limit(
     sold = fill(sell.bids, Side.SELL, amount, sell_venue.fees.taker)
     for state, fills in ((buy_venue, bought), (sell_venue, sold)):
         assert state.max_notional is None or notional(fills) <= state.max_notional
+    # the buy's limit bounds what it can cost however the book moves before it lands
+    assert buy_venue.max_notional is None or amount * opportunity.buy.worst_price <= buy_venue.max_notional
     assert opportunity.net_profit == notional(sold) - notional(bought) - fees_paid(bought) - fees_paid(sold)
 
 

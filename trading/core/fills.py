@@ -7,9 +7,9 @@ project decides what a market order would have paid.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
-from trading.core.types import ZERO, Fill, Level, Side
+from trading.core.types import BPS, ZERO, Fill, Level, Side
 
 
 def _within(price: Decimal, side: Side, limit: Decimal | None) -> bool:
@@ -60,3 +60,18 @@ def average_price(fills: Sequence[Fill]) -> Decimal:
     if amount <= ZERO:
         raise ValueError("no fills to average")
     return notional(fills) / amount
+
+
+def tick_of(price: Decimal) -> Decimal:
+    """The coarsest tick `price` can be on, judged from its significant decimals (1 at most):
+    a safe stand-in for a venue's tick when it is not known."""
+    return Decimal(1).scaleb(min(price.normalize().as_tuple().exponent, 0))  # type: ignore[arg-type]
+
+
+def guard_price(price: Decimal, side: Side, bps: Decimal, tick: Decimal) -> Decimal:
+    """The limit of an order that may pay up to `bps` worse than `price`: above it for a buy,
+    below it for a sell, rounded back toward `price` onto a multiple of `tick`, so the allowance
+    is never exceeded."""
+    if side is Side.BUY:
+        return (price * (1 + bps / BPS) / tick).to_integral_value(ROUND_DOWN) * tick
+    return (price * (1 - bps / BPS) / tick).to_integral_value(ROUND_UP) * tick

@@ -8,7 +8,7 @@ from decimal import ROUND_DOWN, Context, Decimal
 from itertools import permutations
 
 from trading.core import risk
-from trading.core.fills import average_price, fees_paid, fill, filled_amount, notional
+from trading.core.fills import average_price, fees_paid, fill, filled_amount, guard_price, notional, tick_of
 from trading.core.types import (
     BPS,
     ZERO,
@@ -16,6 +16,7 @@ from trading.core.types import (
     Fill,
     Leg,
     Level,
+    MarketRules,
     Opportunity,
     Quote,
     Side,
@@ -145,22 +146,40 @@ def guarded_amount(asks: Sequence[Level], budget: Decimal) -> Decimal:
     return total
 
 
-def balance_cap(buy_book: Quote, buy_venue: VenueState, sell_venue: VenueState, depth: Decimal) -> Decimal:
+def _slipped(slippage_bps: Decimal) -> Decimal:
+    """How much a buy's guard price may exceed the worst ask it reaches, as a factor."""
+    return 1 + slippage_bps / BPS
+
+
+def balance_cap(
+    buy_book: Quote,
+    buy_venue: VenueState,
+    sell_venue: VenueState,
+    depth: Decimal,
+    slippage_bps: Decimal = ZERO,
+) -> Decimal:
     """The most base, at most `depth`, that free balances allow: base to sell on `sell_venue`,
-    and quote on `buy_venue` for the purchase at its guard price plus the taker fee."""
+    and quote on `buy_venue` for the purchase at its guard price (`slippage_bps` past the worst
+    ask it reaches) plus the taker fee."""
     base, quote = split_symbol(buy_book.symbol)
-    spendable = _DOWN.divide(buy_venue.free(quote), 1 + buy_venue.fees.taker)
+    spendable = _DOWN.divide(buy_venue.free(quote), (1 + buy_venue.fees.taker) * _slipped(slippage_bps))
     return min(depth, sell_venue.free(base), guarded_amount(buy_book.asks, spendable))
 
 
 def limit_cap(
-    buy_book: Quote, sell_book: Quote, buy_venue: VenueState, sell_venue: VenueState, depth: Decimal
+    buy_book: Quote,
+    sell_book: Quote,
+    buy_venue: VenueState,
+    sell_venue: VenueState,
+    depth: Decimal,
+    slippage_bps: Decimal = ZERO,
 ) -> Decimal:
     """The most base, at most `depth`, within both venues' notional limits: the purchase priced
     at its guard price, the sale at the best bid (which no sale's average exceeds)."""
     cap = depth
     if buy_venue.max_notional is not None:
-        cap = min(cap, guarded_amount(buy_book.asks, buy_venue.max_notional))
+        budget = _DOWN.divide(buy_venue.max_notional, _slipped(slippage_bps))
+        cap = min(cap, guarded_amount(buy_book.asks, budget))
     if sell_venue.max_notional is not None:
         cap = min(cap, max(ZERO, _DOWN.divide(sell_venue.max_notional, sell_book.best_bid)))
     return cap
@@ -188,8 +207,21 @@ def _risk_reason(
     return None
 
 
+def _guard(last: Decimal, side: Side, slippage_bps: Decimal, rules: MarketRules) -> Decimal:
+    """The limit price of a leg whose amount reaches the level at `last`: `slippage_bps` past it,
+    on the venue's price tick (or the coarsest tick `last` can be on, when that is unknown)."""
+    if not slippage_bps:
+        return last
+    return guard_price(last, side, slippage_bps, rules.price_tick or tick_of(last))
+
+
 def _meets_minimums(
-    amount: Decimal, buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState
+    amount: Decimal,
+    buy: Quote,
+    sell: Quote,
+    buy_venue: VenueState,
+    sell_venue: VenueState,
+    slippage_bps: Decimal,
 ) -> bool:
     """Whether both venues take orders of `amount`: their minimum amount, and their minimum cost
     at the guard price each order is sent with."""
@@ -198,7 +230,8 @@ def _meets_minimums(
     orders = ((buy.asks, Side.BUY, buy_venue), (sell.bids, Side.SELL, sell_venue))
     return all(
         amount >= venue.rules.min_amount
-        and fill(levels, side, amount, ZERO)[-1].price * amount >= venue.rules.min_cost
+        and _guard(fill(levels, side, amount, ZERO)[-1].price, side, slippage_bps, venue.rules) * amount
+        >= venue.rules.min_cost
         for levels, side, venue in orders
     )
 
@@ -211,40 +244,48 @@ def _size(
         return ZERO, Reason.BELOW_MIN_PROFIT  # the books cross, but fees (or the bar) eat the gap
     depth = profitable_depth(buy, sell, buy_venue, sell_venue, params.trade_size, params.min_profit_bps)
     steps = (buy_venue.rules.amount_step, sell_venue.rules.amount_step)
-    if not _meets_minimums(quantize_amount(depth, *steps), buy, sell, buy_venue, sell_venue):
+    slippage = params.slippage_bps
+    if not _meets_minimums(quantize_amount(depth, *steps), buy, sell, buy_venue, sell_venue, slippage):
         return ZERO, Reason.BELOW_MIN_SIZE
     cap, reason = min(
-        (balance_cap(buy, buy_venue, sell_venue, depth), Reason.INSUFFICIENT_BALANCE),
-        (limit_cap(buy, sell, buy_venue, sell_venue, depth), Reason.OVER_LIMIT),
+        (balance_cap(buy, buy_venue, sell_venue, depth, slippage), Reason.INSUFFICIENT_BALANCE),
+        (limit_cap(buy, sell, buy_venue, sell_venue, depth, slippage), Reason.OVER_LIMIT),
         key=lambda candidate: candidate[0],
     )
     amount = quantize_amount(cap, *steps)
-    if _meets_minimums(amount, buy, sell, buy_venue, sell_venue):
+    if _meets_minimums(amount, buy, sell, buy_venue, sell_venue, slippage):
         return amount, None
     return ZERO, reason
 
 
-def _leg(venue: str, side: Side, fills: Sequence[Fill]) -> Leg:
+def _leg(venue: VenueState, side: Side, fills: Sequence[Fill], slippage_bps: Decimal) -> Leg:
     return Leg(
-        venue=venue,
+        venue=venue.name,
         side=side,
         amount=filled_amount(fills),
         price=average_price(fills),
-        worst_price=fills[-1].price,
+        worst_price=_guard(fills[-1].price, side, slippage_bps, venue.rules),
         fee=fees_paid(fills),
     )
 
 
 def _opportunity(
-    buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState, amount: Decimal
+    buy: Quote,
+    sell: Quote,
+    buy_venue: VenueState,
+    sell_venue: VenueState,
+    amount: Decimal,
+    slippage_bps: Decimal,
 ) -> Opportunity:
-    """Both legs of trading `amount`; profit comes from exact notionals, never rounded averages."""
+    """Both legs of trading `amount`, each guarded `slippage_bps` past the book; profit comes
+    from the books' exact notionals, never rounded averages."""
     bought = fill(buy.asks, Side.BUY, amount, buy_venue.fees.taker)
     sold = fill(sell.bids, Side.SELL, amount, sell_venue.fees.taker)
     cost = notional(bought)
     gross = notional(sold) - cost
     net = gross - fees_paid(bought) - fees_paid(sold)
-    buy_leg, sell_leg = _leg(buy_venue.name, Side.BUY, bought), _leg(sell_venue.name, Side.SELL, sold)
+    buy_leg = _leg(buy_venue, Side.BUY, bought, slippage_bps)
+    sell_leg = _leg(sell_venue, Side.SELL, sold, slippage_bps)
     return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS)
 
 
@@ -272,7 +313,7 @@ def evaluate_pair(
     amount, why_not = _size(buy, sell, buy_venue, sell_venue, params)
     if why_not:
         return _reject(buy, sell, why_not)
-    opportunity = _opportunity(buy, sell, buy_venue, sell_venue, amount)
+    opportunity = _opportunity(buy, sell, buy_venue, sell_venue, amount, params.slippage_bps)
     # Sizing already keeps every unit above the bar; re-checking the final figures is the guard
     # that nothing unprofitable is accepted should rounding ever disagree.
     if opportunity.net_profit <= ZERO or opportunity.net_bps < params.min_profit_bps:

@@ -62,11 +62,13 @@ class Fees:
 
 @dataclass(frozen=True, slots=True)
 class MarketRules:
-    """A venue's trading precision: amounts are multiples of `amount_step`."""
+    """A venue's trading precision: amounts are multiples of `amount_step`, prices of `price_tick`
+    (None when the venue did not say)."""
 
     amount_step: Decimal = Decimal("0.00001")
     min_amount: Decimal = ZERO
     min_cost: Decimal = ZERO
+    price_tick: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class StrategyParams:
     trade_size: Decimal
     max_quote_age_ms: int = 5_000
     ttl_ms: int = 3_000
+    slippage_bps: Decimal = ZERO  # how far past the book a leg's guard price may reach
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ class Leg:
     side: Side
     amount: Decimal
     price: Decimal  # expected volume-weighted average price
-    worst_price: Decimal  # the last book level the amount reaches: the price guard
+    worst_price: Decimal  # the price guard: the last level the amount reaches, plus the slippage allowance
     fee: Decimal
 
 

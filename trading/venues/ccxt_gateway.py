@@ -387,8 +387,8 @@ class CcxtGateway(QuotesOnly):
         return parse_quote(book_payload(self.name, symbol, book, depth))
 
     async def market_rules(self, symbol: str) -> MarketRules:
-        """The venue's amount step, minimum amount and minimum cost for `symbol`, from ccxt's
-        market data. Raises VenueError for an unlisted symbol."""
+        """The venue's amount step, minimum amount, minimum cost and price tick for `symbol`, from
+        ccxt's market data. Raises VenueError for an unlisted symbol."""
         with self._translated_errors():
             await self._load_markets()
             market = self._exchange.market(symbol)
@@ -397,6 +397,7 @@ class CcxtGateway(QuotesOnly):
             amount_step=decimal(market["precision"]["amount"]) or MarketRules().amount_step,
             min_amount=decimal((limits.get("amount") or {}).get("min")) or ZERO,
             min_cost=decimal((limits.get("cost") or {}).get("min")) or ZERO,
+            price_tick=decimal(market["precision"].get("price")),
         )
 
     async def taker_fee(self, symbol: str) -> Decimal:
