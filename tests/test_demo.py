@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -28,9 +29,11 @@ from django.contrib.auth import authenticate
 from django.core.management import call_command
 
 from trading.demo.environment import child_environment, free_port
+from trading.demo.setup import setup_demo
 from trading.demo.status import Counts, summary
 from trading.demo.supervisor import MAX_BACKOFF_S, ProcessSpec, Supervisor, next_backoff
 from trading.models import Balance, StrategyConfig, Venue
+from trading.venues.simulated import dislocation_bps
 
 from .conftest import ROOT, make_strategy
 
@@ -76,6 +79,32 @@ def test_setup_demo_again_keeps_traded_balances_and_an_active_strategy(
     assert Balance.objects.count() == 8
     assert Balance.objects.get(venue__name="sim-alpha", asset="BTC").free == Decimal("0.95")
     assert list(StrategyConfig.objects.values_list("pk", flat=True)) == [own.pk]
+
+
+@pytest.mark.django_db
+def test_the_live_demo_trades_on_the_emulator_venues_and_the_paper_demo_gets_its_own_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _setup_demo(capsys)
+    Balance.objects.filter(venue__name="sim-alpha", asset="BTC").update(free=Decimal("0.95"))
+
+    setup_demo("admin", None, emulator_root="http://127.0.0.1:8600")
+    Balance.objects.filter(venue__name="kraken", asset="BTC").update(free=Decimal("0.5"))
+    setup_demo("admin", None, emulator_root="http://127.0.0.1:8601")  # a new run: a new emulator
+
+    enabled = dict(Venue.objects.filter(enabled=True).values_list("name", "api_url"))
+    assert enabled == {"binance": "http://127.0.0.1:8601/binance", "kraken": "http://127.0.0.1:8601/kraken"}
+    # funded as the fresh emulator funds its accounts, whatever the last run left
+    assert Balance.objects.get(venue__name="kraken", asset="BTC").free == Decimal(1)
+
+    _setup_demo(capsys)
+    assert set(Venue.objects.filter(enabled=True).values_list("name", flat=True)) == {
+        "sim-alpha",
+        "sim-bravo",
+        "sim-charlie",
+        "sim-delta",
+    }
+    assert Balance.objects.get(venue__name="sim-alpha", asset="BTC").free == Decimal("0.95")
 
 
 @pytest.mark.django_db
@@ -263,6 +292,7 @@ class DemoRun:
     def __init__(self, tmp_path: Path, unset: tuple[str, ...] = (), **env: str) -> None:
         self.mark = f"DEMO_TEST_RUN={uuid.uuid4().hex}"
         name, value = self.mark.split("=")
+        self.prefix = env.setdefault("ARB_PREFIX", f"{settings.ARB_PREFIX}demo-{value[:8]}:")
         self.web_port, self.flower_port = free_port(), free_port()
         self.out_path = tmp_path / "demo.out"
         full_env = _demo_env(
@@ -304,6 +334,20 @@ class DemoRun:
             self.proc.wait()
         for pid in _marked_processes(self.mark):
             os.kill(pid, signal.SIGKILL)
+
+    @contextmanager
+    def cleaned_up(self) -> Iterator[None]:
+        """Afterwards, whatever happened: no process of the run left, nor any Redis key under its
+        own prefix (set with ARB_PREFIX unless the run was given one)."""
+        try:
+            yield
+        finally:
+            self.kill_leftovers()
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            leftovers = list(client.scan_iter(match=f"{self.prefix}*"))
+            if leftovers:
+                client.delete(*leftovers)
+            client.close()
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> int:
@@ -381,24 +425,11 @@ def fresh_database() -> Iterator[str]:
 def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stops_clean(
     tmp_path: Path, fresh_database: str
 ) -> None:
-    prefix = f"{settings.ARB_PREFIX}demo:"
-    run = DemoRun(
-        tmp_path,
-        DATABASE_URL=fresh_database,
-        REDIS_URL=settings.REDIS_URL,
-        ARB_PREFIX=prefix,
-        DEMO_SECONDS="35",
-    )
-    try:
+    run = DemoRun(tmp_path, DATABASE_URL=fresh_database, REDIS_URL=settings.REDIS_URL, DEMO_SECONDS="35")
+    with run.cleaned_up():
         _check_web_and_flower(run)
         assert run.finish(timeout_s=120) == 0
         assert _marked_processes(run.mark) == []
-    finally:
-        run.kill_leftovers()
-        client = redis.Redis.from_url(settings.REDIS_URL)
-        leftovers = list(client.scan_iter(match=f"{prefix}*"))
-        if leftovers:
-            client.delete(*leftovers)
     figures = _summary_of(run)
     assert figures["quotes"] > 0
     with psycopg.connect(fresh_database) as conn:
@@ -431,3 +462,57 @@ def test_demo_with_nothing_configured_runs_its_own_redis_on_sqlite_and_stops_on_
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=port, socket_connect_timeout=1).ping()
     assert redis.Redis.from_url(settings.REDIS_URL).ping()  # the machine's own Redis was left alone
+
+
+def _seed_with_a_dislocation(start_ms: int, end_ms: int) -> int:
+    """A simulation seed under which binance or kraken moves 45 bps or more away from the market
+    (twice the round trip's fees and spreads) for three seconds or longer between `start_ms` and
+    `end_ms`: the simulated market is a pure function of seed and time, so the live demo below is
+    sure to meet a gap worth trading."""
+    for seed in range(1, 1000):
+        for venue in ("binance", "kraken"):
+            moved = [
+                t
+                for t in range(start_ms, end_ms, 250)
+                if abs(dislocation_bps(seed, venue, "BTC/USDT", t)) >= 45
+            ]
+            if len(moved) >= 12:
+                return seed
+    raise AssertionError("no seed gives a dislocation in the window")
+
+
+@pytest.mark.slow
+def test_live_demo_trades_real_orders_on_the_emulator_with_keys_only_its_own(
+    tmp_path: Path, fresh_database: str
+) -> None:
+    now_ms = time.time_ns() // 1_000_000
+    run = DemoRun(
+        tmp_path,
+        DATABASE_URL=fresh_database,
+        REDIS_URL=settings.REDIS_URL,
+        DEMO_MODE="live",
+        DEMO_SECONDS="45",
+        SIMULATION_SEED=str(_seed_with_a_dislocation(now_ms + 20_000, now_ms + 50_000)),
+    )
+    with run.cleaned_up():
+        assert run.finish(timeout_s=150) == 0
+        assert _marked_processes(run.mark) == []
+    output = run.output()
+    assert "exchange emulator: binance and kraken on http://127.0.0.1:" in output
+    with psycopg.connect(fresh_database) as conn:
+        venues = conn.execute("SELECT name, kind, enabled FROM trading_venue ORDER BY name").fetchall()
+        orders = conn.execute("SELECT client_order_id, venue_order_id, status FROM trading_order").fetchall()
+        modes = conn.execute("SELECT DISTINCT mode FROM trading_trade").fetchall()
+        trades, pnl = conn.execute(
+            "SELECT count(*), coalesce(sum(realized_pnl), 0) FROM trading_trade"
+        ).fetchone()
+    assert venues == [("binance", "ccxt", True), ("kraken", "ccxt", True)]
+    # every order went to the emulator and came back with its id there; every trade is live
+    assert orders
+    assert all(venue_order_id for _, venue_order_id, _ in orders), orders
+    assert modes in ([("live",)], [])
+    assert (_summary_of(run)["trades"], Decimal(_summary_of(run)["pnl"])) == (trades, pnl)
+    logs = output + "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").glob("*.log"))
+    assert "trading mode: LIVE" in (tmp_path / "logs" / "worker.log").read_text()
+    assert "demo-binance-" not in logs  # the run's API keys (and their secrets) are in no log
+    assert "demo-kraken-" not in logs

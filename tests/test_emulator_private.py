@@ -26,9 +26,10 @@ from tests.conftest import Child
 from trading.core.types import Side
 from trading.emulator import DEFAULT_MARKETS, Emulator, emulate
 from trading.emulator.matching import Account, OrderFault, OrderState, Refusal, Refused, cancel, place
-from trading.management.commands.run_emulator import parse_account
+from trading.management.commands.run_emulator import parse_account, parse_funding, simulated_feed
 from trading.venues.base import OrderRequest
 from trading.venues.ccxt_gateway import CcxtGateway, rewrite_api_urls
+from trading.venues.simulated import simulated_book
 
 BTC_USDT = DEFAULT_MARKETS[0]
 BOOK = (
@@ -228,6 +229,33 @@ def test_account_specs_parse_and_bad_ones_do_not_echo_the_secret() -> None:
     with pytest.raises(CommandError) as bad:
         parse_account("okx:k1:topsecret:BTC=1", ("binance", "kraken"))
     assert "topsecret" not in str(bad.value)
+
+
+def test_funding_takes_the_keys_from_the_environment_and_names_them_when_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    venues = ("binance", "kraken")
+    with pytest.raises(CommandError, match="ARB_BINANCE_API_KEY and ARB_BINANCE_API_SECRET"):
+        parse_funding("binance:BTC=1", venues)
+    monkeypatch.setenv("ARB_BINANCE_API_KEY", "env-key")
+    monkeypatch.setenv("ARB_BINANCE_API_SECRET", "env-secret")
+
+    spec = parse_funding("binance:BTC=1,USDT=30000", venues)
+
+    assert (spec.venue, spec.key, spec.secret) == ("binance", "env-key", "env-secret")
+    assert spec.balances == {"BTC": Decimal("1"), "USDT": Decimal("30000")}
+
+
+def test_a_simulated_feed_serves_the_simulated_market_as_it_moves() -> None:
+    feed = simulated_feed("kraken", seed=7)
+    with emulate("kraken") as emulator:
+        emulator.feed_books("kraken", feed)
+        served = emulator.book("kraken", "BTC/USDT")
+        emulator.set_book("kraken", "BTC/USDT", [("1", "1")], [("2", "1")])  # a set book wins
+        assert emulator.book("kraken", "BTC/USDT").bids == ((Decimal("1"), Decimal("1")),)
+
+    market = simulated_book(7, "kraken", "BTC/USDT", served.version)
+    assert (served.bids, served.asks) == (market.bids, market.asks)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ reaches the children through their environment only.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import shutil
 import socket
@@ -19,11 +20,15 @@ from pathlib import Path
 import redis
 from django.core.management.base import CommandError
 
+from trading.config import credential_names
+from trading.demo.setup import DEMO_BALANCES, LIVE_VENUES
 from trading.demo.supervisor import ProcessSpec
 
 # Secrets the children do not need, and Flower settings it would misread as its own options.
 WITHHELD = ("DEMO_ADMIN_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD")
 REDIS_START_TIMEOUT_S = 10.0
+EMULATOR_START_TIMEOUT_S = 30.0
+MODES = ("paper", "live")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class DemoConfig:
     web_port: int
     flower_port: int
     seconds: float | None
+    live: bool  # DEMO_MODE=live: real orders through ccxt to the local exchange emulator
     admin: Credentials
     flower: Credentials
     log_dir: Path
@@ -66,10 +72,14 @@ def demo_config(environ: Mapping[str, str], base_dir: Path) -> DemoConfig:
         run_for = float(seconds) if seconds else None
     except ValueError:
         raise CommandError(f"DEMO_SECONDS must be a number, got {seconds!r}") from None
+    mode = environ.get("DEMO_MODE") or "paper"
+    if mode not in MODES:
+        raise CommandError(f"DEMO_MODE must be one of {', '.join(MODES)}, got {mode!r}")
     return DemoConfig(
         web_port=_int(environ, "WEB_PORT", 8000),
         flower_port=_int(environ, "FLOWER_PORT", 5555),
         seconds=run_for,
+        live=mode == "live",
         admin=_credentials(environ, "DEMO_ADMIN_USER", "DEMO_ADMIN_PASSWORD", "admin"),
         flower=_credentials(environ, "FLOWER_USER", "FLOWER_PASSWORD", "flower"),
         log_dir=Path(environ.get("DEMO_LOG_DIR") or base_dir / ".demo" / "logs"),
@@ -130,6 +140,44 @@ def wait_for_redis(url: str, timeout_s: float = REDIS_START_TIMEOUT_S) -> None:
         client.close()
 
 
+def wait_for_port(port: int, what: str, timeout_s: float = EMULATOR_START_TIMEOUT_S) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port`; CommandError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"{what} on 127.0.0.1:{port} did not start within {timeout_s:.0f}s"
+                ) from None
+            time.sleep(0.2)
+
+
+def live_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for the processes that trade in the live demo: live mode, ccxt's pacing off (the
+    emulator has no rate limits), and fresh keys for this run's emulator accounts, as the
+    variables every venue's keys come from. Kraken takes base64 secrets; Binance any string."""
+    live = dict(env, TRADING_MODE="live", LIVE_RATE_LIMITED="0")
+    for venue in LIVE_VENUES:
+        key_name, secret_name = credential_names(venue)
+        live[key_name] = f"demo-{venue}-{secrets.token_hex(8)}"
+        live[secret_name] = base64.b64encode(secrets.token_bytes(24)).decode()
+    return live
+
+
+def emulator_spec(port: int, env: dict[str, str], seed: int, base_dir: Path) -> ProcessSpec:
+    """The exchange emulator of the live demo: Binance and Kraken on the simulated market, one
+    account each for the keys in `env`, funded like the demo's venues."""
+    funds = ",".join(f"{asset}={amount}" for asset, amount in DEMO_BALANCES.items())
+    args = [sys.executable, str(base_dir / "manage.py"), "run_emulator", "--port", str(port)]
+    args += ["--venues", ",".join(LIVE_VENUES), "--simulate", str(seed)]
+    for venue in LIVE_VENUES:
+        args += ["--fund", f"{venue}:{funds}"]
+    return ProcessSpec("emulator", args, env)
+
+
 def child_environment(
     environ: Mapping[str, str], redis_url: str | None, secret_key: str | None = None
 ) -> dict[str, str]:
@@ -149,8 +197,12 @@ def child_environment(
     return env
 
 
-def process_specs(env: dict[str, str], config: DemoConfig, base_dir: Path) -> list[ProcessSpec]:
-    """The demo's processes, in start order (the worker first: the others feed it)."""
+def process_specs(
+    env: dict[str, str], config: DemoConfig, base_dir: Path, traders: dict[str, str] | None = None
+) -> list[ProcessSpec]:
+    """The demo's processes, in start order (the worker first: the others feed it). The worker
+    and the listener run with `traders` when given (the live demo's keys go to them only)."""
+    trading_env = traders or env
     python, manage = sys.executable, str(base_dir / "manage.py")
     celery = [python, "-m", "celery", "-A", "arbsite"]
     flower_env = dict(env, FLOWER_BASIC_AUTH=f"{config.flower.user}:{config.flower.password}")
@@ -170,10 +222,10 @@ def process_specs(env: dict[str, str], config: DemoConfig, base_dir: Path) -> li
                 "-n",
                 "demo@%h",
             ],
-            env,
+            trading_env,
         ),
         ProcessSpec("beat", [*celery, "beat", "-S", "django", "-l", "INFO"], env),
-        ProcessSpec("listener", [python, manage, "listen_prices"], env),
+        ProcessSpec("listener", [python, manage, "listen_prices"], trading_env),
         ProcessSpec("web", [python, manage, "runserver", f"127.0.0.1:{config.web_port}", "--noreload"], env),
         ProcessSpec(
             "flower",

@@ -2,6 +2,10 @@
 
 Running it again changes nothing that is already there, so venues and strategies edited in the
 admin, and balances moved by paper trades, survive a restart of the demo.
+
+The live demo trades instead on the local exchange emulator's Binance and Kraken (ccxt venues
+pointed at it): those are enabled, funded as the emulator funds the run's fresh accounts, and
+the simulated venues are disabled; the paper demo does the reverse.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ DEMO_VENUES = (
     DemoVenue("sim-charlie", Decimal("0.001"), Decimal("0.0008")),
     DemoVenue("sim-delta", Decimal("0.0006"), Decimal("0.0003")),
 )
+SIMULATED_NAMES = [spec.name for spec in DEMO_VENUES]
 DEMO_BALANCES = {"BTC": Decimal(1), "USDT": Decimal(30_000)}
 DEMO_SYMBOLS = ["BTC/USDT"]
+# The emulator's dialects the live demo trades on, named as ccxt names them; their taker fee is
+# the emulator's (and is read from it again before every trade).
+LIVE_VENUES = ("binance", "kraken")
+EMULATOR_TAKER_FEE = Decimal("0.001")
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,44 @@ def ensure_venues() -> list[Venue]:
     return venues
 
 
+def ensure_live_venues(api_root: str) -> list[Venue]:
+    """The emulator's venues at `api_root`, enabled and funded as the emulator funds this run's
+    accounts (the emulator keeps nothing between runs); the simulated demo venues are disabled."""
+    venues = []
+    for name in LIVE_VENUES:
+        venue, _ = Venue.objects.update_or_create(
+            name=name,
+            defaults={
+                "kind": Venue.Kind.CCXT,
+                "ccxt_id": name,
+                "api_url": f"{api_root}/{name}",
+                "enabled": True,
+            },
+            create_defaults={
+                "kind": Venue.Kind.CCXT,
+                "ccxt_id": name,
+                "api_url": f"{api_root}/{name}",
+                "taker_fee": EMULATOR_TAKER_FEE,
+                "maker_fee": EMULATOR_TAKER_FEE,
+            },
+        )
+        for asset, amount in DEMO_BALANCES.items():
+            Balance.objects.update_or_create(venue=venue, asset=asset, defaults={"free": amount, "locked": 0})
+        venues.append(venue)
+    Venue.objects.filter(name__in=SIMULATED_NAMES).update(enabled=False)
+    return venues
+
+
+def retire_live_venues() -> None:
+    """Disable the emulator venues a live demo left enabled, and enable again the simulated
+    venues it disabled, so the paper demo trades its own."""
+    emulated = Venue.objects.filter(
+        name__in=LIVE_VENUES, kind=Venue.Kind.CCXT, api_url__startswith="http://127.0.0.1:", enabled=True
+    )
+    if emulated.update(enabled=False):
+        Venue.objects.filter(name__in=SIMULATED_NAMES).update(enabled=True)
+
+
 def ensure_balances(venues: list[Venue]) -> None:
     """Fund each venue once; later runs keep whatever paper trading left there."""
     for venue in venues:
@@ -78,6 +125,7 @@ def ensure_strategy() -> StrategyConfig:
         symbols=DEMO_SYMBOLS,
         min_profit_bps=Decimal(5),
         trade_size=Decimal("0.05"),
+        slippage_bps=Decimal(3),
         max_quote_age_ms=5_000,
         ttl_ms=3_000,
         note="demo default",
@@ -106,9 +154,15 @@ def ensure_admin(username: str, password: str | None) -> str | None:
 
 
 @transaction.atomic
-def setup_demo(admin_user: str, admin_password: str | None) -> DemoSetup:
-    venues = ensure_venues()
-    ensure_balances(venues)
+def setup_demo(admin_user: str, admin_password: str | None, emulator_root: str | None = None) -> DemoSetup:
+    """The demo's data, on paper with the simulated venues, or live on the emulator venues at
+    `emulator_root` when given."""
+    if emulator_root is None:
+        venues = ensure_venues()
+        ensure_balances(venues)
+        retire_live_venues()
+    else:
+        venues = ensure_live_venues(emulator_root)
     strategy = ensure_strategy()
     password = ensure_admin(admin_user, admin_password)
     return DemoSetup(venues, strategy, admin_user, password)

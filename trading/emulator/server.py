@@ -85,6 +85,10 @@ class Book:
     version: int  # grows with every change, like a venue's update id
 
 
+# Where a venue's books come from when none was set: the symbol's book at the moment of asking.
+BookFeed = Callable[[str], Book]
+
+
 @dataclass(frozen=True)
 class Fault:
     """An injected failure: wait `delay_s` before answering, then answer `status` if it is set;
@@ -138,12 +142,21 @@ class EmulatedVenue:
         self.ledger = threading.RLock()
         self.accounts: dict[str, Account] = {}
         self.taker_fee = DEFAULT_TAKER_FEE
+        self._feed: BookFeed | None = None
 
     def book(self, symbol: str) -> Book:
-        """The book a test set, else a sane default around the market's mid price."""
+        """The book a test set, else the feed's book of the moment, else a sane default around the
+        market's mid price."""
         with self._lock:
-            book = self._books.get(symbol)
-        return book if book is not None else default_book(self.markets[symbol])
+            book, feed = self._books.get(symbol), self._feed
+        if book is not None:
+            return book
+        return feed(symbol) if feed is not None else default_book(self.markets[symbol])
+
+    def feed_books(self, feed: BookFeed | None) -> None:
+        """Serve `feed(symbol)`, asked afresh at every request, where no book was set."""
+        with self._lock:
+            self._feed = feed
 
     def set_book(self, symbol: str, bids: Sequence[Level], asks: Sequence[Level]) -> None:
         with self._lock:
@@ -164,6 +177,7 @@ class EmulatedVenue:
             self._books.clear()
             self._candles.clear()
             self._fault = Fault()
+            self._feed = None
         with self.ledger:
             self.accounts.clear()
             self.taker_fee = DEFAULT_TAKER_FEE
@@ -339,6 +353,15 @@ class Emulator:
         """Serve this book from now on. Levels are (price, amount) as str, int or Decimal, served as
         given, in the given order: a crossed or negative book reaches the client unchanged."""
         self._venue(venue).set_book(symbol, _levels(bids), _levels(asks))
+
+    def book(self, venue: str, symbol: str) -> Book:
+        """The book `venue` serves for `symbol` now, as orders match against it."""
+        return self._venue(venue).book(symbol)
+
+    def feed_books(self, venue: str, feed: BookFeed | None) -> None:
+        """Serve `feed(symbol)`, asked at every request, for each symbol without a set book
+        (None: back to the default books)."""
+        self._venue(venue).feed_books(feed)
 
     def set_candles(self, venue: str, symbol: str, candles: Sequence[Sequence[Any]]) -> None:
         """Serve these one-minute bars, each (open time in epoch ms, open, high, low, close, volume)

@@ -5,6 +5,9 @@ and uses the SQLite default. Migrates, creates the demo's venues, balances, stra
 then runs worker, beat, listener, web and Flower as supervised children, prints where to look and
 a status line every few seconds, and stops everything on Ctrl-C, SIGTERM or after DEMO_SECONDS.
 The last line of output is one JSON object: quotes, opportunities, trades, pnl and more.
+
+With DEMO_MODE=live it trades live instead: real ccxt orders, signed with keys made for the run,
+to the local exchange emulator's Binance and Kraken serving the simulated market.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from trading.demo.environment import (
     DemoConfig,
     child_environment,
     demo_config,
+    emulator_spec,
     free_port,
+    live_environment,
     process_specs,
     redis_server_spec,
     require_free_ports,
+    wait_for_port,
     wait_for_redis,
 )
 from trading.demo.setup import setup_demo
@@ -59,7 +65,10 @@ class StopRequest:
 
 
 class Command(BaseCommand):
-    help = "Run the whole arbitrage system on simulated venues, on paper, until Ctrl-C or DEMO_SECONDS."
+    help = (
+        "Run the whole arbitrage system on simulated venues, on paper (DEMO_MODE=live: live orders "
+        "to the local exchange emulator), until Ctrl-C or DEMO_SECONDS."
+    )
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
@@ -73,14 +82,16 @@ class Command(BaseCommand):
         started_at, started = timezone.now(), time.monotonic()
         try:
             env = child_environment(os.environ, self.start_redis(supervisor))
-            self.prepare_database(config)
-            for spec in process_specs(env, config, settings.BASE_DIR):
+            traders = live_environment(env) if config.live else None
+            emulator_root = self.start_emulator(supervisor, traders) if traders is not None else None
+            self.prepare_database(config, emulator_root)
+            for spec in process_specs(env, config, settings.BASE_DIR, traders):
                 supervisor.start(spec)
             self.print_access(config)
             self.watch(supervisor, stop, config, started_at)
         finally:
             self.say("stopping every demo process...")
-            supervisor.stop_all(STOP_GRACE_S, last=("redis",))
+            supervisor.stop_all(STOP_GRACE_S, last=("emulator", "redis"))
         self.print_summary(counts_since(started_at), time.monotonic() - started, supervisor)
 
     def start_redis(self, supervisor: Supervisor) -> str | None:
@@ -95,13 +106,21 @@ class Command(BaseCommand):
         self.say(f"redis: own redis-server on 127.0.0.1:{port}")
         return url
 
-    def prepare_database(self, config: DemoConfig) -> None:
+    def start_emulator(self, supervisor: Supervisor, env: dict[str, str]) -> str:
+        """Start the live demo's exchange emulator; its API root."""
+        port = free_port()
+        supervisor.start(emulator_spec(port, env, settings.SIMULATION_SEED, settings.BASE_DIR))
+        wait_for_port(port, "the exchange emulator")
+        self.say(f"exchange emulator: binance and kraken on http://127.0.0.1:{port}, trading LIVE")
+        return f"http://127.0.0.1:{port}"
+
+    def prepare_database(self, config: DemoConfig, emulator_root: str | None) -> None:
         db = settings.DATABASES["default"]
         self.say(f"database: {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}; migrating...")
         config.log_dir.mkdir(parents=True, exist_ok=True)
         with (config.log_dir / "setup.log").open("a") as log:
             call_command("migrate", interactive=False, verbosity=1, stdout=log)
-        setup = setup_demo(config.admin.user, config.admin.password)
+        setup = setup_demo(config.admin.user, config.admin.password, emulator_root)
         venues = ", ".join(venue.name for venue in setup.venues)
         self.say(f"venues: {venues}; strategy {setup.strategy} on {', '.join(setup.strategy.symbols)}")
 

@@ -3,8 +3,14 @@
     manage.py run_emulator --port 8600 --venues binance,kraken \
         --account binance:demo-key:demo-secret:BTC=1,USDT=30000
 
+    ARB_BINANCE_API_KEY=... ARB_BINANCE_API_SECRET=... \
+        manage.py run_emulator --simulate 7 --fund binance:BTC=1,USDT=30000
+
 Point a venue's api_url at the printed URL; orders from an account's key match against the
-emulated books. Stops cleanly on Ctrl-C or SIGTERM.
+emulated books: fixed default books, or with --simulate the simulated market (the same one the
+simulated venues show), moving and dislocating, each venue under its own name. --fund opens an
+account for the keys the trading processes read from the environment, so no secret goes on a
+command line. Stops cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from trading.config import credential_names, credentials
 from trading.emulator import DIALECTS, Emulator, emulate
+from trading.emulator.server import Book, BookFeed
+from trading.venues.simulated import simulated_book, wall_clock_ms
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,37 @@ def parse_account(spec: str, venues: tuple[str, ...]) -> AccountSpec:
     return AccountSpec(venue, key, secret, parse_balances(funds))
 
 
-def start_emulator(venues: tuple[str, ...], port: int, accounts: list[AccountSpec]) -> Emulator:
+def parse_funding(spec: str, venues: tuple[str, ...]) -> AccountSpec:
+    """'venue:BTC=1,USDT=30000' as an account signing with the venue's keys from the environment
+    (ARB_<VENUE>_API_KEY and ARB_<VENUE>_API_SECRET)."""
+    venue, _, funds = spec.partition(":")
+    if venue not in venues or not funds:
+        raise CommandError(f"--fund wants VENUE:ASSET=AMOUNT,... with a venue from {list(venues)}")
+    keys = credentials(venue)
+    if keys is None:
+        raise CommandError(f"--fund {venue} needs {' and '.join(credential_names(venue))} in the environment")
+    return AccountSpec(venue, *keys, parse_balances(funds))
+
+
+def simulated_feed(venue: str, seed: int) -> BookFeed:
+    """The simulated market's book of `venue` at the moment each request asks."""
+
+    def feed(symbol: str) -> Book:
+        quote = simulated_book(seed, venue, symbol, wall_clock_ms())
+        return Book(quote.bids, quote.asks, version=quote.received_ts)
+
+    return feed
+
+
+def start_emulator(
+    venues: tuple[str, ...], port: int, accounts: list[AccountSpec], seed: int | None = None
+) -> Emulator:
     emulator = emulate(*venues, port=port).start()
     for account in accounts:
         emulator.add_account(account.venue, account.key, account.secret, account.balances)
+    if seed is not None:
+        for venue in venues:
+            emulator.feed_books(venue, simulated_feed(venue, seed))
     return emulator
 
 
@@ -85,10 +121,24 @@ class Command(BaseCommand):
             metavar="VENUE:KEY:SECRET:ASSET=AMOUNT,...",
             help="An account that may trade (repeatable); Kraken secrets are base64",
         )
+        parser.add_argument(
+            "--fund",
+            action="append",
+            default=[],
+            metavar="VENUE:ASSET=AMOUNT,...",
+            help="An account for the venue's keys in the environment (ARB_<VENUE>_API_KEY/_SECRET)",
+        )
+        parser.add_argument(
+            "--simulate",
+            type=int,
+            metavar="SEED",
+            help="Serve the simulated market's moving books (seeded) instead of fixed default ones",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         venues = parse_venues(options["venues"])
         accounts = [parse_account(spec, venues) for spec in options["account"]]
+        accounts += [parse_funding(spec, venues) for spec in options["fund"]]
         stopping = threading.Event()
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -96,7 +146,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        emulator = start_emulator(venues, options["port"], accounts)
+        emulator = start_emulator(venues, options["port"], accounts, options["simulate"])
         try:
             for venue in venues:
                 self.stdout.write(f"{venue}: {emulator.url_for(venue)}")
