@@ -17,7 +17,7 @@ from tests.quotes import FLAT, book, open_known_gap, publish
 from trading import execution, pubsub
 from trading.config import now_ms
 from trading.core.types import Side
-from trading.models import Alert, Balance, Opportunity, Order, Trade
+from trading.models import Alert, Balance, Opportunity, Order, Trade, Venue
 from trading.venues.base import OrderRequest
 from trading.venues.paper import PaperGateway
 
@@ -164,3 +164,16 @@ def test_a_paper_leg_that_cannot_fill_is_retried_then_the_other_is_hedged_back(
         f"leg_retry:{detected.pk}",
         f"leg_hedge:{detected.pk}",
     }
+
+
+def test_what_a_leg_held_back_is_given_back_exactly_though_the_fee_changed_meanwhile(
+    detected: Opportunity, redis_client
+) -> None:
+    """Held at 0.1% (15,015 USDT for 0.5 BTC at 30,000); by the fill the venue charges 0.2%."""
+    reserved_then_crashed(detected, redis_client)
+    Venue.objects.filter(name="alpha").update(taker_fee=Decimal("0.002"))
+
+    assert execution.execute_opportunity(detected.pk) == "executed"
+
+    assert balances()[("alpha", "USDT")] == (Decimal("84970"), 0)  # 100,000 - 15,000 - 30 fee
+    assert all(locked == 0 for _, locked in balances().values())

@@ -268,6 +268,7 @@ class OrderAdmin(RecordAdmin):
         "filled",
         "average_price",
         "fee",
+        "held",
         "status",
         "created_at",
         "updated_at",

@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from trading import legs, pubsub, risk, settlement
 from trading.config import active_strategy, load_venue_states, now_ms, strategy_params, to_ms, trading_mode
 from trading.core.strategy import evaluate_pair
-from trading.core.types import Leg, Quote, VenueState, split_symbol
+from trading.core.types import Leg, Quote, Side, VenueState, split_symbol
 from trading.core.types import Opportunity as Sized
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Venue
 from trading.observability.logs import correlation, opportunity_correlation
@@ -217,9 +217,8 @@ def _recheck_and_reserve(
     buy = _order(opportunity, opportunity.buy_venue, sized.buy)
     sell = _order(opportunity, opportunity.sell_venue, sized.sell)
     base, quote = split_symbol(opportunity.symbol)
-    held = settlement.reserved(buy)
-    settlement.move(opportunity.buy_venue, quote, free=-held, locked=held)
-    settlement.move(opportunity.sell_venue, base, free=-sell.amount, locked=sell.amount)
+    settlement.move(opportunity.buy_venue, quote, free=-buy.held, locked=buy.held)
+    settlement.move(opportunity.sell_venue, base, free=-sell.held, locked=sell.held)
     return Plan(sized, buy, sell)
 
 
@@ -229,7 +228,10 @@ def _lock_balances(*venues: Venue) -> None:
 
 
 def _order(opportunity: Opportunity, venue: Venue, leg: Leg) -> Order:
-    # Deterministic client order ids with a unique constraint: a leg can be recorded only once.
+    """The leg's order, recorded with what it holds back: a buy its amount at the guard price
+    with the venue's taker fee, a sale its amount. Deterministic client order ids with a unique
+    constraint: a leg can be recorded only once."""
+    held = leg.amount * leg.worst_price * (1 + venue.taker_fee) if leg.side is Side.BUY else leg.amount
     order, _ = Order.objects.get_or_create(
         client_order_id=settlement.first_id(opportunity, leg.side.value),
         defaults={
@@ -239,6 +241,7 @@ def _order(opportunity: Opportunity, venue: Venue, leg: Leg) -> Order:
             "side": leg.side.value,
             "price": leg.worst_price,
             "amount": leg.amount,
+            "held": held,
         },
     )
     return order

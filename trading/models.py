@@ -167,6 +167,12 @@ class Order(models.Model):
     filled = models.DecimalField(**MONEY, default=Decimal(0))
     average_price = models.DecimalField(**MONEY, null=True, blank=True)
     fee = models.DecimalField(**MONEY, default=Decimal(0))
+    held = models.DecimalField(
+        **MONEY,
+        default=Decimal(0),
+        help_text="Funds locked for the order until it finishes: quote for a buy (at the limit price, "
+        "fee included), base for a sell; none for retries and hedges",
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.NEW)
     raw = models.JSONField(default=dict, blank=True, help_text="The venue's response")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -51,11 +51,6 @@ def complete(opportunity: Opportunity, expected: Decimal, *, resuming: bool) -> 
     return _net_out(opportunity, expected, mode)
 
 
-def reserved(order: Order) -> Decimal:
-    """Quote currency held back for a buy: its amount at the guard price, fee included."""
-    return order.amount * order.price * (1 + order.venue.taker_fee)
-
-
 def first_id(opportunity: Opportunity, side: str) -> str:
     return f"arb{opportunity.pk}-{side}"
 
@@ -102,10 +97,13 @@ def _save_order(order: Order, result: OrderResult | BaseException) -> None:
 
 
 def _release(order: Order) -> None:
-    """Give back what the re-check reserved for a first leg."""
-    base, quote = split_symbol(order.symbol)
-    held, asset = (reserved(order), quote) if order.side == Order.Side.BUY else (order.amount, base)
-    move(order.venue, asset, free=held, locked=-held)
+    """Give back exactly what the re-check held back for the order (nothing for a retry or a
+    hedge, which hold nothing)."""
+    if order.held:
+        base, quote = split_symbol(order.symbol)
+        move(
+            order.venue, quote if order.side == Order.Side.BUY else base, free=order.held, locked=-order.held
+        )
 
 
 def _apply_fills(order: Order) -> None:
@@ -136,8 +134,7 @@ def _confirm(orders: list[Order], mode: str, *, look_first: bool) -> None:
     with transaction.atomic():
         for order, result in zip(orders, results, strict=True):
             _save_order(order, result)
-            if order.client_order_id == first_id(order.opportunity, order.side):
-                _release(order)
+            _release(order)
             _apply_fills(order)
 
 
