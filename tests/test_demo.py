@@ -491,11 +491,12 @@ def test_live_demo_trades_real_orders_on_the_emulator_with_keys_only_its_own(
         DATABASE_URL=fresh_database,
         REDIS_URL=settings.REDIS_URL,
         DEMO_MODE="live",
-        DEMO_SECONDS="45",
-        SIMULATION_SEED=str(_seed_with_a_dislocation(now_ms + 20_000, now_ms + 50_000)),
+        DEMO_SECONDS="55",
+        # the demo is up and collecting some 15 s after it starts
+        SIMULATION_SEED=str(_seed_with_a_dislocation(now_ms + 25_000, now_ms + 55_000)),
     )
     with run.cleaned_up():
-        assert run.finish(timeout_s=150) == 0
+        assert run.finish(timeout_s=160) == 0
         assert _marked_processes(run.mark) == []
     output = run.output()
     assert "exchange emulator: binance and kraken on http://127.0.0.1:" in output
