@@ -86,12 +86,12 @@ def test_a_slippage_allowance_moves_each_guard_past_the_book_but_not_the_expecte
     # 10 bps past 100.50 is 100.6005, down onto the cent; 10 bps under 101.00 is 100.899, up.
     cents = MarketRules(price_tick=Decimal("0.01"))
     a, b = venue("A", rules=cents), venue("B", rules=cents)
-    plain = accepted(decide(buy_venue=a, sell_venue=b, strategy=params(min_profit_bps="10", trade_size="1")))
+    plain = accepted(decide(buy_venue=a, sell_venue=b, strategy=params(min_profit_bps="5", trade_size="1")))
     slipped = accepted(
         decide(
             buy_venue=a,
             sell_venue=b,
-            strategy=params(min_profit_bps="10", trade_size="1", slippage_bps=Decimal(10)),
+            strategy=params(min_profit_bps="5", trade_size="1", slippage_bps=Decimal(10)),
         )
     )
 
@@ -113,12 +113,37 @@ def test_a_slippage_allowance_is_paid_for_out_of_the_balance_before_it_is_needed
     assert opportunity.buy.amount * opportunity.buy.worst_price * Decimal("1.001") <= funds
 
 
-def test_units_under_the_bar_are_traded_while_the_whole_trade_still_meets_it() -> None:
-    # The units bought at 100.50 earn about 30 bps, but the trade as a whole earns 69.69 >= 50.
+def test_units_that_miss_the_bar_at_their_limits_are_left_out_though_the_average_would_meet_it() -> None:
+    # The whole 1 BTC earns 69.69 bps as the books stand, but sent with limits of 100.50 and
+    # 101.00 it could fill at those: 29.7 bps. Up to 0.5 BTC the limits are 100.00 and 101.00:
+    # 101.00 * 0.999 - 100.00 * 1.001 = 0.799 a unit, 79.9 bps however the legs fill.
     opportunity = accepted(decide(strategy=params(min_profit_bps="50", trade_size="1")))
 
-    assert opportunity.buy.amount == Decimal(1)
-    assert opportunity.net_profit == Decimal("0.6986")
+    assert opportunity.buy.amount == Decimal("0.5")
+    assert (opportunity.buy.worst_price, opportunity.sell.worst_price) == (
+        Decimal("100.00"),
+        Decimal("101.00"),
+    )
+    assert opportunity.worst_net == Decimal("0.3995")
+
+
+def test_an_accepted_trade_clears_the_bar_with_both_legs_at_their_limits() -> None:
+    """With a 5 bps bar, 3 bps of slippage allowance and fees of 5 and 10 bps, a gap the books
+    clear by 5.35 bps would net -0.65 bps with both legs at their limits (100.03 and 100.1737):
+    it is not accepted."""
+    buy_book = quote("A", bids=levels(("99.90", "1")), asks=levels(("100.00", "1")))
+    sell_book = quote("B", bids=levels(("100.2037", "1")), asks=levels(("100.30", "1")))
+    ticks = MarketRules(price_tick=Decimal("0.0001"))
+    cheap, dear = venue("A", taker="0.0005", rules=ticks), venue("B", taker="0.001", rules=ticks)
+    strategy = params(min_profit_bps="5", trade_size="1", slippage_bps=Decimal(3))
+
+    decision = decide(buy=buy_book, sell=sell_book, buy_venue=cheap, sell_venue=dear, strategy=strategy)
+
+    assert rejected(decision) == Reason.BELOW_MIN_PROFIT
+    unguarded = decide(
+        buy=buy_book, sell=sell_book, buy_venue=cheap, sell_venue=dear, strategy=params(min_profit_bps="5")
+    )
+    assert accepted(unguarded).net_bps.quantize(Decimal("0.01")) == Decimal("5.35")
 
 
 def test_units_that_lose_after_fees_are_never_added_however_large_the_trade_size() -> None:
@@ -138,17 +163,16 @@ def net_bps_of(amount: str) -> Decimal:
 
 
 def test_a_bar_the_full_size_misses_is_met_by_trading_less() -> None:
-    # The full 1 BTC earns 69.69 bps, short of 100; the first 0.3 earn 129.85 bps, so some size
-    # between meets the bar exactly: 0.56985 (rounded down to the step). By hand:
-    # buy 0.5 @ 100.00 + 0.06985 @ 100.50 = 57.019925, fee 0.057019925;
-    # sell 0.3 @ 101.50 + 0.26985 @ 101.00 = 57.70485, fee 0.05770485.
+    # The full 1 BTC earns 69.69 bps, short of 100. The first 0.3 earn 129.85 bps at their limits
+    # (100.00 and 101.50); one step more reaches B's 101.00 bid, and at a limit of 101.00 every
+    # unit would earn 79.9 bps. By hand: sell 0.3 @ 101.50 = 30.45, fee 0.03045; buy 0.3 @ 100 = 30,
+    # fee 0.03.
     opportunity = accepted(decide(strategy=params(min_profit_bps="100", trade_size="1")))
 
-    assert opportunity.buy.amount == Decimal("0.56985")
-    assert opportunity.gross_profit == Decimal("0.684925")
-    assert opportunity.net_profit == Decimal("0.570200225")
-    assert opportunity.net_bps >= 100
-    assert net_bps_of("0.56986") < 100  # one step more would miss the bar
+    assert opportunity.buy.amount == Decimal("0.3")
+    assert opportunity.gross_profit == Decimal("0.45")
+    assert opportunity.net_profit == opportunity.worst_net == Decimal("0.38955")
+    assert net_bps_of("0.3") >= 100
 
 
 def test_the_trade_size_caps_the_amount() -> None:
@@ -214,7 +238,27 @@ def test_a_stale_quote_is_not_traded(received_ts: int, venue_limit_ms: int) -> N
 
 
 def test_a_quote_exactly_at_the_age_limit_is_still_fresh() -> None:
-    accepted(decide(sell=replace(DEAR, received_ts=NOW - 5_000), strategy=params(max_quote_age_ms=5_000)))
+    old = NOW - 5_000
+    strategy = params(max_quote_age_ms=5_000)
+    accepted(
+        decide(buy=replace(CHEAP, received_ts=old), sell=replace(DEAR, received_ts=old), strategy=strategy)
+    )
+
+
+def test_two_fresh_books_too_far_apart_in_time_are_not_traded() -> None:
+    """Each book is younger than its limit, but one is 2 s older than the other: the gap may be
+    nothing but the time between them."""
+    older = replace(DEAR, received_ts=NOW - 2_000)
+
+    assert rejected(decide(sell=older, strategy=params(max_book_skew_ms=1_500))) == Reason.STALE_PAIR
+    accepted(decide(sell=older, strategy=params(max_book_skew_ms=2_000)))
+
+
+def test_a_venue_that_only_quotes_is_never_a_leg() -> None:
+    books = {"A": CHEAP, "B": DEAR}
+    venues = {"A": venue("A"), "B": venue("B", tradeable=False)}
+
+    assert find_decisions(books, venues, params(), NOW) == []
 
 
 def test_a_crossed_book_is_not_traded() -> None:
@@ -437,6 +481,14 @@ def test_every_accepted_decision_is_profitable_and_within_every_limit(
     opportunity = accepted(decision)
     assert opportunity.net_profit > 0
     assert opportunity.net_bps >= p.min_profit_bps
+    # filled in full at both limit prices, the trade still clears the bar
+    paid = opportunity.buy.amount * opportunity.buy.worst_price
+    at_limits = opportunity.sell.amount * opportunity.sell.worst_price * (
+        1 - sell_venue.fees.taker
+    ) - paid * (1 + buy_venue.fees.taker)
+    assert abs(at_limits - opportunity.worst_net) < Decimal("1e-18")  # Decimal's 28 digits apart
+    assert at_limits > 0
+    assert at_limits * BPS >= p.min_profit_bps * paid - Decimal("1e-14")
     assert_within_every_limit(opportunity, buy, sell, buy_venue, sell_venue, p)
 
 

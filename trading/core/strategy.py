@@ -40,6 +40,7 @@ class Reason:
     BELOW_MIN_SIZE = "below_min_size"
     BELOW_MIN_PROFIT = "below_min_profit"
     OVER_LIMIT = "over_limit"
+    STALE_PAIR = "stale_pair"  # each book is fresh, but they are too far apart in time
 
 
 def quantize_amount(amount: Decimal, *steps: Decimal) -> Decimal:
@@ -76,15 +77,14 @@ def _clears(
     return edge > ZERO and edge * BPS >= min_bps * ask
 
 
-def _units_above_bar(
-    net: Decimal, cost: Decimal, ask: Decimal, edge: Decimal, min_bps: Decimal, amount: Decimal
-) -> Decimal:
-    """How many of `amount` units (each costing `ask`, netting `edge`) can join a trade that so far
-    nets `net` for `cost` before its whole falls below `min_bps` of its cost."""
-    shortfall = min_bps * ask - edge * BPS  # per unit, in bps of cost
-    if shortfall <= ZERO:
-        return amount
-    return min(amount, max(ZERO, _DOWN.divide(net * BPS - min_bps * cost, shortfall)))
+def _guards(
+    ask: Decimal, bid: Decimal, buy_venue: VenueState, sell_venue: VenueState, slippage_bps: Decimal
+) -> tuple[Decimal, Decimal]:
+    """The limit prices of a purchase reaching `ask` and a sale reaching `bid`."""
+    return (
+        _guard(ask, Side.BUY, slippage_bps, buy_venue.rules),
+        _guard(bid, Side.SELL, slippage_bps, sell_venue.rules),
+    )
 
 
 def _matched_slices(
@@ -106,30 +106,28 @@ def _matched_slices(
             j, bid_used = j + 1, ZERO
 
 
-def profitable_depth(
+def guarded_depth(
     buy_book: Quote,
     sell_book: Quote,
     buy_venue: VenueState,
     sell_venue: VenueState,
     cap: Decimal,
     min_bps: Decimal = ZERO,
+    slippage_bps: Decimal = ZERO,
 ) -> Decimal:
     """How much to buy on `buy_book` and sell on `sell_book`: the most, up to `cap` (base units),
-    such that every unit nets more than zero after both taker fees and the whole nets at least
-    `min_bps` of its cost: the size of greatest profit that meets the bar.
+    that still nets more than zero after both taker fees, and at least `min_bps` of its cost, if
+    both legs fill at their limit prices (the last level each reaches, `slippage_bps` past it).
 
-    The books are walked best first, so each unit earns no more than the one before it: any
-    smaller amount clears both bars too.
+    The books are walked best first and a deeper level only moves a limit against us, so every
+    smaller amount clears the bar too.
     """
-    total = net = cost = ZERO
+    total = ZERO
     for ask, bid, amount in _matched_slices(buy_book.asks, sell_book.bids):
-        edge = _edge(ask, bid, buy_venue, sell_venue)
-        if total >= cap or edge <= ZERO:
+        limits = _guards(ask, bid, buy_venue, sell_venue, slippage_bps)
+        if total >= cap or not _clears(*limits, buy_venue, sell_venue, min_bps):
             break
-        taken = _units_above_bar(net, cost, ask, edge, min_bps, min(amount, cap - total))
-        total, net, cost = total + taken, net + edge * taken, cost + ask * taken
-        if taken < amount:
-            break  # the cap or the bar stopped the walk inside this stretch
+        total += min(amount, cap - total)
     return total
 
 
@@ -204,6 +202,8 @@ def _risk_reason(
             return Reason.STALE_QUOTE
         if risk.is_crossed(quote):
             return Reason.CROSSED_BOOK
+    if abs(buy.timestamp - sell.timestamp) > params.max_book_skew_ms:
+        return Reason.STALE_PAIR
     return None
 
 
@@ -240,11 +240,14 @@ def _size(
     buy: Quote, sell: Quote, buy_venue: VenueState, sell_venue: VenueState, params: StrategyParams
 ) -> tuple[Decimal, str | None]:
     """The amount to trade, or zero with the reason none can be: the constraint that binds."""
-    if not _clears(buy.best_ask, sell.best_bid, buy_venue, sell_venue, params.min_profit_bps):
-        return ZERO, Reason.BELOW_MIN_PROFIT  # the books cross, but fees (or the bar) eat the gap
-    depth = profitable_depth(buy, sell, buy_venue, sell_venue, params.trade_size, params.min_profit_bps)
-    steps = (buy_venue.rules.amount_step, sell_venue.rules.amount_step)
     slippage = params.slippage_bps
+    limits = _guards(buy.best_ask, sell.best_bid, buy_venue, sell_venue, slippage)
+    if not _clears(*limits, buy_venue, sell_venue, params.min_profit_bps):
+        return ZERO, Reason.BELOW_MIN_PROFIT  # the books cross, but fees, the bar or the guards eat the gap
+    depth = guarded_depth(
+        buy, sell, buy_venue, sell_venue, params.trade_size, params.min_profit_bps, slippage
+    )
+    steps = (buy_venue.rules.amount_step, sell_venue.rules.amount_step)
     if not _meets_minimums(quantize_amount(depth, *steps), buy, sell, buy_venue, sell_venue, slippage):
         return ZERO, Reason.BELOW_MIN_SIZE
     cap, reason = min(
@@ -286,7 +289,15 @@ def _opportunity(
     net = gross - fees_paid(bought) - fees_paid(sold)
     buy_leg = _leg(buy_venue, Side.BUY, bought, slippage_bps)
     sell_leg = _leg(sell_venue, Side.SELL, sold, slippage_bps)
-    return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS)
+    worst = amount * _edge(buy_leg.worst_price, sell_leg.worst_price, buy_venue, sell_venue)
+    return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS, worst)
+
+
+def clears_at_limits(opportunity: Opportunity, min_bps: Decimal) -> bool:
+    """Whether the trade nets more than zero, and at least `min_bps` of its cost, with both legs
+    filled at their limit prices: the least it can make when both fill."""
+    cost = opportunity.buy.amount * opportunity.buy.worst_price
+    return opportunity.worst_net > ZERO and opportunity.worst_net * BPS >= min_bps * cost
 
 
 def evaluate_pair(
@@ -299,11 +310,11 @@ def evaluate_pair(
 ) -> Decision | None:
     """Decide on buying on `buy` and selling on `sell`; None when their books do not cross.
 
-    The decision is exact (Decimal) and sized by the most profitable depth that meets the profit
-    bar (`profitable_depth`), then by balances and per-venue notional limits (both at the buy's
-    guard price), then rounded down to both venues' amount steps. A crossing that cannot be
-    traded is a rejected Decision whose reason is one of `Reason`: the first risk check that
-    fails, else the constraint that leaves too little to trade.
+    The decision is exact (Decimal) and sized by the greatest depth that meets the profit bar with
+    both legs at their limit prices (`guarded_depth`), then by balances and per-venue notional
+    limits (both at the buy's guard price), then rounded down to both venues' amount steps. A
+    crossing that cannot be traded is a rejected Decision whose reason is one of `Reason`: the
+    first risk check that fails, else the constraint that leaves too little to trade.
     """
     if buy.best_ask >= sell.best_bid:
         return None
@@ -314,9 +325,9 @@ def evaluate_pair(
     if why_not:
         return _reject(buy, sell, why_not)
     opportunity = _opportunity(buy, sell, buy_venue, sell_venue, amount, params.slippage_bps)
-    # Sizing already keeps every unit above the bar; re-checking the final figures is the guard
-    # that nothing unprofitable is accepted should rounding ever disagree.
-    if opportunity.net_profit <= ZERO or opportunity.net_bps < params.min_profit_bps:
+    # Sizing already keeps every unit above the bar at its limit; re-checking the final figures is
+    # the guard that nothing unprofitable is accepted should rounding ever disagree.
+    if not clears_at_limits(opportunity, params.min_profit_bps):
         return Decision(buy.symbol, buy.venue, sell.venue, False, Reason.BELOW_MIN_PROFIT, opportunity)
     return Decision(buy.symbol, buy.venue, sell.venue, True, Reason.ACCEPTED, opportunity)
 
@@ -355,7 +366,7 @@ def find_decisions(
     decisions: list[Decision] = []
     for buy, sell in _pairs(books, involving):
         buy_venue, sell_venue = venues.get(buy.venue), venues.get(sell.venue)
-        if buy_venue is None or sell_venue is None:
+        if buy_venue is None or sell_venue is None or not (buy_venue.tradeable and sell_venue.tradeable):
             continue
         decision = evaluate_pair(buy, sell, buy_venue, sell_venue, params, now_ms)
         if decision is not None:

@@ -82,6 +82,7 @@ class VenueState:
     max_quote_age_ms: int = 5_000
     max_notional: Decimal | None = None
     balances: dict[str, Decimal] = field(default_factory=dict)
+    tradeable: bool = True  # False: a price reference only, never a leg (no order API or no keys)
 
     def free(self, asset: str) -> Decimal:
         return self.balances.get(asset, ZERO)
@@ -97,6 +98,7 @@ class StrategyParams:
     max_quote_age_ms: int = 5_000
     ttl_ms: int = 3_000
     slippage_bps: Decimal = ZERO  # how far past the book a leg's guard price may reach
+    max_book_skew_ms: int = 1_500  # how far apart in time the two books of a decision may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,11 @@ class Leg:
 
 @dataclass(frozen=True, slots=True)
 class Opportunity:
-    """A sized cross-venue gap: buy `amount` on `buy.venue`, sell it on `sell.venue`."""
+    """A sized cross-venue gap: buy `amount` on `buy.venue`, sell it on `sell.venue`.
+
+    `net_profit` is what it makes filled as the books stand; `worst_net` what it makes if both
+    legs fill at their guard prices, the least an accepted trade can make with both legs filled.
+    """
 
     symbol: str
     buy: Leg
@@ -134,6 +140,7 @@ class Opportunity:
     gross_profit: Decimal
     net_profit: Decimal
     net_bps: Decimal
+    worst_net: Decimal = ZERO
 
     @property
     def key(self) -> tuple[str, str, str]:
