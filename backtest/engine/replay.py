@@ -27,7 +27,7 @@ import numpy.typing as npt
 from backtest.engine import scan
 from backtest.engine.arrays import QuoteArrays
 from trading.core.fills import fees_paid, fill, filled_amount, notional
-from trading.core.gaps import GapKey, track_gaps
+from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.strategy import find_decisions
 from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
 
@@ -257,7 +257,7 @@ class Replay:
     def _record(self, quote: Quote, decisions: list[Decision], now: int) -> None:
         """The listener's bookkeeping: persisting crossings are one opportunity; crossings of the
         quote's venue that are gone close."""
-        open_gaps = {key: gap.accepted for key, gap in self.open.items()}
+        open_gaps = {key: _state(gap) for key, gap in self.open.items()}
         changes = track_gaps(open_gaps, decisions, quote.symbol, quote.venue)
         for key in changes.persisting:
             self.open[key].ticks += 1
@@ -348,6 +348,10 @@ class Replay:
 
     def _inventory(self) -> dict[str, Decimal]:
         return {name: state.free(self.base) for name, state in self.venues.items()}
+
+
+def _state(gap: SeenOpportunity) -> GapState:
+    return GapState.IN_FLIGHT if gap.accepted else GapState.REJECTED
 
 
 class _ChunkBooks:

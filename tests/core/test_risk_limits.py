@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tests.core.builders import NOW, lot_amounts
 from trading.core import risk
+from trading.core.policy import Placed, Role
 from trading.core.types import Leg, Opportunity, Side
 
 # Buy 0.5 BTC on alpha up to 30000, sell it on bravo down to 30100: 15,050 at stake.
@@ -92,6 +93,10 @@ def test_a_pair_that_never_traded_has_no_cooldown() -> None:
     assert not risk.in_cooldown(None, NOW, 10_000)
 
 
+def test_without_a_cooldown_a_pair_is_never_waiting_whatever_the_clocks_say() -> None:
+    assert not risk.in_cooldown(NOW + 342, NOW, 0)
+
+
 def test_the_first_broken_limit_is_the_reason() -> None:
     limits = risk.Limits(Decimal(1), Decimal(1), Decimal(500), 10_000, frozenset({"alpha"}))
 
@@ -116,23 +121,76 @@ def test_the_daily_loss_is_past_its_limit_only_when_the_days_total_loses_more(
     assert risk.past_daily_loss([Decimal(p) for p in pnls], Decimal(500)) is past
 
 
-def test_a_one_sided_fill_leaves_its_amount_open_where_it_filled() -> None:
-    fills = [("alpha", Side.BUY, Decimal("0.5")), ("bravo", Side.SELL, Decimal("0.2"))]
-
-    assert risk.unhedged(fills) == {"alpha": Decimal("0.5"), "bravo": Decimal("0.2")}
+def placed(role: Role, venue: str, side: Side, amount: str, filled: str, finished: bool = True) -> Placed:
+    return Placed(role, 0, venue, side, Decimal(amount), Decimal(30_000), Decimal(filled), finished=finished)
 
 
-def test_a_hedge_on_the_same_venue_closes_the_exposure() -> None:
-    fills = [("alpha", Side.BUY, Decimal("0.5")), ("alpha", Side.SELL, Decimal("0.5"))]
+def test_a_filled_leg_whose_partner_is_still_being_retried_counts_in_full() -> None:
+    orders = [
+        placed(Role.BUY, "alpha", Side.BUY, "0.5", "0.5"),
+        placed(Role.SELL, "bravo", Side.SELL, "0.5", "0", finished=True),  # rejected: a retry follows
+    ]
 
-    assert risk.unhedged(fills) == {}
+    assert risk.exposure(orders) == {"alpha": Decimal("0.5")}
 
 
-@given(st.lists(st.tuples(st.sampled_from(["alpha", "bravo"]), st.sampled_from(list(Side)), lot_amounts())))
-def test_unhedged_amounts_are_the_absolute_net_per_venue(fills: list[tuple[str, Side, Decimal]]) -> None:
-    open_amounts = risk.unhedged(fills)
+def test_legs_in_flight_count_on_both_venues_until_they_fill() -> None:
+    orders = [
+        placed(Role.BUY, "alpha", Side.BUY, "0.5", "0", finished=False),
+        placed(Role.SELL, "bravo", Side.SELL, "0.5", "0", finished=False),
+    ]
 
-    for venue in ("alpha", "bravo"):
-        bought = sum((a for v, s, a in fills if v == venue and s is Side.BUY), Decimal(0))
-        sold = sum((a for v, s, a in fills if v == venue and s is Side.SELL), Decimal(0))
-        assert open_amounts.get(venue, Decimal(0)) == abs(bought - sold)
+    assert risk.exposure(orders) == {"alpha": Decimal("0.5"), "bravo": Decimal("0.5")}
+
+
+def test_a_hedged_partial_nets_to_nothing() -> None:
+    """Bought 0.5 on alpha, sold 0.2 on bravo, the other 0.3 sold back on alpha: flat."""
+    orders = [
+        placed(Role.BUY, "alpha", Side.BUY, "0.5", "0.5"),
+        placed(Role.SELL, "bravo", Side.SELL, "0.5", "0.2"),
+        placed(Role.HEDGE, "alpha", Side.SELL, "0.3", "0.3"),
+    ]
+
+    assert risk.exposure(orders) == {}
+
+
+def test_what_a_hedge_could_not_close_stays_open_where_it_filled() -> None:
+    orders = [
+        placed(Role.BUY, "alpha", Side.BUY, "0.5", "0"),
+        placed(Role.SELL, "bravo", Side.SELL, "0.5", "0.5"),
+        placed(Role.HEDGE, "bravo", Side.BUY, "0.5", "0.1"),
+    ]
+
+    assert risk.exposure(orders) == {"bravo": Decimal("0.4")}
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(list(Role)), st.sampled_from(list(Side)), lot_amounts(), st.booleans()),
+        max_size=6,
+    )
+)
+def test_exposure_is_never_negative_and_finished_matched_orders_leave_none(
+    drawn: list[tuple[Role, Side, Decimal, bool]],
+) -> None:
+    orders = [
+        Placed(
+            role,
+            0,
+            role.value if role is not Role.HEDGE else "alpha",
+            side,
+            amount,
+            Decimal(1),
+            amount,
+            finished=done,
+        )
+        for role, side, amount, done in drawn
+    ]
+
+    at_stake = risk.exposure(orders)
+
+    assert all(amount > 0 for amount in at_stake.values())
+    bought = sum((o.filled for o in orders if o.side is Side.BUY), Decimal(0))
+    sold = sum((o.filled for o in orders if o.side is Side.SELL), Decimal(0))
+    if all(o.finished for o in orders) and bought == sold:
+        assert at_stake == {}

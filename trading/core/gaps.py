@@ -1,17 +1,29 @@
-"""Which decisions are new opportunities: one opportunity per crossing for as long as it persists.
+"""Which decisions are new opportunities: one opportunity per crossing at a time, re-armed once its
+trade has settled.
 
-The listener and the backtest keep the crossings they have open (by key, with whether each was
-accepted) and hand each tick's decisions here; both count opportunities the same way.
+A crossing opens when a venue's ask falls below another's bid (fees aside) and lasts while the
+books keep crossing. It is one opportunity while that opportunity is being traded. Once its trade
+has settled (and the pair's cooldown has passed) the crossing is re-armed: the next book that
+still clears the bar opens a new opportunity on it. A rejected crossing that becomes tradeable
+opens a new, accepted opportunity too. The listener and the backtest keep their open crossings
+and hand each tick's decisions here, so both count the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from trading.core.types import Decision
 
 GapKey = tuple[str, str, str]  # (symbol, buy venue, sell venue)
+
+
+class GapState(StrEnum):
+    REJECTED = "rejected"  # its opportunity was not tradeable
+    IN_FLIGHT = "in_flight"  # its opportunity is being traded, or waits out the pair's cooldown
+    REARMED = "rearmed"  # its trade settled: a book that still clears the bar trades again
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,33 +32,38 @@ class GapChanges:
 
     `opened`: decisions that start a new opportunity. `persisting`: open crossings seen again.
     `closed`: open crossings to close, either gone from the ticking venue's pairs or replaced by a
-    new, accepted opportunity (a rejected crossing that became tradeable).
+    new, accepted opportunity. `crossings`: how many of `opened` are crossings not open before
+    (the rest trade again on a crossing already open).
     """
 
     opened: tuple[Decision, ...]
     persisting: tuple[GapKey, ...]
     closed: tuple[GapKey, ...]
+    crossings: int = 0
 
 
 def track_gaps(
-    open_gaps: Mapping[GapKey, bool], decisions: Sequence[Decision], symbol: str, venue: str
+    open_gaps: Mapping[GapKey, GapState], decisions: Sequence[Decision], symbol: str, venue: str
 ) -> GapChanges:
-    """The changes a tick of `venue`'s `symbol` book makes, given the open crossings (key to
-    whether it was accepted) and the tick's decisions (all on pairs involving `venue`)."""
+    """The changes a tick of `venue`'s `symbol` book makes, given the open crossings and their
+    states, and the tick's decisions (all on pairs involving `venue`)."""
     opened: list[Decision] = []
     persisting: list[GapKey] = []
     closed: list[GapKey] = []
+    crossings = 0
     for decision in decisions:
-        accepted = open_gaps.get(decision.key)
-        if accepted is not None and (accepted or not decision.accepted):
+        state = open_gaps.get(decision.key)
+        if state is None:
+            crossings += 1
+        elif decision.accepted and state is not GapState.IN_FLIGHT:
+            closed.append(decision.key)
+        else:
             persisting.append(decision.key)
             continue
-        if accepted is not None:
-            closed.append(decision.key)
         opened.append(decision)
     seen = {decision.key for decision in decisions}
     closed += [key for key in open_gaps if _involves(key, symbol, venue) and key not in seen]
-    return GapChanges(tuple(opened), tuple(persisting), tuple(closed))
+    return GapChanges(tuple(opened), tuple(persisting), tuple(closed), crossings)
 
 
 def _involves(key: GapKey, symbol: str, venue: str) -> bool:

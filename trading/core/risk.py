@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from trading.core.types import Opportunity, Quote, Side, VenueState, split_symbol
+from trading.core.policy import Placed, Role
+from trading.core.types import ZERO, Opportunity, Quote, Side, VenueState, split_symbol
 
 
 def is_stale(quote: Quote, max_age_ms: int, now_ms: int) -> bool:
@@ -64,19 +65,26 @@ def added_exposure(opportunity: Opportunity) -> dict[tuple[str, str], tuple[Deci
     return {(leg.venue, base): (leg.amount, leg.worst_price) for leg in (opportunity.buy, opportunity.sell)}
 
 
-def unhedged(fills: Iterable[tuple[str, Side, Decimal]]) -> dict[str, Decimal]:
-    """The base amount a failed trade left open on each venue, from its (venue, side, filled)
-    orders: the absolute net of what was bought and sold there, so a hedge on the same venue
-    closes it. Venues left flat are omitted."""
-    net: dict[str, Decimal] = {}
-    for venue, side, filled in fills:
-        net[venue] = net.get(venue, Decimal(0)) + (filled if side is Side.BUY else -filled)
-    return {venue: abs(amount) for venue, amount in net.items() if amount}
+def exposure(orders: Iterable[Placed]) -> dict[str, Decimal]:
+    """The base one opportunity's orders leave, or could still leave, one-sided, by venue: long on
+    its buy leg's venue what was bought (or may still be) beyond what was sold, short on its sell
+    leg's venue the other way round. A filled leg whose partner is still to fill counts in full;
+    legs that match, hedged or not, count nothing. Venues with nothing at stake are omitted."""
+    placed = list(orders)
+    leg_venues = {Side(order.role.value): order.venue for order in placed if order.role is not Role.HEDGE}
+    at_stake: dict[str, Decimal] = {}
+    for side, venue in leg_venues.items():
+        could = sum((o.filled if o.finished else o.amount for o in placed if o.side is side), ZERO)
+        matched = sum((o.filled for o in placed if o.side is not side), ZERO)
+        if could > matched:
+            at_stake[venue] = at_stake.get(venue, ZERO) + could - matched
+    return at_stake
 
 
 def in_cooldown(last_trade_ms: int | None, now_ms: int, cooldown_ms: int) -> bool:
-    """True while `now_ms` is within `cooldown_ms` after the pair's last trade."""
-    return last_trade_ms is not None and now_ms - last_trade_ms < cooldown_ms
+    """True while `now_ms` is within `cooldown_ms` after the pair's last trade; never without a
+    cooldown."""
+    return cooldown_ms > 0 and last_trade_ms is not None and now_ms - last_trade_ms < cooldown_ms
 
 
 def past_daily_loss(realized_pnls: Iterable[Decimal], limit: Decimal) -> bool:
