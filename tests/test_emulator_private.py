@@ -25,6 +25,7 @@ from django.core.management.base import CommandError
 from tests.conftest import Child
 from trading.core.types import Side
 from trading.emulator import DEFAULT_MARKETS, Emulator, emulate
+from trading.emulator.fees import Fees
 from trading.emulator.matching import Account, OrderFault, OrderState, Refusal, Refused, cancel, place
 from trading.management.commands.run_emulator import parse_account, parse_funding, simulated_feed
 from trading.venues.base import OrderRequest
@@ -32,6 +33,7 @@ from trading.venues.ccxt_gateway import CcxtGateway, rewrite_api_urls
 from trading.venues.simulated import simulated_book
 
 BTC_USDT = DEFAULT_MARKETS[0]
+FEES = Fees(Decimal("0.001"))
 BOOK = (
     ((Decimal("59990"), Decimal("1")),),
     ((Decimal("60000"), Decimal("0.3")), (Decimal("60010"), Decimal("1"))),
@@ -168,7 +170,7 @@ def buy(
         amount=Decimal(amount),
         client_order_id=cid,
         time_in_force=tif,
-        fee_rate=Decimal("0.001"),
+        fees=FEES,
         fault=fault or OrderFault(),
     )
 
@@ -189,12 +191,12 @@ def test_gtc_remainder_rests_open_and_a_cancel_closes_it() -> None:
     acct = account(USDT="100000")
     order = buy(acct, "0.5", "60000", tif="GTC")
 
-    cancelled = cancel(acct, order, BOOK, fee_rate=Decimal("0.001"), fault=OrderFault())
+    cancelled = cancel(acct, order, BOOK, fees=FEES, fault=OrderFault())
 
     assert cancelled.state is OrderState.CANCELED
     assert cancelled.filled == Decimal("0.3")
     with pytest.raises(Refused) as again:
-        cancel(acct, order, BOOK, fee_rate=Decimal("0.001"), fault=OrderFault())
+        cancel(acct, order, BOOK, fees=FEES, fault=OrderFault())
     assert again.value.refusal is Refusal.UNKNOWN_ORDER
 
 
@@ -211,7 +213,7 @@ def test_partial_fraction_is_rounded_down_to_the_amount_step() -> None:
 def test_refused_orders_move_nothing(funds: dict[str, str], refusal: Refusal) -> None:
     acct = account(**funds)
     if refusal is Refusal.DUPLICATE:
-        buy(acct, "0.1", "60010")
+        buy(acct, "0.1", "59000", tif="GTC")  # rests open, keeping its client id taken
     before = dict(acct.balances)
 
     with pytest.raises(Refused) as refused:

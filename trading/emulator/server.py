@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from trading.emulator.matching import DEFAULT_TAKER_FEE, Account, OrderFault
+from trading.emulator.fees import QUOTE, FeePrice, valid_asset
+from trading.emulator.matching import DEFAULT_TAKER_FEE, Account, OrderFault, land_due_cancels
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +94,28 @@ BookFeed = Callable[[str], Book]
 @dataclass(frozen=True)
 class Fault:
     """An injected failure: wait `delay_s` before answering, then answer `status` if it is set;
-    `orders` is the trouble new orders meet (rejection, partial fill, fill after cancel)."""
+    `orders` is the trouble orders meet (rejection, partial fill, fill after cancel, pending
+    cancels); `ignore_client_id_filter` makes lookups by client order id answer as if no id had
+    been given."""
 
     status: int | None = None
     delay_s: float = 0.0
     orders: OrderFault = field(default_factory=OrderFault)
+    ignore_client_id_filter: bool = False
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """When a new-order request reached the server: the wall clock (time.time_ns) to compare with
+    other processes' timestamps, and the monotonic clock (time.monotonic_ns, shared by the
+    processes of one machine) to measure intervals with."""
+
+    wall_ns: int
+    monotonic_ns: int
+
+
+# Told of each new-order request as it arrives: (venue, client order id, arrival).
+ArrivalListener = Callable[[str, str, Arrival], None]
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,9 @@ class EmulatedVenue:
         self.ledger = threading.RLock()
         self.accounts: dict[str, Account] = {}
         self.taker_fee = DEFAULT_TAKER_FEE
+        self.fee_prices: dict[str, FeePrice] = {}  # under `ledger`, keyed by pair ("BNB/USDT")
         self._feed: BookFeed | None = None
+        self._arrivals: dict[str, Arrival] = {}
 
     def book(self, symbol: str) -> Book:
         """The book a test set, else the feed's book of the moment, else a sane default around the
@@ -172,15 +193,18 @@ class EmulatedVenue:
             self._candles[symbol] = tuple(sorted(candles))
 
     def reset(self) -> None:
-        """Back to default books, no candles, no accounts, the default fee and no fault."""
+        """Back to default books, no candles, no accounts, the default fee, no fee prices, no
+        recorded arrivals and no fault."""
         with self._lock:
             self._books.clear()
             self._candles.clear()
             self._fault = Fault()
             self._feed = None
+            self._arrivals.clear()
         with self.ledger:
             self.accounts.clear()
             self.taker_fee = DEFAULT_TAKER_FEE
+            self.fee_prices.clear()
 
     @property
     def fault(self) -> Fault:
@@ -199,6 +223,15 @@ class EmulatedVenue:
     def request_count(self, path: str | None = None) -> int:
         with self._lock:
             return self._requests[path] if path is not None else sum(self._requests.values())
+
+    def record_arrival(self, client_order_id: str, arrival: Arrival) -> None:
+        """Remember when the order under this client id arrived (the latest, for a reused id)."""
+        with self._lock:
+            self._arrivals[client_order_id] = arrival
+
+    def arrivals(self) -> dict[str, Arrival]:
+        with self._lock:
+            return dict(self._arrivals)
 
 
 def default_book(market: Market, levels: int = DEFAULT_LEVELS) -> Book:
@@ -226,6 +259,11 @@ class Dialect(Protocol):
         ...
 
     def fault_reply(self, status: int) -> Reply: ...
+
+    def new_order_client_id(self, request: Request) -> str | None:
+        """The client order id of a new-order request; None for any other request (or an order
+        sent without one)."""
+        ...
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -310,6 +348,7 @@ class Emulator:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._arrival_listener: ArrivalListener | None = None
 
     def start(self) -> Self:
         self._stopping.clear()
@@ -377,26 +416,69 @@ class Emulator:
         reject: str | None = None,
         fill_fraction: Decimal | str | None = None,
         fill_after_cancel: bool = False,
+        cancel_pending_s: float = 0.0,
+        cancel_pending_reads: int = 0,
+        ignore_client_id_filter: bool = False,
     ) -> None:
-        """Make every request to `venue` wait `delay_s` (longer than the client's timeout makes it
-        time out), then answer with HTTP `status` (429, 500, 503, ...) in the venue's own words.
-        For new orders: refuse them with the reason `reject` ("insufficient balance" for the
-        venue's own missing-funds refusal), fill at most `fill_fraction` of
-        each, or (`fill_after_cancel`) leave them open and fill them when a cancel arrives."""
+        """Replace `venue`'s fault with this one.
+
+        Every request waits `delay_s` (longer than the client's timeout makes it time out), then
+        is answered with HTTP `status` (429, 500, 503, ...) in the venue's own words. New orders
+        are refused with the reason `reject` ("insufficient balance" for the venue's own
+        missing-funds refusal), fill at most `fill_fraction` of each, or (`fill_after_cancel`)
+        stay open and fill when a cancel arrives.
+
+        A cancel is acknowledged but left pending with `cancel_pending_s` or
+        `cancel_pending_reads`: for that long after it, and for that many lookups of the order
+        (queries, open and closed order lists), the order still reads as open (Binance:
+        NEW/PARTIALLY_FILLED; Kraken: "open", and its cancel answers `pending`); the lookup after
+        that reads it canceled, or filled if it matched meanwhile (with `fill_after_cancel`).
+        A second cancel meanwhile is refused (Kraken: "EOrder:Cancel pending").
+
+        `ignore_client_id_filter`: lookups by client order id ignore the id, as a venue that
+        drops a filter does. Kraken's OpenOrders/ClosedOrders with `cl_ord_id` list every open
+        (closed) order of the account, newest first; Binance's order query by
+        `origClientOrderId` answers the account's newest order on the symbol."""
         fraction = Decimal(str(fill_fraction)) if fill_fraction is not None else None
-        orders = OrderFault(reject, fraction, fill_after_cancel)
-        self._venue(venue).fault = Fault(status, delay_s, orders)
+        orders = OrderFault(reject, fraction, fill_after_cancel, cancel_pending_s, cancel_pending_reads)
+        self._venue(venue).fault = Fault(status, delay_s, orders, ignore_client_id_filter)
 
     def clear_fault(self, venue: str) -> None:
         self._venue(venue).fault = Fault()
 
-    def add_account(self, venue: str, key: str, secret: str, balances: Mapping[str, Any]) -> None:
+    def add_account(
+        self, venue: str, key: str, secret: str, balances: Mapping[str, Any], *, fee_asset: str = QUOTE
+    ) -> None:
         """Open (or replace) an account on `venue` that signs with `key`/`secret` and holds
-        `balances` (asset -> amount as str, int or Decimal)."""
+        `balances` (asset -> amount as str, int or Decimal).
+
+        `fee_asset` is how its orders pay fees (see trading.emulator.fees):
+        - "quote" (default): in the quote currency, buys and sells alike; Kraken's default.
+        - "received": from what the order receives, the base on a buy and the quote on a sell;
+          Binance spot.
+        - "base": in the base currency; Kraken orders sent with `oflags=fcib`.
+        - an asset code such as "BNB": Binance with "pay fees with BNB" on: valued at the price
+          given to set_fee_price() and debited from that asset, or from the received asset at
+          the full rate when the balance cannot cover it.
+        A Kraken order's `oflags` (fcib/fciq) overrides the account's choice for that order.
+        Raises ValueError for anything else."""
+        if not valid_asset(fee_asset):
+            raise ValueError(f"fee_asset {fee_asset!r} is not quote, received, base or an asset code")
         hosted = self._venue(venue)
         funds = {asset: Decimal(str(amount)) for asset, amount in balances.items()}
         with hosted.ledger:
-            hosted.accounts[key] = Account(key, secret, funds)
+            hosted.accounts[key] = Account(key, secret, funds, fee_asset)
+
+    def set_fee_price(
+        self, venue: str, symbol: str, price: Decimal | str, *, discount: Decimal | str = "0"
+    ) -> None:
+        """Value fees paid in `symbol`'s base (e.g. "BNB/USDT": BNB) at `price` of its quote
+        from now on, reduced by `discount`, the share of the commission the venue waives when it
+        is paid in that asset (Binance states 0.25 for BNB in its account commission answer)."""
+        hosted = self._venue(venue)
+        valued = FeePrice(Decimal(str(price)), Decimal(str(discount)))
+        with hosted.ledger:
+            hosted.fee_prices[symbol] = valued
 
     def balances(self, venue: str, key: str) -> dict[str, Decimal]:
         """The account's balances now."""
@@ -405,20 +487,32 @@ class Emulator:
             return dict(hosted.accounts[key].balances)
 
     def set_taker_fee(self, venue: str, rate: Decimal | str) -> None:
-        """Charge `rate` (a fraction of notional, in the quote currency) on every fill from now on."""
+        """Charge `rate` (a fraction of notional) on every fill from now on, in the asset each
+        account pays fees in."""
         hosted = self._venue(venue)
         with hosted.ledger:
             hosted.taker_fee = Decimal(str(rate))
 
     def reset(self) -> None:
-        """Every venue back to default books, no candles, no accounts and no fault (request counts
-        keep counting)."""
+        """Every venue back to default books, no candles, no accounts, no fee prices, no recorded
+        arrivals and no fault (request counts keep counting)."""
         for hosted in self._hosted.values():
             hosted.venue.reset()
 
     def request_count(self, venue: str, path: str | None = None) -> int:
         """Requests `venue` received (to `path`, e.g. "/api/v3/depth", when given)."""
         return self._venue(venue).request_count(path)
+
+    def order_arrivals(self, venue: str) -> dict[str, Arrival]:
+        """When each new-order request with a client order id reached `venue`, keyed by that id
+        (the latest arrival for a reused id). Recorded as the request is routed, before any
+        injected delay, signature check or matching, whatever the venue then answers."""
+        return self._venue(venue).arrivals()
+
+    def on_arrival(self, listener: ArrivalListener | None) -> None:
+        """Tell `listener` (None: nobody) of every new-order arrival as it is recorded, in the
+        thread that serves the request."""
+        self._arrival_listener = listener
 
     def _venue(self, name: str) -> EmulatedVenue:
         try:
@@ -441,6 +535,7 @@ class Emulator:
         if hosted is None:
             return Reply(404, {"error": f"no venue {prefix!r} here"})
         request = Request(method, "/" + rest, query, headers, body, raw_query)
+        self._note_arrival(hosted, request)
         hosted.venue.count_request(request.path)
         fault = hosted.venue.fault
         if fault.delay_s and self._stopping.wait(fault.delay_s):
@@ -455,13 +550,25 @@ class Emulator:
             return Reply(404, {"error": f"{prefix} has no endpoint {method} {request.path}"})
         return handler(hosted.venue, request)
 
+    def _note_arrival(self, hosted: _Hosted, request: Request) -> None:
+        client_order_id = hosted.dialect.new_order_client_id(request)
+        if client_order_id is None:
+            return
+        arrival = Arrival(time.time_ns(), time.monotonic_ns())
+        hosted.venue.record_arrival(client_order_id, arrival)
+        listener = self._arrival_listener
+        if listener is not None:
+            listener(hosted.venue.name, client_order_id, arrival)
+
 
 def _signed(hosted: _Hosted, handler: PrivateHandler, request: Request) -> Reply:
-    """Answer a private request for the account that signed it, or with the venue's refusal."""
+    """Answer a private request for the account that signed it, or with the venue's refusal.
+    Cancels left pending whose time is up land first, so every answer shows them done."""
     with hosted.venue.ledger:
         account = hosted.dialect.authenticate(hosted.venue, request)
         if isinstance(account, Reply):
             return account
+        land_due_cancels(hosted.venue, account)
         return handler(hosted.venue, request, account)
 
 
