@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt
@@ -27,7 +28,14 @@ from trading.core.types import Side
 from trading.emulator import DEFAULT_MARKETS, Emulator, emulate
 from trading.emulator.fees import Fees
 from trading.emulator.matching import Account, OrderFault, OrderState, Refusal, Refused, cancel, place
-from trading.management.commands.run_emulator import parse_account, parse_funding, simulated_feed
+from trading.management.commands.run_emulator import (
+    FeePriceSpec,
+    parse_account,
+    parse_fee_asset,
+    parse_fee_price,
+    parse_funding,
+    simulated_feed,
+)
 from trading.venues.base import OrderRequest
 from trading.venues.ccxt_gateway import CcxtGateway, rewrite_api_urls
 from trading.venues.simulated import simulated_book
@@ -248,6 +256,23 @@ def test_funding_takes_the_keys_from_the_environment_and_names_them_when_missing
     assert spec.balances == {"BTC": Decimal("1"), "USDT": Decimal("30000")}
 
 
+def test_fee_options_parse_and_bad_ones_are_refused() -> None:
+    venues = ("binance", "kraken")
+
+    assert parse_fee_asset("binance=Received", venues) == ("binance", "received")
+    assert parse_fee_asset("binance=bnb", venues) == ("binance", "BNB")
+    assert parse_fee_price("binance:bnb/usdt=600:0.25", venues) == FeePriceSpec(
+        "binance", "BNB/USDT", Decimal("600"), Decimal("0.25")
+    )
+    assert parse_fee_price("binance:BNB/USDT=600", venues).discount == 0
+    for bad_asset in ("okx=received", "binance=", "binance=b-n-b"):
+        with pytest.raises(CommandError, match="--fee-asset"):
+            parse_fee_asset(bad_asset, venues)
+    for bad_price in ("binance:BNB=600", "binance:BNB/USDT=cheap", "okx:BNB/USDT=600", "binance:BNB/USDT=0"):
+        with pytest.raises(CommandError, match="--fee-price"):
+            parse_fee_price(bad_price, venues)
+
+
 def test_a_simulated_feed_serves_the_simulated_market_as_it_moves() -> None:
     feed = simulated_feed("kraken", seed=7)
     with emulate("kraken") as emulator:
@@ -261,7 +286,10 @@ def test_a_simulated_feed_serves_the_simulated_market_as_it_moves() -> None:
 
 
 @pytest.mark.slow
-def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(spawn: Callable[..., Child]) -> None:
+def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    arrivals = tmp_path / "arrivals.jsonl"
     child = spawn(
         sys.executable,
         "manage.py",
@@ -270,6 +298,10 @@ def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(spawn: Callable[
         "binance",
         "--account",
         "binance:demo-key:demo-secret:BTC=0,USDT=30000",
+        "--fee-asset",
+        "binance=received",
+        "--arrivals",
+        str(arrivals),
         name="run-emulator",
     )
     child.wait_for("emulator running")
@@ -288,7 +320,9 @@ def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(spawn: Callable[
     result, balances = asyncio.run(buy_there())
     child.proc.send_signal(signal.SIGTERM)
 
-    assert (result.status, balances["BTC"]) == ("filled", Decimal("0.1"))
+    # Binance takes a buy's commission from the BTC it receives: 0.1% of 0.1 BTC.
+    assert (result.status, balances["BTC"]) == ("filled", Decimal("0.0999"))
+    assert [json.loads(line)["client_order_id"] for line in arrivals.read_text().splitlines()] == ["demo-1"]
     assert child.proc.wait(10) == 0
     assert "emulator stopped" in child.output()
     assert "demo-secret" not in child.output()
