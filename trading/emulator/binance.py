@@ -25,16 +25,8 @@ from typing import Any
 
 from trading.emulator import auth, matching
 from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from trading.emulator.server import (
-    Candle,
-    EmulatedVenue,
-    Handler,
-    Level,
-    Market,
-    PrivateHandler,
-    Reply,
-    Request,
-)
+from trading.emulator.server import Handler, PrivateHandler, Reply, Request
+from trading.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 MAX_DEPTH = 5000
 DEFAULT_DEPTH = 100

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the server imports this module's users; only the type flows back
-    from trading.emulator.server import Market
+if TYPE_CHECKING:  # the venue imports this module; only the type flows back
+    from trading.emulator.venue import Market
 
 ZERO = Decimal(0)
 QUOTE = "quote"

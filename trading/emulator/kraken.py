@@ -28,16 +28,8 @@ from typing import Any
 
 from trading.emulator import auth, fees, matching
 from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from trading.emulator.server import (
-    Candle,
-    EmulatedVenue,
-    Handler,
-    Level,
-    Market,
-    PrivateHandler,
-    Reply,
-    Request,
-)
+from trading.emulator.server import Handler, PrivateHandler, Reply, Request
+from trading.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 DEFAULT_DEPTH = 100
 MAX_OHLC = 720

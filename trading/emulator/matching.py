@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from trading.emulator.fees import QUOTE, Charge, Fees, charge, missing_price
 
-if TYPE_CHECKING:  # the server imports this module; only the types flow back
-    from trading.emulator.server import EmulatedVenue, Market
+if TYPE_CHECKING:  # the venue imports this module; only the types flow back
+    from trading.emulator.venue import EmulatedVenue, Market
 
 Level = tuple[Decimal, Decimal]
 Book = tuple[tuple[Level, ...], tuple[Level, ...]]

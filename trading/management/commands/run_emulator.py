@@ -35,7 +35,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from trading.config import credential_names, credentials
 from trading.emulator import DIALECTS, Emulator, emulate
 from trading.emulator.fees import MODES, QUOTE, valid_asset
-from trading.emulator.server import Arrival, Book, BookFeed
+from trading.emulator.venue import Arrival, Book, BookFeed
 from trading.venues.simulated import simulated_book, wall_clock_ms
 
 
