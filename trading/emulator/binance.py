@@ -421,8 +421,9 @@ def cancel_order(venue: EmulatedVenue, request: Request, account: Account) -> Re
     market = _market(venue, params.get("symbol", ""))
     if market is None:
         return _error(-1121, "Invalid symbol.")
-    if _client_id_error(params) is not None:
-        return _illegal("newClientOrderId")
+    illegal = _client_id_error(params)
+    if illegal is not None:
+        return illegal
     cancel_id = params.get("newClientOrderId") or _generated_id()
     try:
         order = _find(account, market, params)
