@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt
@@ -25,13 +26,22 @@ from django.core.management.base import CommandError
 from tests.conftest import Child
 from trading.core.types import Side
 from trading.emulator import DEFAULT_MARKETS, Emulator, emulate
+from trading.emulator.fees import Fees
 from trading.emulator.matching import Account, OrderFault, OrderState, Refusal, Refused, cancel, place
-from trading.management.commands.run_emulator import parse_account, parse_funding, simulated_feed
+from trading.management.commands.run_emulator import (
+    FeePriceSpec,
+    parse_account,
+    parse_fee_asset,
+    parse_fee_price,
+    parse_funding,
+    simulated_feed,
+)
 from trading.venues.base import OrderRequest
 from trading.venues.ccxt_gateway import CcxtGateway, rewrite_api_urls
 from trading.venues.simulated import simulated_book
 
 BTC_USDT = DEFAULT_MARKETS[0]
+FEES = Fees(Decimal("0.001"))
 BOOK = (
     ((Decimal("59990"), Decimal("1")),),
     ((Decimal("60000"), Decimal("0.3")), (Decimal("60010"), Decimal("1"))),
@@ -168,7 +178,7 @@ def buy(
         amount=Decimal(amount),
         client_order_id=cid,
         time_in_force=tif,
-        fee_rate=Decimal("0.001"),
+        fees=FEES,
         fault=fault or OrderFault(),
     )
 
@@ -189,12 +199,12 @@ def test_gtc_remainder_rests_open_and_a_cancel_closes_it() -> None:
     acct = account(USDT="100000")
     order = buy(acct, "0.5", "60000", tif="GTC")
 
-    cancelled = cancel(acct, order, BOOK, fee_rate=Decimal("0.001"), fault=OrderFault())
+    cancelled = cancel(acct, order, BOOK, fees=FEES, fault=OrderFault())
 
     assert cancelled.state is OrderState.CANCELED
     assert cancelled.filled == Decimal("0.3")
     with pytest.raises(Refused) as again:
-        cancel(acct, order, BOOK, fee_rate=Decimal("0.001"), fault=OrderFault())
+        cancel(acct, order, BOOK, fees=FEES, fault=OrderFault())
     assert again.value.refusal is Refusal.UNKNOWN_ORDER
 
 
@@ -211,7 +221,7 @@ def test_partial_fraction_is_rounded_down_to_the_amount_step() -> None:
 def test_refused_orders_move_nothing(funds: dict[str, str], refusal: Refusal) -> None:
     acct = account(**funds)
     if refusal is Refusal.DUPLICATE:
-        buy(acct, "0.1", "60010")
+        buy(acct, "0.1", "59000", tif="GTC")  # rests open, keeping its client id taken
     before = dict(acct.balances)
 
     with pytest.raises(Refused) as refused:
@@ -246,6 +256,23 @@ def test_funding_takes_the_keys_from_the_environment_and_names_them_when_missing
     assert spec.balances == {"BTC": Decimal("1"), "USDT": Decimal("30000")}
 
 
+def test_fee_options_parse_and_bad_ones_are_refused() -> None:
+    venues = ("binance", "kraken")
+
+    assert parse_fee_asset("binance=Received", venues) == ("binance", "received")
+    assert parse_fee_asset("binance=bnb", venues) == ("binance", "BNB")
+    assert parse_fee_price("binance:bnb/usdt=600:0.25", venues) == FeePriceSpec(
+        "binance", "BNB/USDT", Decimal("600"), Decimal("0.25")
+    )
+    assert parse_fee_price("binance:BNB/USDT=600", venues).discount == 0
+    for bad_asset in ("okx=received", "binance=", "binance=b-n-b"):
+        with pytest.raises(CommandError, match="--fee-asset"):
+            parse_fee_asset(bad_asset, venues)
+    for bad_price in ("binance:BNB=600", "binance:BNB/USDT=cheap", "okx:BNB/USDT=600", "binance:BNB/USDT=0"):
+        with pytest.raises(CommandError, match="--fee-price"):
+            parse_fee_price(bad_price, venues)
+
+
 def test_a_simulated_feed_serves_the_simulated_market_as_it_moves() -> None:
     feed = simulated_feed("kraken", seed=7)
     with emulate("kraken") as emulator:
@@ -259,7 +286,10 @@ def test_a_simulated_feed_serves_the_simulated_market_as_it_moves() -> None:
 
 
 @pytest.mark.slow
-def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(spawn: Callable[..., Child]) -> None:
+def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    arrivals = tmp_path / "arrivals.jsonl"
     child = spawn(
         sys.executable,
         "manage.py",
@@ -268,6 +298,10 @@ def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(spawn: Callable[
         "binance",
         "--account",
         "binance:demo-key:demo-secret:BTC=0,USDT=30000",
+        "--fee-asset",
+        "binance=received",
+        "--arrivals",
+        str(arrivals),
         name="run-emulator",
     )
     child.wait_for("emulator running")
@@ -286,7 +320,9 @@ def test_run_emulator_serves_signed_orders_and_stops_on_sigterm(spawn: Callable[
     result, balances = asyncio.run(buy_there())
     child.proc.send_signal(signal.SIGTERM)
 
-    assert (result.status, balances["BTC"]) == ("filled", Decimal("0.1"))
+    # Binance takes a buy's commission from the BTC it receives: 0.1% of 0.1 BTC.
+    assert (result.status, balances["BTC"]) == ("filled", Decimal("0.0999"))
+    assert [json.loads(line)["client_order_id"] for line in arrivals.read_text().splitlines()] == ["demo-1"]
     assert child.proc.wait(10) == 0
     assert "emulator stopped" in child.output()
     assert "demo-secret" not in child.output()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trading.emulator import binance, kraken
-from trading.emulator.server import DEFAULT_MARKETS, Dialect, Emulator, Fault, Market, Reply, Request
+from trading.emulator.server import Dialect, Emulator, Reply, Request
+from trading.emulator.venue import DEFAULT_MARKETS, Fault, Market
 
 DIALECTS: Mapping[str, Dialect] = {"binance": binance, "kraken": kraken}
 

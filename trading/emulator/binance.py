@@ -6,27 +6,27 @@ base+quote ("BTCUSDT"), numbers are strings with eight decimals, errors are {"co
 Signed requests carry X-MBX-APIKEY and end in `signature`, the HMAC-SHA256 of everything before
 it, with a `timestamp` inside `recvWindow` of the server's clock. Private amounts are served
 exactly (the emulator's fees can have more than eight decimals).
+
+Client order ids follow the spot API: `newClientOrderId` must match CLIENT_ID_RULE (else -1100);
+it is "a unique id among open orders" ("accepted only when the previous one is filled or
+expired"), and a cancel's own `newClientOrderId` (generated when not sent) "will replace
+clientOrderId of the canceled order, freeing it up for new orders". A query by
+`origClientOrderId` answers the newest order carrying it.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from trading.emulator import auth, matching
 from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from trading.emulator.server import (
-    Candle,
-    EmulatedVenue,
-    Handler,
-    Level,
-    Market,
-    PrivateHandler,
-    Reply,
-    Request,
-)
+from trading.emulator.server import Handler, PrivateHandler, Reply, Request
+from trading.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 MAX_DEPTH = 5000
 DEFAULT_DEPTH = 100
@@ -37,6 +37,9 @@ DEFAULT_RECV_WINDOW_MS = 5000
 MAX_RECV_WINDOW_MS = 60_000
 # Binance accepts a timestamp up to a second ahead of its clock.
 AHEAD_MS = 1000
+# newClientOrderId, as the spot API states it in its -1100 answer and parameter description.
+CLIENT_ID_RULE = r"^[\.A-Z\:/a-z0-9_-]{1,36}$"
+_CLIENT_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 
 _FAULTS = {
     418: (-1003, "Way too much request weight used; IP banned until later."),
@@ -178,6 +181,9 @@ def _exact(value: Decimal) -> str:
 
 
 _REFUSALS = {
+    # Binance has no pending-cancel state (PENDING_CANCEL is "currently unused"): a second cancel
+    # finds nothing it can cancel.
+    Refusal.CANCEL_PENDING: (-2011, "Unknown order sent."),
     Refusal.DUPLICATE: (-2010, "Duplicate order sent."),
     Refusal.INSUFFICIENT: (-2010, "Account has insufficient balance for requested action."),
     Refusal.UNKNOWN_ORDER: (-2011, "Unknown order sent."),
@@ -303,14 +309,27 @@ def _order(order: Order) -> dict[str, Any]:
     }
 
 
-def _fill(trade: Trade, quote: str) -> dict[str, Any]:
+def _fill(trade: Trade) -> dict[str, Any]:
     return {
         "price": _exact(trade.price),
         "qty": _exact(trade.amount),
         "commission": _exact(trade.fee),
-        "commissionAsset": quote,
+        "commissionAsset": trade.fee_asset,
         "tradeId": trade.trade_id,
     }
+
+
+def _illegal(param: str) -> Reply:
+    message = f"Illegal characters found in parameter '{param}'; legal range is '{CLIENT_ID_RULE}'."
+    return _error(-1100, message)
+
+
+def _client_id_error(params: Mapping[str, str]) -> Reply | None:
+    """-1100 for a `newClientOrderId` that breaks the spot API's rule."""
+    client_id = params.get("newClientOrderId")
+    if client_id and not _CLIENT_ID.fullmatch(client_id):
+        return _illegal("newClientOrderId")
+    return None
 
 
 def _order_terms(params: Mapping[str, str]) -> matching.OrderTerms | Reply:
@@ -326,6 +345,9 @@ def _order_terms(params: Mapping[str, str]) -> matching.OrderTerms | Reply:
         return _error(-1102, "Mandatory parameter 'price' or 'quantity' was not sent or malformed.")
     if price <= 0 or amount <= 0:
         return _error(-1013, "Invalid quantity.")
+    illegal = _client_id_error(params)
+    if illegal is not None:
+        return illegal
     return matching.OrderTerms(
         side, price, amount, params.get("timeInForce", "GTC"), params.get("newClientOrderId", "")
     )
@@ -344,41 +366,78 @@ def new_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply
         order = matching.place_on(venue, account, market, terms)
     except Refused as refused:
         return refusal_reply(refused)
-    fills = [_fill(trade, market.quote) for trade in order.trades]
+    fills = [_fill(trade) for trade in order.trades]
     return Reply(200, {**_order(order), "transactTime": order.created_ms, "fills": fills})
 
 
-def _find(account: Account, params: Mapping[str, str]) -> Order:
-    """The order named by origClientOrderId or orderId; raises Refused(UNKNOWN_ORDER)."""
-    client_id = params.get("origClientOrderId")
-    if client_id:
-        return account.order(client_order_id=client_id)
+def _find(
+    account: Account, market: Market, params: Mapping[str, str], *, ignore_client_id: bool = False
+) -> Order:
+    """The order named by orderId (on the symbol, and carrying origClientOrderId when that is
+    sent too, as Binance checks both), else the newest order carrying origClientOrderId; with
+    `ignore_client_id`, the newest order on the symbol whatever its client id. Raises
+    Refused(UNKNOWN_ORDER)."""
+    client_id = None if ignore_client_id else params.get("origClientOrderId") or None
+    raw_id = params.get("orderId")
+    if raw_id:
+        order = account.by_id(_order_id(raw_id))
+        if order.market != market or client_id not in (None, order.client_order_id):
+            raise Refused(Refusal.UNKNOWN_ORDER)
+        return order
+    if ignore_client_id and params.get("origClientOrderId"):
+        return account.newest(market.symbol)
+    if client_id is None:
+        raise Refused(Refusal.UNKNOWN_ORDER)
+    return account.latest(client_id, market.symbol)
+
+
+def _order_id(raw: str) -> int:
     try:
-        return account.order(order_id=int(params.get("orderId", "")))
+        return int(raw)
     except ValueError:
         raise Refused(Refusal.UNKNOWN_ORDER) from None
 
 
 def query_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
     """GET /api/v3/order?symbol=...&origClientOrderId=... (or orderId)"""
-    try:
-        return Reply(200, _order(_find(account, _params(request))))
-    except Refused:
-        return _error(-2013, "Order does not exist.")
-
-
-def cancel_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
-    """DELETE /api/v3/order?symbol=...&origClientOrderId=... (or orderId): -2011 for an order that
-    is unknown or already closed."""
     params = _params(request)
     market = _market(venue, params.get("symbol", ""))
     if market is None:
         return _error(-1121, "Invalid symbol.")
     try:
-        canceled = matching.cancel_on(venue, account, _find(account, params))
+        order = _find(account, market, params, ignore_client_id=venue.fault.ignore_client_id_filter)
+    except Refused:
+        return _error(-2013, "Order does not exist.")
+    matching.read(venue, account, [order])
+    return Reply(200, _order(order))
+
+
+def cancel_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
+    """DELETE /api/v3/order?symbol=...&origClientOrderId=... (or orderId)[&newClientOrderId=...]:
+    -2011 for an order that is unknown or already closed. The answer names the order's client id
+    as origClientOrderId and the cancel's as clientOrderId, which the order carries once
+    cancelled; a cancel left pending answers the order's status of the moment."""
+    params = _params(request)
+    market = _market(venue, params.get("symbol", ""))
+    if market is None:
+        return _error(-1121, "Invalid symbol.")
+    illegal = _client_id_error(params)
+    if illegal is not None:
+        return illegal
+    cancel_id = params.get("newClientOrderId") or _generated_id()
+    try:
+        order = _find(account, market, params)
+        original = order.client_order_id
+        matching.cancel_on(venue, account, order, relabel=cancel_id)
     except Refused as refused:
         return refusal_reply(refused)
-    return Reply(200, {**_order(canceled), "origClientOrderId": canceled.client_order_id})
+    answer = {**_order(order), "origClientOrderId": original, "clientOrderId": cancel_id}
+    return Reply(200, {**answer, "transactTime": matching.now_ms()})
+
+
+def _generated_id() -> str:
+    """A client id as Binance makes one when none is sent: 22 letters and digits."""
+    return uuid.uuid4().hex[:22]
 
 
 def my_trades(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
@@ -402,12 +461,19 @@ def _trade(trade: Trade, market: Market) -> dict[str, Any]:
         "qty": _exact(trade.amount),
         "quoteQty": _exact(trade.cost),
         "commission": _exact(trade.fee),
-        "commissionAsset": market.quote,
+        "commissionAsset": trade.fee_asset,
         "time": trade.time_ms,
         "isBuyer": trade.side == "buy",
         "isMaker": False,
         "isBestMatch": True,
     }
+
+
+def new_order_client_id(request: Request) -> str | None:
+    """The newClientOrderId of a POST /api/v3/order; None for other requests."""
+    if (request.method, request.path) != ("POST", "/api/v3/order"):
+        return None
+    return _params(request).get("newClientOrderId") or None
 
 
 PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler] = {

@@ -9,33 +9,37 @@ The real OHLC endpoint keeps only the latest 720 bars; the emulator serves any w
 Private calls are POSTs signed with API-Key and API-Sign (HMAC-SHA512 of the URI path and
 SHA256(nonce + body), keyed with the base64-decoded secret); each key's nonce must grow. A bad key
 or signature is "EAPI:Invalid key", as Kraken answers both.
+
+Client order ids follow Kraken's cl_ord_id guide (docs.kraken.com, "Spot Client Order
+Identifiers"): a long UUID (36 characters), a short UUID (32 hex digits) or free text of up to 18
+characters, anything else "EGeneral:Invalid arguments"; uniqueness is enforced "across open orders
+for each client" only. Fees are in the quote currency unless the order's `oflags` asks for the
+base (fcib) or the account pays otherwise; `oflags` on an order says which, as ccxt reads it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
 
-from trading.emulator import auth, matching
+from trading.emulator import auth, fees, matching
 from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from trading.emulator.server import (
-    Candle,
-    EmulatedVenue,
-    Handler,
-    Level,
-    Market,
-    PrivateHandler,
-    Reply,
-    Request,
-)
+from trading.emulator.server import Handler, PrivateHandler, Reply, Request
+from trading.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 DEFAULT_DEPTH = 100
 MAX_OHLC = 720
 # Kraken's legacy X/Z-prefixed asset ids and altnames; newer assets use their code for both.
 ASSET_IDS = {"BTC": ("XXBT", "XBT"), "ETH": ("XETH", "ETH"), "USD": ("ZUSD", "USD"), "EUR": ("ZEUR", "EUR")}
+
+# cl_ord_id's formats, told apart by length.
+_LONG_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_SHORT_UUID = re.compile(r"[0-9a-fA-F]{32}")
+MAX_FREE_TEXT = 18
 
 _FAULTS = {
     429: "EAPI:Rate limit exceeded",
@@ -189,6 +193,8 @@ def refusal_reply(refused: Refused) -> Reply:
         return _failed("EOrder:Unknown order")
     if refused.refusal is Refusal.DUPLICATE:
         return _failed("EOrder:Invalid order:duplicate cl_ord_id")
+    if refused.refusal is Refusal.CANCEL_PENDING:
+        return _failed("EOrder:Cancel pending")
     reason = refused.reason
     return _failed(reason if reason.startswith("E") and ":" in reason else f"EOrder:Invalid order:{reason}")
 
@@ -287,10 +293,37 @@ def _order_info(order: Order) -> dict[str, Any]:
         "stopprice": "0",
         "limitprice": "0",
         "misc": "",
-        "oflags": "fciq",
+        "oflags": _oflags(order),
         "timeinforce": order.time_in_force,
         "trades": [_trade_id(trade) for trade in order.trades],
     }
+
+
+def _oflags(order: Order) -> str:
+    """fciq or fcib: the currency the order's fees are charged in, which ccxt reads from here."""
+    asset = fees.usual_asset(order.fee_asset, order.market, order.side)
+    return {order.market.quote: "fciq", order.market.base: "fcib"}.get(asset, "")
+
+
+def valid_client_id(text: str) -> bool:
+    """A cl_ord_id Kraken accepts: a long UUID (32 hex digits in dashed 8-4-4-4-12 groups), a
+    short UUID (32 hex digits) or free ASCII text of up to 18 characters."""
+    if len(text) == 36:
+        return _LONG_UUID.fullmatch(text) is not None
+    if len(text) == 32:
+        return _SHORT_UUID.fullmatch(text) is not None
+    return len(text) <= MAX_FREE_TEXT and text.isascii() and text.isprintable()
+
+
+def _fee_choice(oflags: str) -> str | None:
+    """The order's own fee currency from its flags: fcib the base, fciq the quote, else None.
+    Raises ValueError for both at once (Kraken: mutually exclusive)."""
+    flags = set(oflags.split(","))
+    if {"fcib", "fciq"} <= flags:
+        raise ValueError("fcib and fciq")
+    if "fcib" in flags:
+        return fees.BASE
+    return fees.QUOTE if "fciq" in flags else None
 
 
 def _order_terms(form: Mapping[str, str]) -> matching.OrderTerms | Reply:
@@ -306,7 +339,14 @@ def _order_terms(form: Mapping[str, str]) -> matching.OrderTerms | Reply:
         return _failed("EGeneral:Invalid arguments:volume")
     if price <= 0 or amount <= 0:
         return _failed("EGeneral:Invalid arguments:volume")
-    return matching.OrderTerms(side, price, amount, form.get("timeinforce", "GTC"), form.get("cl_ord_id", ""))
+    client_id = form.get("cl_ord_id", "")
+    if client_id and not valid_client_id(client_id):
+        return _failed("EGeneral:Invalid arguments")
+    try:
+        fee_asset = _fee_choice(form.get("oflags", ""))
+    except ValueError:
+        return _failed("EGeneral:Invalid arguments:oflags")
+    return matching.OrderTerms(side, price, amount, form.get("timeinforce", "GTC"), client_id, fee_asset)
 
 
 def add_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
@@ -339,45 +379,52 @@ def query_orders(venue: EmulatedVenue, request: Request, account: Account) -> Re
         orders = [_by_txid(account, wanted) for wanted in request.form().get("txid", "").split(",")]
     except Refused:
         return _failed("EOrder:Invalid order")
+    matching.read(venue, account, orders)
     return _ok({txid(order): _order_info(order) for order in orders})
 
 
-def _chosen(account: Account, form: Mapping[str, str], open_: bool) -> dict[str, Any]:
-    """The account's open (or closed) orders, only the one with `cl_ord_id` when it is given."""
-    client_id = form.get("cl_ord_id")
+def _chosen(venue: EmulatedVenue, account: Account, form: Mapping[str, str], open_: bool) -> dict[str, Any]:
+    """The account's open (or closed) orders, newest first; only those carrying `cl_ord_id` when
+    it is given (and the venue does not ignore it)."""
+    client_id = form.get("cl_ord_id") or None
+    if venue.fault.ignore_client_id_filter:
+        client_id = None
+    considered = [order for order in reversed(account.orders) if client_id in (None, order.client_order_id)]
+    matching.read(venue, account, considered)
     return {
-        txid(order): _order_info(order)
-        for order in account.orders
-        if (order.state is OrderState.OPEN) == open_ and client_id in (None, order.client_order_id)
+        txid(order): _order_info(order) for order in considered if (order.state is OrderState.OPEN) == open_
     }
 
 
 def open_orders(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
     """POST /0/private/OpenOrders[cl_ord_id=...]"""
-    return _ok({"open": _chosen(account, request.form(), open_=True)})
+    return _ok({"open": _chosen(venue, account, request.form(), open_=True)})
 
 
 def closed_orders(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
     """POST /0/private/ClosedOrders[cl_ord_id=...]"""
-    closed = _chosen(account, request.form(), open_=False)
+    closed = _chosen(venue, account, request.form(), open_=False)
     return _ok({"closed": closed, "count": len(closed)})
 
 
 def _named(account: Account, form: Mapping[str, str]) -> Order:
-    """The order named by cl_ord_id, else by txid; raises Refused(UNKNOWN_ORDER)."""
+    """The order named by cl_ord_id (the newest carrying it: the open one, if any), else by
+    txid; raises Refused(UNKNOWN_ORDER)."""
     client_id = form.get("cl_ord_id")
-    return account.order(client_order_id=client_id) if client_id else _by_txid(account, form.get("txid", ""))
+    return account.latest(client_id) if client_id else _by_txid(account, form.get("txid", ""))
 
 
 def cancel_order(venue: EmulatedVenue, request: Request, account: Account) -> Reply:
     """POST /0/private/CancelOrder with txid or cl_ord_id: "EOrder:Unknown order" for an order
-    that is unknown or already closed."""
+    that is unknown or already closed, "EOrder:Cancel pending" while its cancel is; `pending`
+    says whether the cancel is still to land."""
     form = request.form()
     try:
-        matching.cancel_on(venue, account, _named(account, form))
+        order = _named(account, form)
+        matching.cancel_on(venue, account, order)
     except Refused as refused:
         return refusal_reply(refused)
-    return _ok({"count": 1, "pending": False})
+    return _ok({"count": 1, "pending": order.pending_cancel is not None})
 
 
 def _trade(trade: Trade, order: Order) -> dict[str, Any]:
@@ -403,6 +450,13 @@ def trades_history(venue: EmulatedVenue, request: Request, account: Account) -> 
     """POST /0/private/TradesHistory: every trade of the account."""
     trades = {_trade_id(trade): _trade(trade, order) for order in account.orders for trade in order.trades}
     return _ok({"trades": trades, "count": len(trades)})
+
+
+def new_order_client_id(request: Request) -> str | None:
+    """The cl_ord_id of a POST /0/private/AddOrder; None for other requests."""
+    if (request.method, request.path) != ("POST", "/0/private/AddOrder"):
+        return None
+    return request.form().get("cl_ord_id") or None
 
 
 PRIVATE_ROUTES: Mapping[tuple[str, str], PrivateHandler] = {

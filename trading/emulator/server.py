@@ -1,102 +1,47 @@
-"""The emulator's HTTP server and the state of its venues.
+"""The emulator's HTTP server and its Python API; each venue's state lives in `venue`.
 
 One server on 127.0.0.1 hosts several venues, each under its own path prefix
 (`http://127.0.0.1:PORT/<venue>/...`) and each speaking one dialect. A dialect is a module with
 the same shape as `binance` and `kraken`: a route table from (method, path) to a handler, a table
 of private (signed) routes whose handlers also get the caller's account, `authenticate(venue,
-request)` that checks a signature the way that venue does, and a `fault_reply(status)` that words
-an injected error the way that venue does. The server itself
-knows nothing of any venue's format.
+request)` that checks a signature the way that venue does, a `fault_reply(status)` that words
+an injected error the way that venue does, and `new_order_client_id(request)` that names the
+client order id of a new-order request, so that its arrival is timed before anything else. The
+server itself knows nothing of any venue's format.
 
 This module uses only the standard library, so it runs in a test process or a command alike.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
-from collections import Counter
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from trading.emulator.matching import DEFAULT_TAKER_FEE, Account, OrderFault
-
-log = logging.getLogger(__name__)
-
-# A book level as the emulator keeps it: exact decimals, served verbatim (even when nonsensical,
-# so tests can serve crossed or non-positive books).
-Level = tuple[Decimal, Decimal]
-# A one-minute bar as the emulator keeps it: (open time in epoch ms, open, high, low, close, volume).
-Candle = tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal]
-DEFAULT_LEVELS = 5
-
-
-@dataclass(frozen=True)
-class Market:
-    """One listed market: its trading rules and the mid price of its default book."""
-
-    symbol: str  # unified, e.g. "BTC/USDT"
-    tick: Decimal
-    step: Decimal
-    min_amount: Decimal
-    min_cost: Decimal
-    mid: Decimal
-
-    @property
-    def base(self) -> str:
-        return self.symbol.split("/")[0]
-
-    @property
-    def quote(self) -> str:
-        return self.symbol.split("/")[1]
-
-
-DEFAULT_MARKETS = (
-    Market(
-        symbol="BTC/USDT",
-        tick=Decimal("0.01"),
-        step=Decimal("0.00001"),
-        min_amount=Decimal("0.00001"),
-        min_cost=Decimal("5"),
-        mid=Decimal("60000"),
-    ),
-    Market(
-        symbol="ETH/USDT",
-        tick=Decimal("0.01"),
-        step=Decimal("0.0001"),
-        min_amount=Decimal("0.0001"),
-        min_cost=Decimal("5"),
-        mid=Decimal("3000"),
-    ),
+from trading.emulator.fees import QUOTE, FeePrice, valid_asset
+from trading.emulator.matching import Account, OrderFault, land_due_cancels
+from trading.emulator.venue import (
+    DEFAULT_MARKETS,
+    Arrival,
+    ArrivalListener,
+    Book,
+    BookFeed,
+    Candle,
+    EmulatedVenue,
+    Fault,
+    Level,
+    Market,
 )
 
-
-@dataclass(frozen=True)
-class Book:
-    bids: tuple[Level, ...]
-    asks: tuple[Level, ...]
-    version: int  # grows with every change, like a venue's update id
-
-
-# Where a venue's books come from when none was set: the symbol's book at the moment of asking.
-BookFeed = Callable[[str], Book]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """An injected failure: wait `delay_s` before answering, then answer `status` if it is set;
-    `orders` is the trouble new orders meet (rejection, partial fill, fill after cancel)."""
-
-    status: int | None = None
-    delay_s: float = 0.0
-    orders: OrderFault = field(default_factory=OrderFault)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,89 +71,6 @@ class Reply:
     body: Any
 
 
-class EmulatedVenue:
-    """One venue's markets, books, accounts, fault and request counts. Safe to use from any
-    thread; private handlers run holding `ledger`, so orders and balances change one at a time."""
-
-    def __init__(self, name: str, markets: Sequence[Market]) -> None:
-        self.name = name
-        self.markets: dict[str, Market] = {market.symbol: market for market in markets}
-        self._books: dict[str, Book] = {}
-        self._candles: dict[str, tuple[Candle, ...]] = {}
-        self._versions = itertools.count(1)
-        self._fault = Fault()
-        self._requests: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.ledger = threading.RLock()
-        self.accounts: dict[str, Account] = {}
-        self.taker_fee = DEFAULT_TAKER_FEE
-        self._feed: BookFeed | None = None
-
-    def book(self, symbol: str) -> Book:
-        """The book a test set, else the feed's book of the moment, else a sane default around the
-        market's mid price."""
-        with self._lock:
-            book, feed = self._books.get(symbol), self._feed
-        if book is not None:
-            return book
-        return feed(symbol) if feed is not None else default_book(self.markets[symbol])
-
-    def feed_books(self, feed: BookFeed | None) -> None:
-        """Serve `feed(symbol)`, asked afresh at every request, where no book was set."""
-        with self._lock:
-            self._feed = feed
-
-    def set_book(self, symbol: str, bids: Sequence[Level], asks: Sequence[Level]) -> None:
-        with self._lock:
-            self._books[symbol] = Book(tuple(bids), tuple(asks), next(self._versions))
-
-    def candles(self, symbol: str) -> tuple[Candle, ...]:
-        """The one-minute bars a test set, oldest first; none by default."""
-        with self._lock:
-            return self._candles.get(symbol, ())
-
-    def set_candles(self, symbol: str, candles: Sequence[Candle]) -> None:
-        with self._lock:
-            self._candles[symbol] = tuple(sorted(candles))
-
-    def reset(self) -> None:
-        """Back to default books, no candles, no accounts, the default fee and no fault."""
-        with self._lock:
-            self._books.clear()
-            self._candles.clear()
-            self._fault = Fault()
-            self._feed = None
-        with self.ledger:
-            self.accounts.clear()
-            self.taker_fee = DEFAULT_TAKER_FEE
-
-    @property
-    def fault(self) -> Fault:
-        with self._lock:
-            return self._fault
-
-    @fault.setter
-    def fault(self, fault: Fault) -> None:
-        with self._lock:
-            self._fault = fault
-
-    def count_request(self, path: str) -> None:
-        with self._lock:
-            self._requests[path] += 1
-
-    def request_count(self, path: str | None = None) -> int:
-        with self._lock:
-            return self._requests[path] if path is not None else sum(self._requests.values())
-
-
-def default_book(market: Market, levels: int = DEFAULT_LEVELS) -> Book:
-    """Ten ticks between levels, amounts growing with depth: a plain, uncrossed book."""
-    gap = market.tick * 10
-    bids = tuple((market.mid - gap * i, Decimal(i) / 2) for i in range(1, levels + 1))
-    asks = tuple((market.mid + gap * i, Decimal(i) / 2) for i in range(1, levels + 1))
-    return Book(bids, asks, version=0)
-
-
 Handler = Callable[[EmulatedVenue, Request], Reply]
 
 
@@ -226,6 +88,11 @@ class Dialect(Protocol):
         ...
 
     def fault_reply(self, status: int) -> Reply: ...
+
+    def new_order_client_id(self, request: Request) -> str | None:
+        """The client order id of a new-order request; None for any other request (or an order
+        sent without one)."""
+        ...
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -310,6 +177,7 @@ class Emulator:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._arrival_listener: ArrivalListener | None = None
 
     def start(self) -> Self:
         self._stopping.clear()
@@ -377,26 +245,69 @@ class Emulator:
         reject: str | None = None,
         fill_fraction: Decimal | str | None = None,
         fill_after_cancel: bool = False,
+        cancel_pending_s: float = 0.0,
+        cancel_pending_reads: int = 0,
+        ignore_client_id_filter: bool = False,
     ) -> None:
-        """Make every request to `venue` wait `delay_s` (longer than the client's timeout makes it
-        time out), then answer with HTTP `status` (429, 500, 503, ...) in the venue's own words.
-        For new orders: refuse them with the reason `reject` ("insufficient balance" for the
-        venue's own missing-funds refusal), fill at most `fill_fraction` of
-        each, or (`fill_after_cancel`) leave them open and fill them when a cancel arrives."""
+        """Replace `venue`'s fault with this one.
+
+        Every request waits `delay_s` (longer than the client's timeout makes it time out), then
+        is answered with HTTP `status` (429, 500, 503, ...) in the venue's own words. New orders
+        are refused with the reason `reject` ("insufficient balance" for the venue's own
+        missing-funds refusal), fill at most `fill_fraction` of each, or (`fill_after_cancel`)
+        stay open and fill when a cancel arrives.
+
+        A cancel is acknowledged but left pending with `cancel_pending_s` or
+        `cancel_pending_reads`: for that long after it, and for that many lookups of the order
+        (queries, open and closed order lists), the order still reads as open (Binance:
+        NEW/PARTIALLY_FILLED; Kraken: "open", and its cancel answers `pending`); the lookup after
+        that reads it canceled, or filled if it matched meanwhile (with `fill_after_cancel`).
+        A second cancel meanwhile is refused (Kraken: "EOrder:Cancel pending").
+
+        `ignore_client_id_filter`: lookups by client order id ignore the id, as a venue that
+        drops a filter does. Kraken's OpenOrders/ClosedOrders with `cl_ord_id` list every open
+        (closed) order of the account, newest first; Binance's order query by
+        `origClientOrderId` answers the account's newest order on the symbol."""
         fraction = Decimal(str(fill_fraction)) if fill_fraction is not None else None
-        orders = OrderFault(reject, fraction, fill_after_cancel)
-        self._venue(venue).fault = Fault(status, delay_s, orders)
+        orders = OrderFault(reject, fraction, fill_after_cancel, cancel_pending_s, cancel_pending_reads)
+        self._venue(venue).fault = Fault(status, delay_s, orders, ignore_client_id_filter)
 
     def clear_fault(self, venue: str) -> None:
         self._venue(venue).fault = Fault()
 
-    def add_account(self, venue: str, key: str, secret: str, balances: Mapping[str, Any]) -> None:
+    def add_account(
+        self, venue: str, key: str, secret: str, balances: Mapping[str, Any], *, fee_asset: str = QUOTE
+    ) -> None:
         """Open (or replace) an account on `venue` that signs with `key`/`secret` and holds
-        `balances` (asset -> amount as str, int or Decimal)."""
+        `balances` (asset -> amount as str, int or Decimal).
+
+        `fee_asset` is how its orders pay fees (see trading.emulator.fees):
+        - "quote" (default): in the quote currency, buys and sells alike; Kraken's default.
+        - "received": from what the order receives, the base on a buy and the quote on a sell;
+          Binance spot.
+        - "base": in the base currency; Kraken orders sent with `oflags=fcib`.
+        - an asset code such as "BNB": Binance with "pay fees with BNB" on: valued at the price
+          given to set_fee_price() and debited from that asset, or from the received asset at
+          the full rate when the balance cannot cover it.
+        A Kraken order's `oflags` (fcib/fciq) overrides the account's choice for that order.
+        Raises ValueError for anything else."""
+        if not valid_asset(fee_asset):
+            raise ValueError(f"fee_asset {fee_asset!r} is not quote, received, base or an asset code")
         hosted = self._venue(venue)
         funds = {asset: Decimal(str(amount)) for asset, amount in balances.items()}
         with hosted.ledger:
-            hosted.accounts[key] = Account(key, secret, funds)
+            hosted.accounts[key] = Account(key, secret, funds, fee_asset)
+
+    def set_fee_price(
+        self, venue: str, symbol: str, price: Decimal | str, *, discount: Decimal | str = "0"
+    ) -> None:
+        """Value fees paid in `symbol`'s base (e.g. "BNB/USDT": BNB) at `price` of its quote
+        from now on, reduced by `discount`, the share of the commission the venue waives when it
+        is paid in that asset (Binance states 0.25 for BNB in its account commission answer)."""
+        hosted = self._venue(venue)
+        valued = FeePrice(Decimal(str(price)), Decimal(str(discount)))
+        with hosted.ledger:
+            hosted.fee_prices[symbol] = valued
 
     def balances(self, venue: str, key: str) -> dict[str, Decimal]:
         """The account's balances now."""
@@ -405,20 +316,32 @@ class Emulator:
             return dict(hosted.accounts[key].balances)
 
     def set_taker_fee(self, venue: str, rate: Decimal | str) -> None:
-        """Charge `rate` (a fraction of notional, in the quote currency) on every fill from now on."""
+        """Charge `rate` (a fraction of notional) on every fill from now on, in the asset each
+        account pays fees in."""
         hosted = self._venue(venue)
         with hosted.ledger:
             hosted.taker_fee = Decimal(str(rate))
 
     def reset(self) -> None:
-        """Every venue back to default books, no candles, no accounts and no fault (request counts
-        keep counting)."""
+        """Every venue back to default books, no candles, no accounts, no fee prices, no recorded
+        arrivals and no fault (request counts keep counting)."""
         for hosted in self._hosted.values():
             hosted.venue.reset()
 
     def request_count(self, venue: str, path: str | None = None) -> int:
         """Requests `venue` received (to `path`, e.g. "/api/v3/depth", when given)."""
         return self._venue(venue).request_count(path)
+
+    def order_arrivals(self, venue: str) -> dict[str, Arrival]:
+        """When each new-order request with a client order id reached `venue`, keyed by that id
+        (the latest arrival for a reused id). Recorded as the request is routed, before any
+        injected delay, signature check or matching, whatever the venue then answers."""
+        return self._venue(venue).arrivals()
+
+    def on_arrival(self, listener: ArrivalListener | None) -> None:
+        """Tell `listener` (None: nobody) of every new-order arrival as it is recorded, in the
+        thread that serves the request."""
+        self._arrival_listener = listener
 
     def _venue(self, name: str) -> EmulatedVenue:
         try:
@@ -441,6 +364,7 @@ class Emulator:
         if hosted is None:
             return Reply(404, {"error": f"no venue {prefix!r} here"})
         request = Request(method, "/" + rest, query, headers, body, raw_query)
+        self._note_arrival(hosted, request)
         hosted.venue.count_request(request.path)
         fault = hosted.venue.fault
         if fault.delay_s and self._stopping.wait(fault.delay_s):
@@ -455,13 +379,25 @@ class Emulator:
             return Reply(404, {"error": f"{prefix} has no endpoint {method} {request.path}"})
         return handler(hosted.venue, request)
 
+    def _note_arrival(self, hosted: _Hosted, request: Request) -> None:
+        client_order_id = hosted.dialect.new_order_client_id(request)
+        if client_order_id is None:
+            return
+        arrival = Arrival(time.time_ns(), time.monotonic_ns())
+        hosted.venue.record_arrival(client_order_id, arrival)
+        listener = self._arrival_listener
+        if listener is not None:
+            listener(hosted.venue.name, client_order_id, arrival)
+
 
 def _signed(hosted: _Hosted, handler: PrivateHandler, request: Request) -> Reply:
-    """Answer a private request for the account that signed it, or with the venue's refusal."""
+    """Answer a private request for the account that signed it, or with the venue's refusal.
+    Cancels left pending whose time is up land first, so every answer shows them done."""
     with hosted.venue.ledger:
         account = hosted.dialect.authenticate(hosted.venue, request)
         if isinstance(account, Reply):
             return account
+        land_due_cancels(hosted.venue, account)
         return handler(hosted.venue, request, account)
 
 

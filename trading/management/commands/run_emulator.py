@@ -6,27 +6,36 @@
     ARB_BINANCE_API_KEY=... ARB_BINANCE_API_SECRET=... \
         manage.py run_emulator --simulate 7 --fund binance:BTC=1,USDT=30000
 
+    manage.py run_emulator --account binance:k:s:BTC=1,USDT=30000,BNB=1 \
+        --fee-asset binance=BNB --fee-price binance:BNB/USDT=600:0.25 --arrivals arrivals.jsonl
+
 Point a venue's api_url at the printed URL; orders from an account's key match against the
 emulated books: fixed default books, or with --simulate the simulated market (the same one the
 simulated venues show), moving and dislocating, each venue under its own name. --fund opens an
 account for the keys the trading processes read from the environment, so no secret goes on a
-command line. Stops cleanly on Ctrl-C or SIGTERM.
+command line. --fee-asset says how a venue's accounts pay fees (quote, the default; received, as
+Binance spot charges; base; or an asset such as BNB, valued with --fee-price). --arrivals appends a
+JSON line for every new order as it arrives: venue, client order id, wall and monotonic clock in
+ns. Stops cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from trading.config import credential_names, credentials
 from trading.emulator import DIALECTS, Emulator, emulate
-from trading.emulator.server import Book, BookFeed
+from trading.emulator.fees import MODES, QUOTE, valid_asset
+from trading.emulator.venue import Arrival, Book, BookFeed
 from trading.venues.simulated import simulated_book, wall_clock_ms
 
 
@@ -86,6 +95,70 @@ def parse_funding(spec: str, venues: tuple[str, ...]) -> AccountSpec:
     return AccountSpec(venue, *keys, parse_balances(funds))
 
 
+@dataclass(frozen=True)
+class FeePriceSpec:
+    venue: str
+    symbol: str
+    price: Decimal
+    discount: Decimal
+
+
+def parse_fee_asset(spec: str, venues: tuple[str, ...]) -> tuple[str, str]:
+    """'binance=received' -> ('binance', 'received'): how that venue's accounts pay fees (quote,
+    received, base, or an asset code such as BNB)."""
+    venue, _, raw = spec.partition("=")
+    asset = raw.strip().lower() if raw.strip().lower() in MODES else raw.strip().upper()
+    if venue not in venues or not valid_asset(asset):
+        raise CommandError(
+            f"--fee-asset wants VENUE=quote|received|base|ASSET with a venue from {list(venues)}, "
+            f"got {spec!r}"
+        )
+    return venue, asset
+
+
+def parse_fee_price(spec: str, venues: tuple[str, ...]) -> FeePriceSpec:
+    """'binance:BNB/USDT=600:0.25' -> fees in BNB valued at 600 USDT, 25% waived (discount
+    optional)."""
+    venue, _, rest = spec.partition(":")
+    symbol, _, value = rest.partition("=")
+    price, _, discount = value.partition(":")
+    try:
+        parsed = FeePriceSpec(venue, symbol.strip().upper(), Decimal(price), Decimal(discount or "0"))
+    except InvalidOperation:
+        parsed = None
+    if venue not in venues or parsed is None or "/" not in parsed.symbol or parsed.price <= 0:
+        raise CommandError(
+            f"--fee-price wants VENUE:ASSET/QUOTE=PRICE[:DISCOUNT] with a venue from {list(venues)}"
+        )
+    return parsed
+
+
+class ArrivalLog:
+    """Appends one JSON line per new-order arrival to a file, flushed at once so that another
+    process can follow it; safe from the emulator's request threads."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, venue: str, client_order_id: str, arrival: Arrival) -> None:
+        line = json.dumps(
+            {
+                "venue": venue,
+                "client_order_id": client_order_id,
+                "wall_ns": arrival.wall_ns,
+                "monotonic_ns": arrival.monotonic_ns,
+            }
+        )
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
 def simulated_feed(venue: str, seed: int) -> BookFeed:
     """The simulated market's book of `venue` at the moment each request asks."""
 
@@ -97,11 +170,24 @@ def simulated_feed(venue: str, seed: int) -> BookFeed:
 
 
 def start_emulator(
-    venues: tuple[str, ...], port: int, accounts: list[AccountSpec], seed: int | None = None
+    venues: tuple[str, ...],
+    port: int,
+    accounts: list[AccountSpec],
+    seed: int | None = None,
+    *,
+    fee_assets: dict[str, str] | None = None,
+    fee_prices: tuple[FeePriceSpec, ...] = (),
 ) -> Emulator:
+    """A started emulator hosting `venues`, with `accounts` paying fees as `fee_assets` says for
+    their venue (quote where it says nothing) and fee assets valued at `fee_prices`."""
     emulator = emulate(*venues, port=port).start()
+    for price in fee_prices:
+        emulator.set_fee_price(price.venue, price.symbol, price.price, discount=price.discount)
     for account in accounts:
-        emulator.add_account(account.venue, account.key, account.secret, account.balances)
+        fee_asset = (fee_assets or {}).get(account.venue, QUOTE)
+        emulator.add_account(
+            account.venue, account.key, account.secret, account.balances, fee_asset=fee_asset
+        )
     if seed is not None:
         for venue in venues:
             emulator.feed_books(venue, simulated_feed(venue, seed))
@@ -134,11 +220,33 @@ class Command(BaseCommand):
             metavar="SEED",
             help="Serve the simulated market's moving books (seeded) instead of fixed default ones",
         )
+        parser.add_argument(
+            "--fee-asset",
+            action="append",
+            default=[],
+            metavar="VENUE=quote|received|base|ASSET",
+            help="How the venue's accounts pay fees (repeatable); Binance spot charges 'received'",
+        )
+        parser.add_argument(
+            "--fee-price",
+            action="append",
+            default=[],
+            metavar="VENUE:ASSET/QUOTE=PRICE[:DISCOUNT]",
+            help="Value fees paid in ASSET at PRICE, DISCOUNT of them waived (repeatable)",
+        )
+        parser.add_argument(
+            "--arrivals",
+            type=Path,
+            metavar="FILE",
+            help="Append a JSON line per new order as it arrives (venue, client id, wall/monotonic ns)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         venues = parse_venues(options["venues"])
         accounts = [parse_account(spec, venues) for spec in options["account"]]
         accounts += [parse_funding(spec, venues) for spec in options["fund"]]
+        fee_assets = dict(parse_fee_asset(spec, venues) for spec in options["fee_asset"])
+        fee_prices = tuple(parse_fee_price(spec, venues) for spec in options["fee_price"])
         stopping = threading.Event()
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -146,7 +254,16 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        emulator = start_emulator(venues, options["port"], accounts, options["simulate"])
+        emulator = start_emulator(
+            venues,
+            options["port"],
+            accounts,
+            options["simulate"],
+            fee_assets=fee_assets,
+            fee_prices=fee_prices,
+        )
+        arrivals = ArrivalLog(options["arrivals"]) if options["arrivals"] else None
+        emulator.on_arrival(arrivals)
         try:
             for venue in venues:
                 self.stdout.write(f"{venue}: {emulator.url_for(venue)}")
@@ -158,4 +275,6 @@ class Command(BaseCommand):
                 continue
         finally:
             emulator.stop()
+            if arrivals is not None:
+                arrivals.close()
         self.stdout.write("emulator stopped")
