@@ -51,8 +51,15 @@ if TRADING_MODE not in {"paper", "live"}:
 LEG_FILL_DEADLINE_MS = env_int("LEG_FILL_DEADLINE_MS", 5_000)
 LEG_RETRIES = env_int("LEG_RETRIES", 2)
 HEDGE_MAX_LOSS_BPS = env_int("HEDGE_MAX_LOSS_BPS", 50)
-# How long a live venue's fee tier (its taker fee for the account) is trusted before it is read again.
-FEE_TIER_TTL_S = env_int("FEE_TIER_TTL_S", 600)
+# Hedges tried for what stays one-sided before the position is left to a person (with an alert).
+HEDGE_ATTEMPTS = env_int("HEDGE_ATTEMPTS", 2)
+# After a cancel, how long the order is read until the venue says it is done (a pending cancel).
+CANCEL_CONFIRM_MS = env_int("CANCEL_CONFIRM_MS", 5_000)
+# A dispatched opportunity no worker took up this long past its time to live expires (its task
+# was lost); in-flight ones whose worker died are resumed by the `trade.resume` beat task.
+LOST_DISPATCH_SECONDS = env_int("LOST_DISPATCH_SECONDS", 60)
+if not 0 <= LEG_RETRIES <= 9 or not 1 <= HEDGE_ATTEMPTS <= 10:
+    raise ImproperlyConfigured("LEG_RETRIES must be within 0..9 and HEDGE_ATTEMPTS within 1..10")
 # Off only against a venue without rate limits (the local emulator): ccxt then skips its pacing.
 LIVE_RATE_LIMITED = env_bool("LIVE_RATE_LIMITED", True)
 # Live calls of one key are paced across every process through Redis by ccxt's costs, in a bucket

@@ -14,8 +14,10 @@ import pytest
 import redis
 from django.conf import settings
 
+from trading import orders
+from trading.core.policy import Role
 from trading.emulator import Emulator
-from trading.models import Balance, StrategyConfig, Venue
+from trading.models import Balance, Deployment, Opportunity, Order, StrategyConfig, Venue
 from trading.pubsub import Names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,3 +197,19 @@ def next_message(channel: redis.client.PubSub, timeout: float = 5) -> dict | Non
         if message is not None:
             return message
     return None
+
+
+def order_key(order: Order) -> str:
+    """How tests name an order: its role, and its attempt past the first ("sell-r1", "hedge")."""
+    return order.role if not order.attempt else f"{order.role}-r{order.attempt}"
+
+
+def orders_by_key(opportunity: Opportunity | None = None) -> dict[str, Order]:
+    """The orders (of `opportunity`, or all) by `order_key`."""
+    rows = Order.objects.all() if opportunity is None else Order.objects.filter(opportunity=opportunity)
+    return {order_key(order): order for order in rows.select_related("venue")}
+
+
+def client_id(opportunity: Opportunity, role: str, attempt: int = 0) -> str:
+    """The client order id this deployment gives the order of `opportunity` in `role`."""
+    return orders.client_order_id(Deployment.current_key(), opportunity.pk, Role(role), attempt)

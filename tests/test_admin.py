@@ -57,6 +57,7 @@ def make_leg(opportunity: Opportunity, side: str, venue: Venue, price: str, **fi
         "raw": {"id": f"v-{opportunity.pk}-{side}", "status": "closed", "fills": [{"qty": "0.5"}]},
     }
     defaults.update(fields)
+    defaults.setdefault("role", side)
     return Order.objects.create(opportunity=opportunity, venue=venue, side=side, **defaults)
 
 

@@ -166,7 +166,9 @@ def test_healthz_is_503_when_the_listener_heartbeat_is_missing(
     assert report["checks"]["workers"]["ok"] is True
 
 
-def test_healthz_is_503_when_a_venue_is_stale(running: Listener, redis_client: redis.Redis) -> None:
+def test_healthz_is_503_when_a_venue_is_stale(running: Listener, redis_client: redis.Redis, names) -> None:
+    for kept in (names.latest_books("BTC/USDT"), names.latest_book_times("BTC/USDT")):
+        redis_client.hdel(kept, "bravo")  # bravo's collector stopped 6 s ago: its last book is old
     publish(redis_client, book("bravo", *SPREAD, received_ts=now_ms() - 6_000))
 
     status, report = healthz()

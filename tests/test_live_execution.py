@@ -1,10 +1,10 @@
 """Live execution against the exchange emulator: the real ccxt client signs and sends both legs,
-fills are confirmed by polling, a failing leg is retried then hedged, and a worker killed
+fills are confirmed by polling, a failing leg is retried then hedged, a venue that stops
+answering leaves the trade in flight and alerted until it is resumed, and a worker killed
 between the legs trades each leg exactly once after redelivery."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
@@ -15,10 +15,19 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import child_env, emulated_venues, fund, make_strategy, start_worker, wait_until
+from tests.conftest import (
+    child_env,
+    client_id,
+    emulated_venues,
+    fund,
+    make_strategy,
+    orders_by_key,
+    start_worker,
+    wait_until,
+)
 from tests.quotes import book, publish
-from trading import execution, legs, pubsub, reconcile, risk, settlement
-from trading.config import announce_trading_mode, now_ms, trading_mode
+from trading import accounts, execution, legs, lifecycle, pubsub, reconcile, risk, settlement
+from trading.config import announce_trading_mode, now_ms
 from trading.emulator import Emulator, emulate
 from trading.listener import Listener
 from trading.models import Alert, Balance, Opportunity, Order, StrategyConfig, Trade, Venue
@@ -63,7 +72,6 @@ def emulator(running_emulator: Emulator) -> Iterator[Emulator]:
 def live(emulator: Emulator, settings, monkeypatch) -> Emulator:
     """Both emulated venues funded in the record as on the venue, keys in the environment, live;
     no fee tier remembered from another test."""
-    monkeypatch.setattr(ccxt_gateway, "_fee_tiers", {})
     for name, value in live_env().items():
         monkeypatch.setenv(name, value)
     settings.TRADING_MODE = "live"
@@ -72,6 +80,7 @@ def live(emulator: Emulator, settings, monkeypatch) -> Emulator:
     for name, venue in emulated_venues(emulator).items():
         fund(venue, **FUNDS[name])
     make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+    accounts.refresh_all()  # as every worker does when it starts: fee tiers and market rules recorded
     return emulator
 
 
@@ -84,22 +93,38 @@ def open_gap(client) -> Opportunity:
     return Opportunity.objects.latest("pk")
 
 
-def orders() -> dict[str, Order]:
-    return {order.client_order_id.split("-", 1)[1]: order for order in Order.objects.all()}
+orders = orders_by_key
 
 
 @pytest.mark.django_db
-def test_live_needs_keys_for_every_enabled_ccxt_venue_and_says_which_are_missing(
-    live: Emulator, monkeypatch, caplog
+def test_a_venue_without_keys_only_quotes_and_is_never_a_leg_while_the_others_trade_live(
+    live: Emulator, redis_client, monkeypatch, caplog
 ) -> None:
-    assert announce_trading_mode() == "live"
     monkeypatch.delenv("ARB_KRAKEN_API_SECRET")
 
-    assert announce_trading_mode() == "paper"
-    assert trading_mode() == "paper"
+    assert announce_trading_mode() == "live"
+    assert "quote-only for lack of keys: kraken" in caplog.text
     assert "ARB_KRAKEN_API_SECRET" in caplog.text
-    assert "trading on PAPER" in caplog.text
     assert KEYS["kraken"] not in caplog.text
+    publish(redis_client, book("binance", *CHEAP), book("kraken", *DEAR))
+    listener = Listener(redis_client)
+    listener.load_strategy()
+    for quote in pubsub.latest_books(redis_client, "BTC/USDT").values():
+        listener.on_price(pubsub.encode_quote(quote), now_ms())
+    assert not Opportunity.objects.exists()  # kraken's bid is a price, not a leg
+
+
+@pytest.mark.django_db
+def test_the_mode_an_opportunity_was_decided_in_is_the_mode_it_is_executed_in(
+    live: Emulator, redis_client, settings
+) -> None:
+    opportunity = open_gap(redis_client)
+    settings.TRADING_MODE = "paper"  # the setting changes; the decided opportunity stays live
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    assert Trade.objects.get().mode == "live"
+    assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0.5"), "USDT": Decimal("69970")}
 
 
 @pytest.mark.django_db
@@ -124,8 +149,9 @@ def test_a_book_that_moves_before_the_order_lands_is_caught_within_the_slippage_
     live: Emulator, redis_client
 ) -> None:
     """The collected kraken bid is 60200; by the time the sell lands kraken bids 60190 (1.7 bps
-    lower). With 5 bps of allowance the sell's limit is 60169.90, and it fills at 60190."""
-    StrategyConfig.objects.filter(active=True).update(slippage_bps=5)
+    lower). With 5 bps of allowance the sell's limit is 60169.90, and it fills at 60190. (At both
+    limits, 60030 and 60169.90, the trade still nets 3.3 bps: over a 2 bps bar.)"""
+    StrategyConfig.objects.filter(active=True).update(slippage_bps=5, min_profit_bps=2)
     opportunity = open_gap(redis_client)
     live.set_book("kraken", "BTC/USDT", [("60190", "1")], DEAR[1])
 
@@ -159,10 +185,12 @@ def test_without_a_slippage_allowance_a_moved_book_leaves_the_leg_unfilled_and_h
 def test_a_costlier_fee_tier_on_the_venue_stops_a_trade_the_recorded_fee_would_take(
     live: Emulator, redis_client
 ) -> None:
-    """The record says 0.1% on kraken, so the listener sees 39.9 USDT in the gap; kraken charges
-    this account 0.26%, which makes it a loss of 8.26: nothing may be sent."""
-    live.set_taker_fee("kraken", "0.0026")
+    """The record says 0.1% on kraken, so the listener sees 39.9 USDT in the gap; kraken now
+    charges this account 0.26%, which makes it a loss of 8.26. The accounts' refresh records the
+    new tier before the worker re-checks: nothing may be sent."""
     opportunity = open_gap(redis_client)
+    live.set_taker_fee("kraken", "0.0026")
+    accounts.refresh_all()
 
     assert execution.execute_opportunity(opportunity.pk) == "rejected"
 
@@ -175,6 +203,7 @@ def test_a_costlier_fee_tier_on_the_venue_stops_a_trade_the_recorded_fee_would_t
 @pytest.mark.django_db
 def test_a_cheaper_fee_tier_is_what_the_trade_expects_and_pays(live: Emulator, redis_client) -> None:
     live.set_taker_fee("kraken", "0.0005")
+    accounts.refresh_all()
     opportunity = open_gap(redis_client)
 
     assert execution.execute_opportunity(opportunity.pk) == "executed"
@@ -203,7 +232,8 @@ def test_rejected_leg_is_retried_then_the_filled_leg_is_hedged_back(live: Emulat
     # bought 0.5 at 60000 and sold it back at 59990, 0.1% fee each way: flat BTC, nothing open
     assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0"), "USDT": Decimal("99935.005")}
     assert risk.open_exposure("BTC") == {}
-    assert not Trade.objects.exists()
+    # the loss is realized PnL: 30,030 paid, 29,960.005 got back
+    assert Trade.objects.get().realized_pnl == Decimal("-64.995")
     assert set(Alert.objects.values_list("key", "severity")) == {
         (f"leg_retry:{opportunity.pk}", "warning"),
         (f"leg_hedge:{opportunity.pk}", "warning"),
@@ -246,19 +276,12 @@ def test_redelivery_after_a_crash_between_the_legs_sends_each_leg_exactly_once(
     """The state a worker killed between the legs leaves: both orders recorded, the buy placed on
     its venue, the sell never sent, the opportunity still executing."""
     opportunity = open_gap(redis_client)
-    claimed = execution.claim(opportunity.pk)
+    claimed = lifecycle.claim(opportunity.pk)
     assert claimed is not None
-    books = pubsub.latest_books(redis_client, "BTC/USDT")
-    facts = asyncio.run(execution._venue_facts(claimed))
-    plan = execution._recheck_and_reserve(claimed, claimed.strategy, books, now_ms(), facts)
+    plan = execution.recheck_and_record(claimed, claimed.strategy)
     assert isinstance(plan, execution.Plan)
-    asyncio.run(
-        legs.on_venue(
-            plan.buy.venue,
-            "live",
-            lambda gw: legs.confirmed(gw, settlement.as_request(plan.buy), look_first=False),
-        )
-    )
+    request = settlement.as_request(plan.buy)
+    legs.run_on(plan.buy.venue, "live", lambda gw: legs.confirmed(gw, request, look_first=False))
 
     assert execution.execute_opportunity(opportunity.pk) == "executed"
 
@@ -271,19 +294,31 @@ def test_redelivery_after_a_crash_between_the_legs_sends_each_leg_exactly_once(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("fault", [{"status": 429}, {"delay_s": 1.5}], ids=["429", "timeout"])
-def test_a_venue_failing_before_the_orders_stops_the_trade_with_nothing_sent(
+def test_a_venue_that_stops_answering_leaves_the_trade_in_flight_alerted_then_resumed(
     live: Emulator, redis_client, settings, fault: dict
 ) -> None:
+    """Nothing is read from the venues before the orders go out. Kraken stops answering as they
+    do: what became of the sell is unknown, so the trade stays executing with an alert naming
+    what is at stake. Once kraken answers, the resumed trade learns the truth and completes."""
     settings.COLLECT_TIMEOUT_MS = 1000
-    live.set_fault("kraken", **fault)
+    ccxt_gateway._markets.clear()
     opportunity = open_gap(redis_client)
+    live.set_fault("kraken", **fault)
 
-    assert execution.execute_opportunity(opportunity.pk) == "rejected"
+    with pytest.raises(Exception, match="kraken"):
+        execution.execute_opportunity(opportunity.pk)
 
     opportunity.refresh_from_db()
-    assert opportunity.reason.startswith("venue_unavailable: kraken")
-    assert not Order.objects.exists()
-    assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0"), "USDT": Decimal("100000")}
+    assert opportunity.status == Opportunity.Status.EXECUTING
+    alert = Alert.objects.get(key=f"settlement_interrupted:{opportunity.pk}")
+    assert "0.5 BTC on binance" in alert.subject
+    live.clear_fault("kraken")
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    assert live.balances("kraken", KEYS["kraken"]) == {"BTC": Decimal("1.5"), "USDT": Decimal("30069.9")}
+    assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0.5"), "USDT": Decimal("69970")}
+    assert Trade.objects.get().amount == Decimal("0.5")
 
 
 @pytest.mark.slow
@@ -320,7 +355,7 @@ def test_worker_killed_between_the_legs_then_redelivery_trades_each_leg_exactly_
     assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0.5"), "USDT": Decimal("69970")}
     assert live.balances("kraken", KEYS["kraken"]) == {"BTC": Decimal("1.5"), "USDT": Decimal("30069.9")}
     assert Trade.objects.get().amount == Decimal("0.5")
-    assert "resuming its legs" in replacement.output()
+    assert "resuming it" in replacement.output()
     logged = worker.output() + replacement.output()
     assert all(secret not in logged for secret in (*KEYS.values(), *SECRETS.values()))
 
@@ -335,8 +370,9 @@ def test_reconciliation_finds_nothing_after_a_trade_and_alerts_on_what_the_venue
 
     # the record drifts from the venues: a balance and an order's fill
     Balance.objects.filter(venue__name="kraken", asset="BTC").update(free=Decimal("1.6"))
-    Order.objects.filter(client_order_id=f"arb{opportunity.pk}-buy").update(status="open", filled=0)
+    buy = client_id(opportunity, "buy")
+    Order.objects.filter(client_order_id=buy).update(status="open", filled=0)
     differences = {difference.key for difference in reconcile.reconcile_all()}
 
-    assert differences == {f"reconcile_order:arb{opportunity.pk}-buy", "reconcile_balance:kraken:BTC"}
+    assert differences == {f"reconcile_order:{buy}", "reconcile_balance:kraken:BTC"}
     assert set(Alert.objects.filter(resolved_at__isnull=True).values_list("key", flat=True)) == differences

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import ROOT, Child, child_env, fund, make_strategy, make_venue, wait_until
+from tests.conftest import ROOT, Child, child_env, client_id, fund, make_strategy, make_venue, wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import pubsub
 from trading.config import now_ms
@@ -69,11 +69,11 @@ def test_one_correlation_id_follows_an_opportunity_from_dispatch_to_its_trade(
     told = [line["message"] for line in listener_lines + worker_lines if line.get("correlation_id") == story]
     assert any(f"opportunity {opportunity.pk} opened" in message for message in told)
     assert any(f"opportunity {opportunity.pk} dispatched" in message for message in told)
-    assert any(f"arb{opportunity.pk}-buy filled" in message for message in told)
-    assert any(f"arb{opportunity.pk}-sell filled" in message for message in told)
-    assert any(f"trade of opportunity {opportunity.pk}" in message for message in told)
+    legs = [client_id(opportunity, "buy"), client_id(opportunity, "sell")]
+    assert all(any(f"{leg} filled" in message for message in told) for leg in legs)
+    assert any(f"matched of opportunity {opportunity.pk}" in message for message in told)
     assert any(f"opportunity {opportunity.pk} executed" in message for message in told)
-    about_it = [line for line in worker_lines if f"arb{opportunity.pk}-" in line["message"]]
+    about_it = [line for line in worker_lines if any(leg in line["message"] for leg in legs)]
     assert about_it
     assert all(line["correlation_id"] == story for line in about_it)
     assert Trade.objects.filter(opportunity=opportunity).exists()

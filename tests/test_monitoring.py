@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from tests.chat_servers import Chat, chat_fixture, eager_tasks_fixture  # noqa: F401
 from tests.conftest import Child, child_env, make_strategy, make_venue
-from trading import collector, monitoring
+from trading import alerts, collector, monitoring
 from trading.config import now_ms
 from trading.emulator import Emulator, emulate
 from trading.models import Alert, Opportunity, Trade, Venue
@@ -71,7 +71,7 @@ def opened_and_resolved(chat: Chat, about: str = "") -> list[str]:
     return [text.splitlines()[0] for text in chat.telegram.texts() if about in text]
 
 
-def check(django_capture_on_commit_callbacks) -> monitoring.Transitions:
+def check(django_capture_on_commit_callbacks) -> alerts.Transitions:
     with django_capture_on_commit_callbacks(execute=True):
         changes = monitoring.run_once()
     assert changes is not None
@@ -304,9 +304,9 @@ def test_an_incident_stays_open_through_monitoring_runs_until_a_person_resolves_
     settings.ALERT_CLEAR_SECONDS = 0
     beat(redis_client, "worker:w1@host")
     beat(redis_client, "listener:main")
-    incident = monitoring.Condition("hedge:opp-7", monitoring.CRITICAL, "Hedge left 0.1 BTC open")
+    incident = alerts.Condition("hedge:opp-7", alerts.CRITICAL, "Hedge left 0.1 BTC open")
     with django_capture_on_commit_callbacks(execute=True):
-        monitoring.raise_alert(incident, timezone.now())
+        alerts.raise_alert(incident, timezone.now())
 
     for _ in range(3):
         check(django_capture_on_commit_callbacks)

@@ -78,6 +78,7 @@ def failed_opportunity() -> Opportunity:
             venue=venue,
             symbol="BTC/USDT",
             side=side,
+            role=side,
             client_order_id=f"arb{opportunity.pk}-{side}",
             price=Decimal("30000"),
             amount=Decimal("0.5"),

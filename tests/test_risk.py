@@ -99,6 +99,7 @@ def test_a_trade_over_the_notional_limit_from_the_environment_is_rejected(
     detected: Opportunity, settings
 ) -> None:
     settings.RISK_MAX_TRADE_NOTIONAL = "15000"
+    RiskLimits.objects.all().delete()  # the row takes its first values from the environment
     before = balances()
 
     assert execution.execute_opportunity(detected.pk) == "rejected"
@@ -124,14 +125,16 @@ def test_a_paused_venue_trades_nothing_but_its_gap_is_still_recorded(detected: O
 
 
 def test_a_one_sided_fill_left_open_counts_against_the_exposure_cap(detected: Opportunity) -> None:
-    """A failed trade left 0.2 BTC bought on alpha; another 0.5 there would make 0.7 at 30000."""
+    """A trade left 0.2 BTC bought on alpha that no hedge could close (it needs attention);
+    another 0.5 there would make 0.7 at 30000."""
     failed = again(detected)
-    Opportunity.objects.filter(pk=failed.pk).update(status=Status.FAILED)
+    Opportunity.objects.filter(pk=failed.pk).update(status=Status.ATTENTION)
     Order.objects.create(
         opportunity=failed,
         venue=detected.buy_venue,
         symbol="BTC/USDT",
         side="buy",
+        role="buy",
         client_order_id=f"arb{failed.pk}-buy",
         price=Decimal(30_000),
         amount=Decimal("0.5"),

@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from trading import risk, strategies
+from trading import lifecycle, risk, strategies
 from trading.core.types import split_symbol
 from trading.models import (
     Alert,
@@ -50,6 +50,8 @@ admin.site.site_title = "Arbitrage"
 # The legs of a trade, as shown on both the trade and the opportunity pages.
 LEG_FIELDS = (
     "client_order_id",
+    "role",
+    "attempt",
     "venue",
     "side",
     "status",
@@ -129,11 +131,12 @@ class TradeAdmin(admin.ModelAdmin):
         decimal_column("realized_pnl", "realized PnL"),
         "slippage",
         decimal_column("fees"),
+        "outcome",
         "mode",
         "reviewed",
     )
     list_select_related = ("buy_venue", "sell_venue")
-    list_filter = ("buy_venue", "sell_venue", "mode", "reviewed")
+    list_filter = ("outcome", "buy_venue", "sell_venue", "mode", "reviewed")
     date_hierarchy = "created_at"
     search_fields = (
         "symbol",
@@ -145,14 +148,30 @@ class TradeAdmin(admin.ModelAdmin):
     fieldsets = (
         (
             None,
-            {"fields": ("opportunity", "symbol", "buy_venue", "sell_venue", "amount", "mode", "created_at")},
+            {
+                "fields": (
+                    "opportunity",
+                    "outcome",
+                    "symbol",
+                    "buy_venue",
+                    "sell_venue",
+                    "amount",
+                    "mode",
+                    "created_at",
+                )
+            },
         ),
         ("PnL (net of fees)", {"fields": ("expected_pnl", "realized_pnl", "slippage", "fees")}),
+        (
+            "Change in holdings",
+            {"fields": ("base_flow", "quote_flow", "other_flows", "mark_price", "unvalued")},
+        ),
         ("Legs", {"fields": ("legs",)}),
         ("Review", {"fields": ("reviewed",)}),
     )
     readonly_fields = (
         "opportunity",
+        "outcome",
         "symbol",
         "buy_venue",
         "sell_venue",
@@ -163,6 +182,11 @@ class TradeAdmin(admin.ModelAdmin):
         "realized_pnl",
         "slippage",
         "fees",
+        "base_flow",
+        "quote_flow",
+        "other_flows",
+        "mark_price",
+        "unvalued",
         "legs",
     )
     actions = ("mark_reviewed",)
@@ -178,7 +202,7 @@ class TradeAdmin(admin.ModelAdmin):
 
     @admin.display(description="legs")
     def legs(self, trade: Trade) -> SafeString | str:
-        orders = trade.opportunity.orders.select_related("venue").order_by("side")
+        orders = trade.opportunity.orders.select_related("venue").order_by("pk")
         return legs_table(orders) if orders else "no legs recorded"
 
     @admin.action(description="Mark selected trades as reviewed", permissions=["change"])
@@ -216,17 +240,32 @@ class OpportunityAdmin(RecordAdmin):
         decimal_column("expected_bps", "bps"),
         "status",
         "reason",
+        "mode",
         "ticks",
         "last_seen_at",
     )
     list_select_related = ("buy_venue", "sell_venue")
-    list_filter = ("status", "reason", "buy_venue", "sell_venue")
+    list_filter = ("status", "mode", "reason", "buy_venue", "sell_venue")
     date_hierarchy = "detected_at"
     search_fields = ("symbol", "id__exact")
     # Rejected opportunities accumulate; count only the filtered rows, not the whole table too.
     show_full_result_count = False
     readonly_fields = ("trade_link",)
     inlines = (LegInline,)
+    actions = ("closed_by_hand",)
+
+    def has_change_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return request.user.has_perm("trading.change_opportunity") and obj is None  # actions only
+
+    @admin.action(description="Position closed by hand: mark the selected ones flat", permissions=["change"])
+    def closed_by_hand(self, request: HttpRequest, queryset: QuerySet[Opportunity]) -> None:
+        """Settlement gave up on these positions; a person closed them on the venue."""
+        closed = [o for o in queryset if lifecycle.closed_by_hand(o, by=request.user.get_username())]
+        self.message_user(
+            request,
+            f"{len(closed)} position(s) marked flat; reconciliation brings the balances in line.",
+            messages.SUCCESS if closed else messages.WARNING,
+        )
 
     @admin.display(description="trade")
     def trade_link(self, opportunity: Opportunity) -> SafeString | str:
@@ -245,6 +284,7 @@ class OrderAdmin(RecordAdmin):
         "created_at",
         "venue",
         "symbol",
+        "role",
         "side",
         "status",
         decimal_column("price"),
@@ -254,12 +294,14 @@ class OrderAdmin(RecordAdmin):
         decimal_column("fee"),
     )
     list_select_related = ("venue",)
-    list_filter = ("venue", "side", "status")
+    list_filter = ("venue", "role", "side", "status")
     search_fields = ("client_order_id", "venue_order_id")
     fields = (
         "opportunity",
         "venue",
         "symbol",
+        "role",
+        "attempt",
         "side",
         "client_order_id",
         "venue_order_id",
@@ -268,6 +310,7 @@ class OrderAdmin(RecordAdmin):
         "filled",
         "average_price",
         "fee",
+        "fees",
         "held",
         "status",
         "created_at",

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -40,6 +41,7 @@ def strategy_params(config: StrategyConfig) -> StrategyParams:
         max_quote_age_ms=config.max_quote_age_ms,
         ttl_ms=config.ttl_ms,
         slippage_bps=Decimal(config.slippage_bps),
+        max_book_skew_ms=config.max_book_skew_ms,
     )
 
 
@@ -50,27 +52,45 @@ def _notional_limit(venue: Venue, config: StrategyConfig) -> Decimal | None:
     return min(limits) if limits else None
 
 
-def venue_state(venue: Venue, config: StrategyConfig, balances: dict[str, Decimal]) -> VenueState:
+def market_rules(venue: Venue) -> MarketRules:
+    """The venue's precision and minimums as recorded (kept current from the venue in live
+    trading)."""
+    return MarketRules(
+        amount_step=venue.amount_step,
+        min_amount=venue.min_amount,
+        min_cost=venue.min_cost,
+        price_tick=venue.price_tick,
+    )
+
+
+def venue_state(
+    venue: Venue, config: StrategyConfig, balances: dict[str, Decimal], tradeable: bool = True
+) -> VenueState:
     return VenueState(
         name=venue.name,
         fees=Fees(taker=venue.taker_fee, maker=venue.maker_fee),
-        rules=MarketRules(
-            amount_step=venue.amount_step, min_amount=venue.min_amount, min_cost=venue.min_cost
-        ),
+        rules=market_rules(venue),
         up=venue.status == Venue.Status.UP,
         max_quote_age_ms=venue.max_quote_age_ms,
         max_notional=_notional_limit(venue, config),
         balances=balances,
+        tradeable=tradeable,
     )
 
 
-def load_venue_states(config: StrategyConfig) -> dict[str, VenueState]:
-    """Every enabled venue with its free balances, keyed by venue name."""
-    venues = list(Venue.objects.filter(enabled=True))
+def load_venue_states(
+    config: StrategyConfig, tradeable: Callable[[Venue], bool], names: tuple[str, ...] | None = None
+) -> dict[str, VenueState]:
+    """Every enabled venue (or only those named) with its free balances as the ledger has them,
+    keyed by venue name; `tradeable` says which of them can be a leg."""
+    venues = Venue.objects.filter(enabled=True)
+    if names is not None:
+        venues = venues.filter(name__in=names)
+    loaded = list(venues)
     free: dict[int, dict[str, Decimal]] = defaultdict(dict)
-    for balance in Balance.objects.filter(venue__in=venues):
+    for balance in Balance.objects.filter(venue__in=loaded):
         free[balance.venue_id][balance.asset] = balance.free
-    return {v.name: venue_state(v, config, free[v.pk]) for v in venues}
+    return {v.name: venue_state(v, config, free[v.pk], tradeable(v)) for v in loaded}
 
 
 def to_ms(moment: datetime) -> int:
@@ -100,21 +120,18 @@ def venues_without_keys() -> list[str]:
     return [name for name in names if credentials(name) is None]
 
 
-def trading_mode() -> str:
-    """ "live" only with TRADING_MODE=live and keys in the environment for every enabled ccxt
-    venue; "paper" otherwise. Asked afresh each time (venues change in admin); see
-    announce_trading_mode for the line said at start."""
-    return "live" if settings.TRADING_MODE == "live" and not venues_without_keys() else "paper"
-
-
 def announce_trading_mode() -> str:
-    """Say at start which mode trades run in, and why not live when live was asked for (naming
-    the missing variables, never a key). Returns the mode."""
-    mode = trading_mode()
-    if settings.TRADING_MODE == "live" and mode != "live":
-        missing = [name for venue in venues_without_keys() for name in credential_names(venue)]
+    """Say at start which mode new opportunities trade in (TRADING_MODE), and in live mode which
+    enabled ccxt venues only quote because their keys are missing (naming the variables, never a
+    key). Returns the mode."""
+    mode = settings.TRADING_MODE
+    missing = venues_without_keys() if mode == "live" else []
+    if missing:
+        variables = [name for venue in missing for name in credential_names(venue)]
         log.warning(
-            "TRADING_MODE=live requested but keys are missing (%s): trading on PAPER", ", ".join(missing)
+            "trading mode: LIVE; quote-only for lack of keys: %s (%s)",
+            ", ".join(missing),
+            ", ".join(variables),
         )
     else:
         log.warning("trading mode: %s", mode.upper())

@@ -1,118 +1,70 @@
-"""Executing a dispatched opportunity: claim it, re-check it, reserve funds and record its
-orders; trading.settlement then sends the legs and records the outcome, in paper and live alike.
+"""Executing a dispatched opportunity: claim it, re-check it, reserve its liquidity, record its
+orders and hold their funds; trading.settlement then sends the legs and records the outcome, in
+paper and live alike.
 
-A task redelivered after its worker died between recording the orders and finishing them resumes
-the trade: settlement looks each recorded order up before it sends anything.
+The re-check reads nothing from a venue: balances are the ledger's (reservations of trades in
+flight included), fee tiers and market rules are the record's, kept current from the venues by
+trading.accounts. It takes the balance locks of both venues first and only then reads the books,
+the liquidity already taken from them and the clock, so it decides on what holds when its orders
+go out. A task redelivered after its worker died (or handed the opportunity by the resume sweep)
+takes it over where that worker stopped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import transaction
+from redis.client import Pipeline
 
-from trading import legs, pubsub, risk, settlement
-from trading.config import active_strategy, load_venue_states, now_ms, strategy_params, to_ms, trading_mode
+from trading import balances, book_claims, lifecycle, orders, pubsub, risk, settlement
+from trading.config import active_strategy, load_venue_states, now_ms, strategy_params, to_ms
+from trading.core import liquidity
+from trading.core.fills import fill
+from trading.core.liquidity import Claim
+from trading.core.policy import Role
 from trading.core.strategy import evaluate_pair
-from trading.core.types import Leg, Quote, Side, VenueState, split_symbol
+from trading.core.types import ZERO, Quote, Side, StrategyParams, VenueState
 from trading.core.types import Opportunity as Sized
-from trading.models import Balance, Opportunity, Order, StrategyConfig, Venue
+from trading.models import Deployment, Opportunity, Order, StrategyConfig
+from trading.observability import metrics
 from trading.observability.logs import correlation, opportunity_correlation
-from trading.settlement import finish
-from trading.venues.base import VenueError
+from trading.venues.registry import tradeable
 
 log = logging.getLogger(__name__)
 Status = Opportunity.Status
 
 
-def claim(opportunity_id: int) -> Opportunity | None:
-    """Move a dispatched opportunity to executing; None when someone else already has it."""
-    claimed = Opportunity.objects.filter(pk=opportunity_id, status=Status.DISPATCHED).update(
-        status=Status.EXECUTING
-    )
-    if not claimed:
-        return None
-    return Opportunity.objects.select_related("buy_venue", "sell_venue", "strategy").get(pk=opportunity_id)
-
-
 def execute_opportunity(opportunity_id: int) -> str:
-    """Trade a dispatched opportunity at most once. Returns the opportunity's final status, or
-    "not_claimed" when it was not (or no longer) waiting for execution. Everything it logs, and
-    every task it sends, carries the opportunity's correlation id."""
-    with correlation(opportunity_correlation(opportunity_id)):
-        return _claim_and_execute(opportunity_id)
-
-
-ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
-
-
-@contextmanager
-def exclusive(opportunity_id: int) -> Iterator[bool]:
-    """Whether this process holds the opportunity's session lock, released on exit. PostgreSQL
-    drops it with the connection of a killed worker, so a redelivered task gets it then, but
-    never while the first one still runs. Without PostgreSQL (the quick SQLite demo, paper only)
-    the conditional claim alone keeps a task from trading twice."""
-    if not _advisory_locks():
-        yield True
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_LOCKS, opportunity_id])
-        held = bool(cursor.fetchone()[0])
-    try:
-        yield held
-    finally:
-        if held:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCKS, opportunity_id])
-
-
-def _claim_and_execute(opportunity_id: int) -> str:
-    with exclusive(opportunity_id) as held:
+    """Trade a dispatched opportunity at most once, or take over one in flight whose worker is
+    gone. Returns the opportunity's final status, or "not_claimed" when there was nothing for this
+    worker to do. Everything it logs, and every task it sends, carries the opportunity's
+    correlation id."""
+    with correlation(opportunity_correlation(opportunity_id)), lifecycle.exclusive(opportunity_id) as held:
         if not held:
             log.info("opportunity %s is being executed by another worker", opportunity_id)
             return "not_claimed"
-        opportunity = claim(opportunity_id)
-        if opportunity is None and not _advisory_locks():
-            # Without the lock, a worker still running could not be told from a dead one.
-            log.info("opportunity %s already claimed; not resumed without PostgreSQL", opportunity_id)
-            return "not_claimed"
+        opportunity = lifecycle.claim(opportunity_id)
+        if opportunity is not None:
+            return _attempt(opportunity, resuming=False)
+        opportunity = lifecycle.take_over(opportunity_id)
         if opportunity is None:
-            return _resume(opportunity_id)
-        return _guarded(opportunity, _execute)
+            log.info("opportunity %s not claimable: already taken or not dispatched", opportunity_id)
+            return "not_claimed"
+        log.warning("opportunity %s was left %s: resuming it", opportunity_id, opportunity.status)
+        metrics.RESUMED.inc()
+        return _attempt(opportunity, resuming=True)
 
 
-def _advisory_locks() -> bool:
-    return connection.vendor == "postgresql"
-
-
-def _guarded(opportunity: Opportunity, run: Callable[[Opportunity], str]) -> str:
+def _attempt(opportunity: Opportunity, *, resuming: bool) -> str:
     try:
-        return run(opportunity)
+        if opportunity.status == Status.CLAIMED:
+            return _execute(opportunity)
+        return settlement.settle(opportunity, resuming=resuming)
     except Exception as exc:
-        finish(opportunity, Status.FAILED, f"error: {type(exc).__name__}: {exc}")
+        settlement.interrupted(opportunity, exc)
         raise
-
-
-def _resume(opportunity_id: int) -> str:
-    """An opportunity left executing with orders recorded is one whose worker died between
-    recording and finishing its legs: complete or unwind it now. Anything else is not ours."""
-    opportunity = (
-        Opportunity.objects.filter(pk=opportunity_id, status=Status.EXECUTING, orders__isnull=False)
-        .select_related("buy_venue", "sell_venue", "strategy")
-        .first()
-    )
-    if opportunity is None:
-        log.info("opportunity %s not claimable: already taken or not dispatched", opportunity_id)
-        return "not_claimed"
-    log.warning("opportunity %s was left executing: resuming its legs", opportunity_id)
-    expected = opportunity.expected_profit or Decimal(0)
-    return _guarded(opportunity, lambda opp: settlement.complete(opp, expected, resuming=True))
 
 
 @dataclass(frozen=True)
@@ -124,88 +76,77 @@ class Plan:
     sell: Order
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Why the re-check sends nothing, and the status that says so (rejected or expired)."""
+
+    status: str
+    reason: str
+
+
 def _execute(opportunity: Opportunity) -> str:
     config = opportunity.strategy or active_strategy()
-    params = strategy_params(config)
-    now = now_ms()
+    with transaction.atomic():
+        plan = recheck_and_record(opportunity, config)
+    if isinstance(plan, Dropped):
+        return lifecycle.finish(opportunity, plan.status, plan.reason)
+    return settlement.settle(opportunity, resuming=False, fresh=(plan.buy.pk, plan.sell.pk))
+
+
+def recheck_and_record(opportunity: Opportunity, config: StrategyConfig) -> Plan | Dropped:
+    """Under the balance locks of both venues: decide again on the latest books less what other
+    orders have taken from them, the ledger's balances and the limits, all read after the locks;
+    if still accepted, reserve the liquidity, record both orders, hold their funds and mark the
+    opportunity executing. Call inside a transaction."""
+    buy_venue, sell_venue = opportunity.buy_venue, opportunity.sell_venue
+    balances.lock(buy_venue, sell_venue)
+    params, now = strategy_params(config), now_ms()
     age = now - to_ms(opportunity.detected_at)
     if age > params.ttl_ms:
-        return finish(opportunity, Status.EXPIRED, f"ttl_exceeded: {age} ms old, ttl {params.ttl_ms} ms")
-    books = pubsub.latest_books(pubsub.connect(), opportunity.symbol)
-    live = trading_mode() == "live"
-    # Before funds are reserved: a venue we cannot reach holds none.
-    try:
-        facts = asyncio.run(_venue_facts(opportunity)) if live else {}
-    except VenueError as exc:
-        return finish(opportunity, Status.REJECTED, f"venue_unavailable: {exc}")
-    with transaction.atomic():
-        plan_or_reason = _recheck_and_reserve(opportunity, config, books, now, facts)
-    if isinstance(plan_or_reason, str):
-        return finish(opportunity, Status.REJECTED, plan_or_reason)
-    return settlement.complete(opportunity, plan_or_reason.sized.net_profit, resuming=False)
-
-
-Facts = dict[str, legs.VenueFacts]
-
-
-async def _venue_facts(opportunity: Opportunity) -> Facts:
-    """Each venue's fresh free balances, market rules and fee tier, read from both at once."""
-    venues = (opportunity.buy_venue, opportunity.sell_venue)
-    read = await asyncio.gather(*(legs.venue_facts(venue, opportunity.symbol) for venue in venues))
-    return {venue.name: facts for venue, facts in zip(venues, read, strict=True)}
-
-
-def _with_facts(venues: dict[str, VenueState], facts: Facts) -> dict[str, VenueState]:
-    """The venue states with what the venues themselves said replacing the record's balances
-    and rules, so sizing respects their real funds, minimums and precision. (Their fee tiers are
-    recorded on the venues first, by _adopt_fee_tiers, and loaded with the states.)"""
-    updated = dict(venues)
-    for name, said in facts.items():
-        if name in updated:
-            updated[name] = dataclasses.replace(updated[name], balances=said.balances, rules=said.rules)
-    return updated
-
-
-def _adopt_fee_tiers(opportunity: Opportunity, facts: Facts) -> None:
-    """Record each venue's taker fee as the venue stated it, where it differs from the record's:
-    the admin then shows the fee trades pay, and reservations hold enough for it."""
-    for venue in (opportunity.buy_venue, opportunity.sell_venue):
-        said = facts.get(venue.name)
-        if said is None or said.taker_fee == venue.taker_fee:
-            continue
-        log.warning(
-            "%s: the account's taker fee is %s, not the recorded %s: recording the venue's",
-            venue.name,
-            said.taker_fee,
-            venue.taker_fee,
-        )
-        Venue.objects.filter(pk=venue.pk).update(taker_fee=said.taker_fee)
-        venue.taker_fee = said.taker_fee
-
-
-def _recheck_and_reserve(
-    opportunity: Opportunity,
-    config: StrategyConfig,
-    books: dict[str, Quote],
-    now: int,
-    facts: Facts | None = None,
-) -> Plan | str:
-    """Under row locks on both venues' balances: decide again on the latest books and balances
-    (and, live, the venues' own `facts`), and if still accepted, record both orders and reserve
-    their funds. Returns the plan or the reason it was dropped."""
-    buy_name, sell_name = opportunity.buy_venue.name, opportunity.sell_venue.name
-    _lock_balances(opportunity.buy_venue, opportunity.sell_venue)
-    _adopt_fee_tiers(opportunity, facts or {})
+        return Dropped(Status.EXPIRED, f"ttl_exceeded: {age} ms old, ttl {params.ttl_ms} ms")
     halted = risk.halt_reason()
     if halted is not None:
-        return halted
-    venues = _with_facts(load_venue_states(config), facts or {})
-    missing = [name for name in (buy_name, sell_name) if name not in books or name not in venues]
+        return Dropped(Status.REJECTED, halted)
+    names = (buy_venue.name, sell_venue.name)
+    books = pubsub.latest_of(pubsub.shared(), opportunity.symbol, names)
+    missing = [name for name in names if name not in books]
     if missing:
-        return f"no_longer_profitable: no current book for {', '.join(missing)}"
-    decision = evaluate_pair(
-        books[buy_name], books[sell_name], venues[buy_name], venues[sell_name], strategy_params(config), now
-    )
+        return Dropped(Status.REJECTED, f"no_longer_profitable: no current book for {', '.join(missing)}")
+    venues = load_venue_states(config, lambda venue: tradeable(venue, opportunity.mode), names)
+    if set(venues) != set(names) or not all(venue.tradeable for venue in venues.values()):
+        return Dropped(
+            Status.REJECTED, f"venue_unavailable: {', '.join(names)} must both trade {opportunity.mode}"
+        )
+
+    def decide(pipe: Pipeline, claims: list[book_claims.Claims]) -> Sized | str:
+        return _decide_and_reserve(pipe, opportunity, books, claims, venues, params, now)
+
+    sized = book_claims.transact(pubsub.shared(), [books[names[0]], books[names[1]]], decide)
+    if isinstance(sized, str):
+        return Dropped(Status.REJECTED, sized)
+    return _record_orders(opportunity, sized)
+
+
+def _decide_and_reserve(
+    pipe: Pipeline,
+    opportunity: Opportunity,
+    books: dict[str, Quote],
+    claims: list[book_claims.Claims],
+    venues: dict[str, VenueState],
+    params: StrategyParams,
+    now: int,
+) -> Sized | str:
+    """The re-check's decision on what is left of the books (queueing the reservation of what it
+    takes on `pipe`), or the reason it is no longer traded."""
+    claimant = str(opportunity.pk)
+    buy_name, sell_name = opportunity.buy_venue.name, opportunity.sell_venue.name
+    left = [
+        liquidity.book_less(books[name], liquidity.others(c, claimant))
+        for name, c in zip((buy_name, sell_name), claims, strict=True)
+    ]
+    if left[0] is None or left[1] is None:
+        return "no_longer_profitable: liquidity_taken"
+    decision = evaluate_pair(left[0], left[1], venues[buy_name], venues[sell_name], params, now)
     if decision is None:
         return "no_longer_profitable: gap_closed"
     if not decision.accepted or decision.opportunity is None:
@@ -214,34 +155,40 @@ def _recheck_and_reserve(
     violation = risk.limit_violation(opportunity, sized, now)
     if violation is not None:
         return violation
-    buy = _order(opportunity, opportunity.buy_venue, sized.buy)
-    sell = _order(opportunity, opportunity.sell_venue, sized.sell)
-    base, quote = split_symbol(opportunity.symbol)
-    settlement.move(opportunity.buy_venue, quote, free=-buy.held, locked=buy.held)
-    settlement.move(opportunity.sell_venue, base, free=-sell.held, locked=sell.held)
-    return Plan(sized, buy, sell)
+    pipe.multi()
+    for book, available, mine, leg in zip(
+        (books[buy_name], books[sell_name]), left, claims, (sized.buy, sized.sell), strict=True
+    ):
+        levels = available.asks if leg.side is Side.BUY else available.bids
+        took = liquidity.taking(leg.side, fill(levels, leg.side, leg.amount, ZERO, limit=leg.worst_price))
+        old = mine.get(claimant)
+        book_claims.set_claim(
+            pipe, book, claimant, old, Claim(reserved=took, filled=old.filled if old else {})
+        )
+    return sized
 
 
-def _lock_balances(*venues: Venue) -> None:
-    """Serialise trades that touch the same venues, in a fixed order so two cannot deadlock."""
-    list(Balance.objects.select_for_update().filter(venue__in=venues).order_by("pk"))
-
-
-def _order(opportunity: Opportunity, venue: Venue, leg: Leg) -> Order:
-    """The leg's order, recorded with what it holds back: a buy its amount at the guard price
-    with the venue's taker fee, a sale its amount. Deterministic client order ids with a unique
-    constraint: a leg can be recorded only once."""
-    held = leg.amount * leg.worst_price * (1 + venue.taker_fee) if leg.side is Side.BUY else leg.amount
-    order, _ = Order.objects.get_or_create(
-        client_order_id=settlement.first_id(opportunity, leg.side.value),
-        defaults={
-            "opportunity": opportunity,
-            "venue": venue,
-            "symbol": opportunity.symbol,
-            "side": leg.side.value,
-            "price": leg.worst_price,
-            "amount": leg.amount,
-            "held": held,
-        },
-    )
-    return order
+def _record_orders(opportunity: Opportunity, sized: Sized) -> Plan:
+    """Both legs' orders and the holds on their funds; from here the opportunity is executing."""
+    deployment = Deployment.current_key()
+    recorded = []
+    holds = []
+    for role, venue, leg in (
+        (Role.BUY, opportunity.buy_venue, sized.buy),
+        (Role.SELL, opportunity.sell_venue, sized.sell),
+    ):
+        order, held = orders.record(
+            opportunity,
+            deployment,
+            role=role,
+            attempt=0,
+            venue=venue,
+            side=leg.side,
+            amount=leg.amount,
+            limit=leg.worst_price,
+        )
+        recorded.append(order)
+        holds += held
+    balances.apply(holds, [opportunity.buy_venue, opportunity.sell_venue])
+    lifecycle.start_executing(opportunity)
+    return Plan(sized, recorded[0], recorded[1])

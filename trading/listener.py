@@ -7,28 +7,30 @@ listener counts what it missed; nothing that must not be lost lives only here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
-from kombu.exceptions import OperationalError
 
-from trading import pubsub
-from trading.config import from_ms, load_venue_states, now_ms, strategy_params
-from trading.core.gaps import GapKey, track_gaps
+from trading import book_claims, lifecycle, pubsub, risk
+from trading.config import from_ms, load_venue_states, now_ms, strategy_params, to_ms
+from trading.core import liquidity
+from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.strategy import find_decisions
 from trading.core.types import Decision, Quote, StrategyParams, VenueState
 from trading.core.validate import QuoteRejected
 from trading.models import Opportunity, StrategyConfig, Venue
 from trading.observability import heartbeats, metrics
 from trading.observability.logs import correlation, opportunity_correlation
+from trading.venues.registry import tradeable
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)  # bad price events, by reason
     missed: int = 0  # messages a sequence gap says Pub/Sub never delivered
     ignored: int = 0  # price events for symbols this listener does not own
-    opportunities: int = 0
+    crossings: int = 0  # distinct crossings of two venues' books (ask below bid, fees aside)
+    opportunities: int = 0  # opportunities opened on them: a settled crossing that persists re-arms
     dispatched: int = 0
     errors: int = 0
     reconnects: int = 0
@@ -55,13 +58,15 @@ class Stats:
 
 @dataclass
 class OpenGap:
-    """A crossing that is still there: one Opportunity row however many ticks it lasts."""
+    """A crossing that is still there, and the Opportunity row it is now: one row however many
+    ticks it lasts, until its trade settles and it may trade again."""
 
     opportunity_id: int
-    accepted: bool
+    state: GapState
     first_seen_ms: int
     last_seen_ms: int
     ticks: int = 1
+    settled_ms: int | None = None  # when its opportunity was done with
 
 
 class Listener:
@@ -92,8 +97,11 @@ class Listener:
         self.params: StrategyParams | None = None
         self.venues: dict[str, VenueState] = {}
         self.venue_ids: dict[str, int] = {}
+        self.mode = settings.TRADING_MODE  # fixed on every opportunity this listener opens
+        self.cooldown_ms = 0
         self._next_refresh = 0.0
         self.symbols: frozenset[str] = frozenset()
+        self._events_channel = self.names.opportunity_events.encode()
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -110,13 +118,20 @@ class Listener:
         self.refresh_venues()
 
     def refresh_venues(self) -> None:
-        """Venue health, limits and free balances change while we run: re-read them."""
+        """Venue health, limits and free balances change while we run: re-read them, with the
+        pair cooldown, and learn which opportunities settled (their crossings may re-arm)."""
         self.venue_ids = dict(Venue.objects.filter(enabled=True).values_list("name", "pk"))
-        self.venues = load_venue_states(self.config) if self.config else {}
+        self.venues = load_venue_states(self.config, lambda v: tradeable(v, self.mode)) if self.config else {}
+        self.cooldown_ms = risk.limits().pair_cooldown_ms
+        in_flight = {
+            gap.opportunity_id: key for key, gap in self.open.items() if gap.state is GapState.IN_FLIGHT
+        }
+        for opportunity_id, when in lifecycle.settled(list(in_flight)).items():
+            self.settled(opportunity_id, to_ms(when))
 
     def subscribe(self) -> redis.client.PubSub:
         channel = self.client.pubsub(ignore_subscribe_messages=True)
-        channel.subscribe(self.names.strategy_control)
+        channel.subscribe(self.names.strategy_control, self.names.opportunity_events)
         if self.own_symbols is None:
             channel.psubscribe(self.names.prices_pattern)
         else:
@@ -143,6 +158,12 @@ class Listener:
         if quote.venue not in self.venues:
             self.reject("unknown_venue", f"{quote.venue!r} is not an enabled venue")
             return False
+        kept = self.books[quote.symbol].get(quote.venue)
+        if kept is not None and quote.timestamp < kept.timestamp:
+            self.reject(
+                "older_snapshot", f"{quote.venue} book of {quote.timestamp} after one of {kept.timestamp}"
+            )
+            return False
         stream = (quote.venue, quote.symbol)
         last = self.last_seq.get(stream)
         if last is not None and quote.seq <= last and quote.seq != 1:
@@ -155,10 +176,31 @@ class Listener:
         return True
 
     def decide(self, quote: Quote, now: int) -> list[Decision]:
-        """Decisions on every pair that includes the quote's venue: only those can have changed."""
+        """Decisions on every pair that includes the quote's venue: only those can have changed.
+        Where books cross, they are decided on what other orders have not already taken."""
         if self.params is None:
             return []
-        return find_decisions(self.books[quote.symbol], self.venues, self.params, now, involving=quote.venue)
+        books = self.books[quote.symbol]
+        decisions = find_decisions(books, self.venues, self.params, now, involving=quote.venue)
+        if not decisions:
+            return decisions
+        return find_decisions(
+            self.untaken(books, decisions), self.venues, self.params, now, involving=quote.venue
+        )
+
+    def untaken(self, books: dict[str, Quote], decisions: list[Decision]) -> dict[str, Quote]:
+        """The books of the decisions' venues less what is taken from them (reserved or filled by
+        trades in flight); a book taken whole is left out."""
+        involved = sorted({name for d in decisions for name in (d.buy_venue, d.sell_venue)})
+        taken = book_claims.read(self.client, [books[name] for name in involved])
+        left = dict(books)
+        for name, claims in zip(involved, taken, strict=True):
+            book = liquidity.book_less(books[name], liquidity.total(claims.values()))
+            if book is None:
+                del left[name]
+            else:
+                left[name] = book
+        return left
 
     def record(self, quote: Quote, decisions: list[Decision], now: int) -> list[int]:
         """Open one Opportunity per new crossing, keep persisting ones, close those that are gone
@@ -169,41 +211,46 @@ class Listener:
         """
         if not decisions and not self.open:
             return []  # the usual tick: nothing crosses and nothing was open
-        changes = track_gaps(
-            {key: gap.accepted for key, gap in self.open.items()}, decisions, quote.symbol, quote.venue
-        )
+        states = {key: self.gap_state(gap, now) for key, gap in self.open.items()}
+        changes = track_gaps(states, decisions, quote.symbol, quote.venue)
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_seen_ms = now
         for key in changes.closed:
             self.close_gap(key)
+        self.stats.crossings += changes.crossings
         new_ids: list[int] = []
         for decision in changes.opened:
             self.open[decision.key] = self.open_opportunity(decision, now)
             new_ids.append(self.open[decision.key].opportunity_id)
         return new_ids
 
+    def gap_state(self, gap: OpenGap, now: int) -> GapState:
+        """A settled crossing re-arms once the pair's cooldown has passed since it settled."""
+        if gap.settled_ms is not None and now - gap.settled_ms >= self.cooldown_ms:
+            return GapState.REARMED
+        return gap.state
+
+    def settled(self, opportunity_id: int, when_ms: int) -> None:
+        """The opportunity is done with: its crossing, if still open, may trade again."""
+        for gap in self.open.values():
+            if gap.opportunity_id == opportunity_id and gap.state is GapState.IN_FLIGHT:
+                gap.settled_ms = when_ms
+
     def open_opportunity(self, decision: Decision, now: int) -> OpenGap:
-        status = Opportunity.Status.DISPATCHED if decision.accepted else Opportunity.Status.REJECTED
-        row = Opportunity.objects.create(
-            symbol=decision.symbol,
-            buy_venue_id=self.venue_ids[decision.buy_venue],
-            sell_venue_id=self.venue_ids[decision.sell_venue],
-            status=status,
-            reason="" if decision.accepted else decision.reason,
-            strategy=self.config,
-            detected_at=from_ms(now),
-            last_seen_at=from_ms(now),
-            **_expected(decision),
+        row = lifecycle.open_opportunity(
+            decision, now, venue_ids=self.venue_ids, strategy=self.config, mode=self.mode
         )
         self.stats.opportunities += 1
-        metrics.OPPORTUNITIES.labels(status=status).inc()
         with correlation(opportunity_correlation(row.pk)):
-            log.info("opportunity %s opened as %s: %s buy on %s, sell on %s", row.pk, status, *decision.key)
+            log.info(
+                "opportunity %s opened as %s: %s buy on %s, sell on %s", row.pk, row.status, *decision.key
+            )
             if decision.accepted:
                 transaction.on_commit(lambda: self.dispatch(row.pk))
             self.announce(row)
-        return OpenGap(row.pk, decision.accepted, first_seen_ms=now, last_seen_ms=now)
+        state = GapState.IN_FLIGHT if decision.accepted else GapState.REJECTED
+        return OpenGap(row.pk, state, first_seen_ms=now, last_seen_ms=now)
 
     def close_gap(self, key: GapKey) -> None:
         gap = self.open.pop(key)
@@ -216,19 +263,8 @@ class Listener:
             self._dispatch(opportunity_id)
 
     def _dispatch(self, opportunity_id: int) -> None:
-        from trading.tasks import execute_opportunity
-
-        try:
-            execute_opportunity.apply_async((opportunity_id,))
-        except (OperationalError, redis.RedisError) as exc:
-            log.exception("could not dispatch opportunity %s", opportunity_id)
-            failed = Opportunity.objects.filter(
-                pk=opportunity_id, status=Opportunity.Status.DISPATCHED
-            ).update(status=Opportunity.Status.FAILED, reason=f"dispatch failed: {exc}"[:200])
-            metrics.OPPORTUNITIES.labels(status=Opportunity.Status.FAILED).inc(failed)
-            return
-        self.stats.dispatched += 1
-        log.info("opportunity %s dispatched for execution", opportunity_id)
+        if lifecycle.dispatch(opportunity_id):
+            self.stats.dispatched += 1
 
     def announce(self, row: Opportunity) -> None:
         pubsub.publish_event(
@@ -267,7 +303,19 @@ class Listener:
             log.info("strategy change announced: reloading")
             self.load_strategy()
             return
+        if message["channel"] == self._events_channel:
+            self.on_event(message["data"])
+            return
         self.on_price(message["data"], now_ms())
+
+    def on_event(self, raw: bytes) -> None:
+        """An opportunity event: a settled one re-arms its crossing."""
+        try:
+            event = json.loads(raw)
+            if event.get("settled"):
+                self.settled(int(event["opportunity"]), now_ms())
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.reject("bad_event", f"opportunity event unusable: {exc}")
 
     def periodic(self) -> None:
         """Once a second: fresh balances and venue health, and a heartbeat with the counters."""
@@ -340,19 +388,3 @@ def _close_quietly(channel: redis.client.PubSub) -> None:
         channel.close()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         log.info("closing a broken subscription: %s", exc)
-
-
-def _expected(decision: Decision) -> dict[str, Any]:
-    sized = decision.opportunity
-    if sized is None:
-        return {}
-    return {
-        "amount": sized.buy.amount,
-        "buy_price": sized.buy.price,
-        "sell_price": sized.sell.price,
-        "buy_worst_price": sized.buy.worst_price,
-        "sell_worst_price": sized.sell.worst_price,
-        "expected_fees": sized.buy.fee + sized.sell.fee,
-        "expected_profit": sized.net_profit,
-        "expected_bps": sized.net_bps.quantize(Decimal("0.0001")),
-    }

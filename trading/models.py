@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import string
 from decimal import Decimal
 
 from django.conf import settings
@@ -9,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 
 MONEY = {"max_digits": 28, "decimal_places": 12}
+DEPLOYMENT_KEY_LENGTH = 6
 
 
 class Venue(models.Model):
@@ -39,6 +42,13 @@ class Venue(models.Model):
         help_text="Largest notional one leg may trade here (quote currency); empty for no limit",
     )
     enabled = models.BooleanField(default=True)
+    price_tick = models.DecimalField(
+        max_digits=20,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        help_text="Prices are multiples of this on the venue (read from it in live trading); empty: unknown",
+    )
     max_quote_age_ms = models.PositiveIntegerField(default=5_000)
     status = models.CharField(max_length=4, choices=Status.choices, default=Status.UP)
     status_reason = models.CharField(max_length=200, blank=True)
@@ -83,6 +93,9 @@ class StrategyConfig(models.Model):
     trade_size = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal("0.01"))
     max_quote_age_ms = models.PositiveIntegerField(default=5_000)
     ttl_ms = models.PositiveIntegerField(default=3_000, help_text="An opportunity's time to live")
+    max_book_skew_ms = models.PositiveIntegerField(
+        default=1_500, help_text="How far apart in time the two books of a decision may be stamped"
+    )
     slippage_bps = models.DecimalField(
         max_digits=10,
         decimal_places=4,
@@ -107,14 +120,23 @@ class StrategyConfig(models.Model):
 
 
 class Opportunity(models.Model):
+    """One tradeable (or rejected) crossing as the listener decided it, and what became of it;
+    trading.lifecycle is the one place its status changes."""
+
     class Status(models.TextChoices):
         DETECTED = "detected"
         REJECTED = "rejected"
         DISPATCHED = "dispatched"
+        CLAIMED = "claimed", "claimed (re-checking)"
         EXECUTING = "executing"
         EXECUTED = "executed"
         EXPIRED = "expired"
-        FAILED = "failed"
+        FAILED = "failed", "failed (flat)"
+        ATTENTION = "attention", "needs attention (position open)"
+
+    class Mode(models.TextChoices):
+        PAPER = "paper"
+        LIVE = "live"
 
     symbol = models.CharField(max_length=20)
     buy_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
@@ -129,6 +151,9 @@ class Opportunity(models.Model):
     expected_bps = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, db_index=True)
     reason = models.CharField(max_length=200, blank=True)
+    mode = models.CharField(
+        max_length=5, choices=Mode.choices, default=Mode.PAPER, help_text="Decided with the opportunity"
+    )
     strategy = models.ForeignKey(StrategyConfig, null=True, on_delete=models.SET_NULL, related_name="+")
     detected_at = models.DateTimeField(db_index=True)
     last_seen_at = models.DateTimeField()
@@ -156,7 +181,14 @@ class Order(models.Model):
         CANCELED = "canceled"
         REJECTED = "rejected"
 
+    class Role(models.TextChoices):
+        BUY = "buy", "buy leg"
+        SELL = "sell", "sell leg"
+        HEDGE = "hedge"
+
     opportunity = models.ForeignKey(Opportunity, on_delete=models.PROTECT, related_name="orders")
+    role = models.CharField(max_length=5, choices=Role.choices)
+    attempt = models.PositiveSmallIntegerField(default=0, help_text="0 for the first order, then retries")
     venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
     symbol = models.CharField(max_length=20)
     side = models.CharField(max_length=4, choices=Side.choices)
@@ -166,12 +198,20 @@ class Order(models.Model):
     amount = models.DecimalField(**MONEY)
     filled = models.DecimalField(**MONEY, default=Decimal(0))
     average_price = models.DecimalField(**MONEY, null=True, blank=True)
-    fee = models.DecimalField(**MONEY, default=Decimal(0))
+    fee = models.DecimalField(
+        **MONEY,
+        null=True,
+        default=Decimal(0),
+        help_text="The fees' value in the quote currency; empty: unknown",
+    )
+    fees = models.JSONField(
+        default=list, blank=True, help_text='The fees as the venue charged them: [["BNB", "0.0021"], ...]'
+    )
     held = models.DecimalField(
         **MONEY,
         default=Decimal(0),
         help_text="Funds locked for the order until it finishes: quote for a buy (at the limit price, "
-        "fee included), base for a sell; none for retries and hedges",
+        "fee included), base for a sell",
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.NEW)
     raw = models.JSONField(default=dict, blank=True, help_text="The venue's response")
@@ -180,25 +220,56 @@ class Order(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["opportunity", "role", "attempt"], name="one_order_per_attempt")
+        ]
 
     def __str__(self) -> str:
         return self.client_order_id
 
+    @property
+    def finished(self) -> bool:
+        """The venue is done with the order: nothing more will fill."""
+        return self.status not in (Order.Status.NEW, Order.Status.OPEN)
+
 
 class Trade(models.Model):
-    """One arbitrage cycle: both legs of an opportunity, with expected and realized PnL."""
+    """What an opportunity's orders did to holdings, matched or not: the one record of realized
+    cash flow that PnL, the daily loss limit, the dashboard and the summaries read.
+
+    `base_flow` and `quote_flow` are the changes in holdings across venues (fees included in the
+    asset each was charged in; `other_flows` for fees in a third asset), and `realized_pnl` is
+    their value at `mark_price` (the base's mid when settled) and the third assets' mids.
+    """
+
+    class Outcome(models.TextChoices):
+        MATCHED = "matched", "both legs filled"
+        PARTIAL = "partial", "both legs filled less"
+        HEDGED = "hedged", "one-sided part hedged"
+        OPEN = "open", "position left open"
 
     opportunity = models.OneToOneField(Opportunity, on_delete=models.PROTECT, related_name="trade")
+    outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.MATCHED)
     symbol = models.CharField(max_length=20)
     buy_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
     sell_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
-    amount = models.DecimalField(**MONEY)
+    amount = models.DecimalField(**MONEY, help_text="Matched: bought and sold alike")
     expected_pnl = models.DecimalField(**MONEY)
     realized_pnl = models.DecimalField(**MONEY)
     fees = models.DecimalField(**MONEY)
+    base_flow = models.DecimalField(**MONEY, default=Decimal(0))
+    quote_flow = models.DecimalField(**MONEY, default=Decimal(0))
+    other_flows = models.JSONField(
+        default=dict, blank=True, help_text='Fees in other assets: {"BNB": "-0.02"}'
+    )
+    mark_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="What the base was valued at")
+    unvalued = models.CharField(
+        max_length=100, blank=True, help_text="Assets without a price, left out of the PnL (alerted)"
+    )
     mode = models.CharField(max_length=5, default="paper")
     reviewed = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -327,3 +398,21 @@ class KillSwitch(models.Model):
     @property
     def tripped(self) -> bool:
         return self.tripped_at is not None
+
+
+class Deployment(models.Model):
+    """This installation's name on the venues (pk 1), generated the first time it is asked for:
+    every client order id starts with it, so ids stay unique for the life of an account although
+    databases are reset and other deployments trade on the same keys."""
+
+    key = models.CharField(max_length=DEPLOYMENT_KEY_LENGTH, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"deployment {self.key}"
+
+    @classmethod
+    def current_key(cls) -> str:
+        alphabet = string.ascii_lowercase + string.digits
+        fresh = "".join(secrets.choice(alphabet) for _ in range(DEPLOYMENT_KEY_LENGTH))
+        return cls.objects.get_or_create(pk=1, defaults={"key": fresh})[0].key

@@ -1,54 +1,36 @@
-"""Monitoring: checks that name what is wrong now, and the alert state machine that remembers it.
+"""Monitoring: checks that name what is wrong now.
 
 A check looks at Redis or the database and returns the conditions it finds, each with a stable key
-("venue_stale:binance"). `reconcile` turns the conditions of one run into Alert rows: a new key
-opens one alert, a key still present bumps its count and last_seen, a key gone long enough
-(ALERT_CLEAR_SECONDS of hysteresis) resolves it. Only opening and resolving notify, so a
-persisting or flapping condition never pages twice. A check that fails says so as its own
-condition, and its alerts are neither bumped nor resolved while their state is unknown.
+("venue_stale:binance"); `run_once` runs them all and hands their conditions to trading.alerts,
+which opens, keeps and resolves the alerts. A check that fails says so as its own condition, and
+its alerts are neither bumped nor resolved while their state is unknown.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError
 from django.utils import timezone
 
+from trading import alerts, risk
+from trading.alerts import CRITICAL, WARNING, Condition, Transitions
 from trading.config import NoActiveStrategy, active_strategy, now_ms
-from trading.models import Alert, KillSwitch, RiskLimits, Trade, Venue
-from trading.notify import rules
+from trading.models import KillSwitch, RiskLimits, Venue
 from trading.observability import heartbeats
 from trading.pubsub import connect, latest_books, names
 
 log = logging.getLogger(__name__)
 
-WARNING, CRITICAL = Alert.Severity.WARNING, Alert.Severity.CRITICAL
 # A heartbeat older than this counts as missing even before its key expires.
 HEARTBEAT_MAX_AGE_MS = 15_000
 # Only one monitoring run at a time: two would race to open the same alert.
 RUN_LOCK_SECONDS = 30
-
-
-@dataclass(frozen=True)
-class Condition:
-    """Something wrong right now. `key` is stable across runs; its part before ":" is the check."""
-
-    key: str
-    severity: str
-    subject: str
-
-
-@dataclass
-class Transitions:
-    opened: list[Alert] = field(default_factory=list)
-    resolved: list[Alert] = field(default_factory=list)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -170,37 +152,24 @@ def check_queue_backlog(client: redis.Redis, now: int) -> list[Condition]:
     return found
 
 
-def todays_pnls() -> list[Decimal]:
-    start = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    return list(
-        Trade.objects.filter(created_at__gte=start)
-        .order_by("created_at")
-        .values_list("realized_pnl", flat=True)
-    )
-
-
 def check_daily_loss(client: redis.Redis, now: int) -> list[Condition]:
-    realized, limit = sum(todays_pnls(), Decimal(0)), RiskLimits.current().daily_loss_limit
+    realized, limit = sum(risk.todays_pnls(), Decimal(0)), RiskLimits.current().daily_loss_limit
     if realized >= -limit:
         return []
     return [Condition("daily_loss", CRITICAL, f"Daily loss {-realized:,.2f} past the limit of {limit:,.2f}")]
 
 
 def check_drawdown(client: redis.Redis, now: int) -> list[Condition]:
-    drawdown, limit = max_drawdown(todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
+    drawdown, limit = max_drawdown(risk.todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
     if drawdown <= limit:
         return []
     return [Condition("drawdown", CRITICAL, f"Drawdown {drawdown:,.2f} today past the limit of {limit:,.2f}")]
 
 
-def kill_switch_condition(switch: KillSwitch) -> Condition:
-    return Condition("kill_switch", CRITICAL, f"Kill switch tripped, no new trades: {switch.reason}")
-
-
 def check_kill_switch(client: redis.Redis, now: int) -> list[Condition]:
     """Keeps the kill switch's alert open while it stays tripped (tripping opens it at once)."""
     switch = KillSwitch.objects.filter(tripped_at__isnull=False).first()
-    return [] if switch is None else [kill_switch_condition(switch)]
+    return [] if switch is None else [risk.kill_switch_condition(switch)]
 
 
 Check = Callable[[redis.Redis, int], list[Condition]]
@@ -214,6 +183,9 @@ CHECKS: dict[str, Check] = {
     "drawdown": check_drawdown,
     "kill_switch": check_kill_switch,
 }
+# Alerts of these resolve by themselves once their condition clears; every other alert is an
+# incident, which a person resolves.
+SELF_RESOLVING = frozenset({*CHECKS, "check_failed"})
 
 
 def run_checks(client: redis.Redis, now: int) -> tuple[list[Condition], set[str]]:
@@ -233,97 +205,6 @@ def run_checks(client: redis.Redis, now: int) -> tuple[list[Condition], set[str]
     return conditions, failed
 
 
-# --- the alert state machine ----------------------------------------------------------------------
-
-
-def check_of(key: str) -> str:
-    return key.split(":", 1)[0]
-
-
-def resolves_itself(key: str) -> bool:
-    """Alerts of the checks here resolve when their condition clears. Incidents raised elsewhere
-    (a hedged leg, a reconciliation difference) stay open until a person resolves them in admin."""
-    return check_of(key) in CHECKS or check_of(key) == "check_failed"
-
-
-def reconcile(conditions: Iterable[Condition], now: datetime, unknown: Collection[str] = ()) -> Transitions:
-    """Bring the open alerts in line with this run's conditions; notify after commit for every
-    alert opened or resolved. Alerts of checks in `unknown` are left as they are."""
-    active = {condition.key: condition for condition in conditions}
-    changes = Transitions()
-    with transaction.atomic():
-        open_alerts = {a.key: a for a in Alert.objects.select_for_update().filter(resolved_at__isnull=True)}
-        for key, condition in active.items():
-            if key in open_alerts:
-                persist(open_alerts[key], condition, now)
-            else:
-                changes.opened.append(open_alert(condition, now))
-        for key, alert in open_alerts.items():
-            if (
-                key not in active
-                and resolves_itself(key)
-                and check_of(key) not in unknown
-                and cleared(alert, now)
-            ):
-                changes.resolved.append(alert)
-        announce(changes)
-    return changes
-
-
-def raise_alert(condition: Condition, now: datetime) -> Alert | None:
-    """Open an alert for `condition` now, between monitoring runs (which keep or resolve it like
-    any other). None when an alert for its key is already open. Call inside a transaction: the
-    notification goes out when it commits."""
-    if Alert.objects.filter(key=condition.key, resolved_at__isnull=True).exists():
-        return None
-    try:
-        with transaction.atomic():
-            alert = open_alert(condition, now)
-    except IntegrityError:
-        log.info("alert %s opened meanwhile by a monitoring run: not opened twice", condition.key)
-        return None
-    announce(Transitions(opened=[alert]))
-    return alert
-
-
-def open_alert(condition: Condition, now: datetime) -> Alert:
-    log.warning("alert opened: %s (%s)", condition.subject, condition.key)
-    return Alert.objects.create(
-        key=condition.key,
-        severity=condition.severity,
-        subject=condition.subject,
-        first_seen=now,
-        last_seen=now,
-    )
-
-
-def persist(alert: Alert, condition: Condition, now: datetime) -> None:
-    """The condition is still there: count it, and forget any clear spell it had."""
-    alert.count += 1
-    alert.last_seen = now
-    alert.subject = condition.subject
-    alert.clear_since = None
-    alert.save(update_fields=["count", "last_seen", "subject", "clear_since"])
-
-
-def cleared(alert: Alert, now: datetime) -> bool:
-    """Record that the alert's condition is clear; resolve it (True) once clear long enough."""
-    if alert.clear_since is None:
-        alert.clear_since = now
-    if now - alert.clear_since >= timedelta(seconds=settings.ALERT_CLEAR_SECONDS):
-        alert.resolved_at = now
-        log.info("alert resolved: %s (%s)", alert.subject, alert.key)
-    alert.save(update_fields=["clear_since", "resolved_at"])
-    return alert.resolved_at is not None
-
-
-def announce(changes: Transitions) -> None:
-    for alert in changes.opened:
-        transaction.on_commit(lambda alert=alert: rules.alert_opened(alert))
-    for alert in changes.resolved:
-        transaction.on_commit(lambda alert=alert: rules.alert_resolved(alert))
-
-
 def run_once() -> Transitions | None:
     """One monitoring run: all checks, then the alerts. None when another run holds the lock."""
     with connect() as client:
@@ -333,6 +214,6 @@ def run_once() -> Transitions | None:
             return None
         try:
             conditions, failed = run_checks(client, now_ms())
-            return reconcile(conditions, timezone.now(), failed)
+            return alerts.sync(conditions, timezone.now(), SELF_RESOLVING, failed)
         finally:
             lock.release()

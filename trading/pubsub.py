@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,10 @@ class Names:
     def latest_books(self, symbol: str) -> str:
         return f"{self.prefix}book:{symbol}"
 
+    def latest_book_times(self, symbol: str) -> str:
+        """When each venue's latest book of `symbol` was stamped (its `timestamp`, epoch ms)."""
+        return f"{self.prefix}book-ts:{symbol}"
+
     @property
     def pending_quotes(self) -> str:
         return f"{self.prefix}quotes:pending"
@@ -89,6 +94,18 @@ def connect() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+_shared: tuple[int, redis.Redis] | None = None
+
+
+def shared() -> redis.Redis:
+    """This process's client of REDIS_URL, kept for its life (a forked child opens its own): the
+    trade path reads books on it without opening a connection each time."""
+    global _shared
+    if _shared is None or _shared[0] != os.getpid():
+        _shared = (os.getpid(), connect())
+    return _shared[1]
+
+
 def encode(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -111,16 +128,32 @@ def reserve_sequences(client: redis.Redis, keys: Sequence[tuple[str, str]]) -> l
     return [int(value) for value in pipe.execute()]
 
 
+# Keep a venue's latest book only if it is no older than the one kept: two collection rounds
+# that overlap can finish in the wrong order, and the older snapshot must not win.
+KEEP_IF_NEWER = """
+local kept = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
+if kept ~= nil and kept > tonumber(ARGV[2]) then
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 def publish_quotes(client: redis.Redis, quotes: Iterable[Quote], *, store: bool = True) -> int:
-    """Publish each quote on its symbol's channel, keep it as the venue's latest book, and queue
-    it for storage (unless `store` is off), all in one round trip. Returns how many were sent."""
+    """Publish each quote on its symbol's channel, keep it as the venue's latest book unless a
+    newer one is kept already, and queue it for storage (unless `store` is off), all in one round
+    trip. Returns how many were sent."""
     n = names()
+    keep = client.register_script(KEEP_IF_NEWER)
     pipe = client.pipeline(transaction=False)
     count = 0
     for quote in quotes:
         message = encode_quote(quote)
         pipe.publish(n.prices(quote.symbol), message)
-        pipe.hset(n.latest_books(quote.symbol), quote.venue, message)
+        keys = [n.latest_books(quote.symbol), n.latest_book_times(quote.symbol)]
+        keep(keys=keys, args=[quote.venue, quote.timestamp, message], client=pipe)
         if store:
             pipe.rpush(n.pending_quotes, message)
         count += 1
@@ -136,6 +169,24 @@ def latest_books(client: redis.Redis, symbol: str) -> dict[str, Quote]:
             books[venue.decode()] = decode_quote(raw)
         except QuoteRejected as exc:
             log.warning("latest %s book of %s unusable: %s", symbol, venue.decode(), exc)
+    return books
+
+
+def latest_book(client: redis.Redis, symbol: str, venue: str) -> Quote | None:
+    """`venue`'s most recent `symbol` book as last kept, or None (none, or unusable)."""
+    return latest_of(client, symbol, [venue]).get(venue)
+
+
+def latest_of(client: redis.Redis, symbol: str, venues: Sequence[str]) -> dict[str, Quote]:
+    """The most recent `symbol` books of `venues` that are kept and usable, in one round trip."""
+    books: dict[str, Quote] = {}
+    for venue, raw in zip(venues, client.hmget(names().latest_books(symbol), list(venues)), strict=True):
+        if raw is None:
+            continue
+        try:
+            books[venue] = decode_quote(raw)
+        except QuoteRejected as exc:
+            log.warning("latest %s book of %s unusable: %s", symbol, venue, exc)
     return books
 
 

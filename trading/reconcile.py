@@ -3,25 +3,26 @@
 Recorded orders (those not finished on record, and those of the last hour) are looked up on
 their venue by client order id; recorded balances (free plus locked) are compared with the
 venue's. Every difference opens an alert, shown in admin and notified like any other. Venues
-with a trade executing right now are skipped: their record is legitimately in flux.
+with a trade in flight right now are skipped: their record is legitimately in flux (and a trade
+left in flight by a dead worker is resumed, not left: trading.lifecycle).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from trading import legs, monitoring
-from trading.config import trading_mode
-from trading.models import Balance, Opportunity, Order, Venue
+from trading import alerts, legs, lifecycle
+from trading.models import Balance, Order, Venue
 from trading.venues.base import Gateway, OrderNotFound, OrderResult, VenueError
+from trading.venues.registry import tradeable
 
 log = logging.getLogger(__name__)
 RECENT = timedelta(hours=1)
@@ -37,29 +38,31 @@ class Difference:
 
 
 def reconcile_all() -> list[Difference]:
-    """Compare every enabled ccxt venue with the record and open an alert for each difference.
-    Does nothing on paper (the record is the only ledger there). Returns the differences."""
-    if trading_mode() != "live":
+    """Compare every enabled venue that trades live with the record and open an alert for each
+    difference. Does nothing on paper (the record is the only ledger there). Returns the
+    differences."""
+    if settings.TRADING_MODE != "live":
         log.info("reconciliation skipped: trading on paper")
         return []
     differences: list[Difference] = []
     for venue in Venue.objects.filter(enabled=True, kind=Venue.Kind.CCXT):
-        differences += reconcile_venue(venue)
+        if tradeable(venue, "live"):
+            differences += reconcile_venue(venue)
     with transaction.atomic():
         for difference in differences:
-            condition = monitoring.Condition(difference.key, monitoring.WARNING, difference.subject[:200])
-            monitoring.raise_alert(condition, timezone.now())
+            condition = alerts.Condition(difference.key, alerts.WARNING, difference.subject[:200])
+            alerts.raise_alert(condition, timezone.now())
     return differences
 
 
 def reconcile_venue(venue: Venue) -> list[Difference]:
-    """The differences between the record and `venue`; none while it has a trade executing."""
-    if Order.objects.filter(venue=venue, opportunity__status=Opportunity.Status.EXECUTING).exists():
-        log.info("reconciliation of %s skipped: a trade is executing there", venue.name)
+    """The differences between the record and `venue`; none while it has a trade in flight."""
+    if Order.objects.filter(venue=venue, opportunity__status__in=lifecycle.IN_FLIGHT).exists():
+        log.info("reconciliation of %s skipped: a trade is in flight there", venue.name)
         return []
     orders = _orders_to_check(venue)
     try:
-        reported, balances = asyncio.run(legs.on_venue(venue, "live", lambda gw: _read(gw, orders)))
+        reported, balances = legs.run_on(venue, "live", lambda gw: _read(gw, orders))
     except VenueError as exc:
         log.warning("reconciliation of %s failed: %s", venue.name, exc)
         return [

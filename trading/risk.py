@@ -16,12 +16,12 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from trading import monitoring
+from trading import alerts, orders
 from trading.config import to_ms
 from trading.core import risk as core_risk
 from trading.core.types import Opportunity as Sized
-from trading.core.types import Side, split_symbol
-from trading.models import KillSwitch, Opportunity, Order, RiskLimits, Venue
+from trading.core.types import split_symbol
+from trading.models import KillSwitch, Opportunity, Order, RiskLimits, Trade, Venue
 
 log = logging.getLogger(__name__)
 
@@ -78,38 +78,23 @@ def limit_violation(opportunity: Opportunity, sized: Sized, now: int) -> str | N
     return core_risk.trade_violation(sized, limits(), state, now)
 
 
+# Opportunities whose orders may hold a position: in flight, or left open for a person.
+MAY_HOLD = (Opportunity.Status.CLAIMED, Opportunity.Status.EXECUTING, Opportunity.Status.ATTENTION)
+
+
 def open_exposure(base: str) -> dict[tuple[str, str], Decimal]:
-    """Unhedged `base` per (venue, base): what orders still in flight would leave open if their
-    other leg failed, plus what failed trades did leave open (one-sided fills)."""
+    """Base per (venue, base) that opportunities in flight could still leave one-sided (a filled
+    leg whose partner is being retried counts in full), plus what positions left open hold.
+    Legs that matched, hedged or not, count nothing."""
+    by_opportunity: defaultdict[int, list[Order]] = defaultdict(list)
+    rows = Order.objects.filter(symbol__startswith=f"{base}/", opportunity__status__in=MAY_HOLD)
+    for order in rows.select_related("venue"):
+        by_opportunity[order.opportunity_id].append(order)
     exposure: defaultdict[tuple[str, str], Decimal] = defaultdict(Decimal)
-    for venue, amount in in_flight(base):
-        exposure[(venue, base)] += amount
-    for fills in failed_fills(base).values():
-        for venue, amount in core_risk.unhedged(fills).items():
+    for placed in by_opportunity.values():
+        for venue, amount in core_risk.exposure(orders.placed(order) for order in placed).items():
             exposure[(venue, base)] += amount
     return dict(exposure)
-
-
-def in_flight(base: str) -> list[tuple[str, Decimal]]:
-    """(venue, amount) of the orders sent or about to be sent for trades still executing."""
-    return list(
-        Order.objects.filter(
-            symbol__startswith=f"{base}/",
-            opportunity__status=Opportunity.Status.EXECUTING,
-            status__in=[Order.Status.NEW, Order.Status.OPEN],
-        ).values_list("venue__name", "amount")
-    )
-
-
-def failed_fills(base: str) -> dict[int, list[tuple[str, Side, Decimal]]]:
-    """Each failed trade's filled orders as (venue, side, filled), by opportunity id."""
-    fills: defaultdict[int, list[tuple[str, Side, Decimal]]] = defaultdict(list)
-    rows = Order.objects.filter(
-        symbol__startswith=f"{base}/", opportunity__status=Opportunity.Status.FAILED, filled__gt=0
-    ).values_list("opportunity_id", "venue__name", "side", "filled")
-    for opportunity_id, venue, side, filled in rows:
-        fills[opportunity_id].append((venue, Side(side), filled))
-    return dict(fills)
 
 
 def last_pair_trade_ms(venues: tuple[Venue, Venue], exclude: Opportunity) -> int | None:
@@ -125,10 +110,18 @@ def last_pair_trade_ms(venues: tuple[Venue, Venue], exclude: Opportunity) -> int
 # --- after a trade, and on the monitoring beat ----------------------------------------------------
 
 
+def todays_pnls() -> list[Decimal]:
+    """Today's realized PnL, one figure per opportunity that traded anything (matched, partial,
+    hedged or left open), in the order they were recorded."""
+    start = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    today = Trade.objects.filter(created_at__gte=start).order_by("created_at")
+    return list(today.values_list("realized_pnl", flat=True))
+
+
 def enforce_daily_loss() -> KillSwitch | None:
     """Trip the switch when today's realized loss is past the limit. Returns the switch when it
     is (or already was) tripped for that, None while the loss is within the limit."""
-    pnls, limit = monitoring.todays_pnls(), limits().daily_loss_limit
+    pnls, limit = todays_pnls(), limits().daily_loss_limit
     if not core_risk.past_daily_loss(pnls, limit):
         return None
     realized = sum(pnls, Decimal(0))
@@ -155,7 +148,7 @@ def trip(reason: str, by: str) -> KillSwitch:
         switch = KillSwitch.objects.get(pk=SWITCH)
         if tripped:
             log.critical("kill switch tripped by %s: %s", by, reason)
-            monitoring.raise_alert(monitoring.kill_switch_condition(switch), now)
+            alerts.raise_alert(kill_switch_condition(switch), now)
         else:
             log.info("kill switch already tripped (%s): %s not recorded", switch.reason, reason)
     return switch
@@ -177,6 +170,12 @@ def rearm(by: str) -> KillSwitch:
     else:
         log.info("kill switch already armed: re-arm by %s changes nothing", by)
     return switch
+
+
+def kill_switch_condition(switch: KillSwitch) -> alerts.Condition:
+    return alerts.Condition(
+        "kill_switch", alerts.CRITICAL, f"Kill switch tripped, no new trades: {switch.reason}"
+    )
 
 
 def describe(switch: KillSwitch) -> str:

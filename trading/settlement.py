@@ -1,65 +1,108 @@
-"""Completing a trade whose orders are recorded and funds reserved: send (or find again) both
-legs at once, retry what a leg misses, hedge back what stays one-sided, and record the outcome.
+"""Settling a trade whose orders are recorded and funds held: the core's settlement policy
+(trading.core.policy) carried out against the record and the venues, in paper and live alike.
 
-Paper and live take this same path; only the gateway differs (trading.venues.registry). Every
-step reads the record first, so a task redelivered after its worker died picks up where that
-worker stopped and never sends an order twice.
+Each step reads the record first. Both legs go out at once; what a leg misses is retried; what
+stays one-sided is hedged; then the outcome is recorded as the opportunity's cash flow (a Trade
+row, matched or not) valued at the market. An order's fills reach the ledger once, when its venue
+says it is done, in the asset each fee was charged in. Anything that leaves it unknown what an
+order did (a venue that does not answer, a database or Redis error, a time limit) stops here with
+the opportunity still executing and an alert naming it: the trade task resumes it from what the
+venues say.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
 
-from trading import legs, monitoring, pubsub, risk
-from trading.config import trading_mode
-from trading.core.fills import guard_price, tick_of
-from trading.core.risk import plain
+from trading import alerts, balances, legs, orders, pubsub, risk
+from trading.core import ledger, policy
+from trading.core.ledger import held_asset, release
+from trading.core.policy import Done, Outcome, Role, Rules, Send
+from trading.core.risk import exposure, plain
 from trading.core.types import Side, split_symbol
-from trading.models import Balance, Opportunity, Order, Trade, Venue
+from trading.lifecycle import finish
+from trading.models import Deployment, Opportunity, Order, Trade, Venue
 from trading.notify import rules as notify_rules
 from trading.observability import metrics
-from trading.venues.base import OrderRequest, OrderResult
+from trading.venues.base import OrderNotFound, OrderRejected, OrderRequest, OrderResult
 
 log = logging.getLogger(__name__)
 Status = Opportunity.Status
+MAX_STEPS = 64  # far beyond what the policy's attempts allow: a guard against a loop
 
 
-def finish(opportunity: Opportunity, status: str, reason: str) -> str:
-    finished = Opportunity.objects.filter(pk=opportunity.pk, status=Status.EXECUTING).update(
-        status=status, reason=reason[:200]
+class SettlementPending(Exception):
+    """An order is still open on its venue (a cancel not yet done): the trade resumes later."""
+
+
+def settle(opportunity: Opportunity, *, resuming: bool, fresh: Collection[int] = ()) -> str:
+    """Carry `opportunity`'s orders through the settlement policy to its end; returns its final
+    status. `fresh` are orders this run recorded and has not sent yet; every other unfinished
+    order may have reached its venue, and is looked up there before anything is sent (all of them
+    when `resuming`). Raises when what an order did is unknown; the opportunity stays executing."""
+    rules = policy_rules(opportunity)
+    unsent = set() if resuming else set(fresh)
+    deployment = Deployment.current_key()
+    for _ in range(MAX_STEPS):
+        rows = orders.of(opportunity)
+        step = policy.next_step([orders.placed(order) for order in rows], rules)
+        if isinstance(step, Done):
+            return _done(opportunity, rows, step)
+        if isinstance(step, Send):
+            unsent.add(_record(opportunity, deployment, step).pk)
+            continue
+        pending = [order for order in rows if not order.finished]
+        confirm(opportunity, pending, look_first={o.pk for o in pending if o.pk not in unsent})
+        unsent.clear()
+    raise RuntimeError(f"opportunity {opportunity.pk}: settlement did not end within {MAX_STEPS} steps")
+
+
+def policy_rules(opportunity: Opportunity) -> Rules:
+    venues = (opportunity.buy_venue, opportunity.sell_venue)
+    return Rules(
+        retries=settings.LEG_RETRIES,
+        hedge_attempts=settings.HEDGE_ATTEMPTS,
+        hedge_max_loss_bps=Decimal(settings.HEDGE_MAX_LOSS_BPS),
+        steps={venue.name: venue.amount_step for venue in venues},
+        ticks={venue.name: venue.price_tick for venue in venues},
     )
-    metrics.OPPORTUNITIES.labels(status=status).inc(finished)
-    log.info("opportunity %s %s: %s", opportunity.pk, status, reason)
-    return status
 
 
-def complete(opportunity: Opportunity, expected: Decimal, *, resuming: bool) -> str:
-    """Confirm the recorded legs (both at once; when `resuming`, each looked up on its venue
-    before it is sent), retry what is missing, hedge what stays one-sided, then record the trade
-    (expecting `expected` profit) or the failure. Returns the opportunity's final status."""
-    mode = trading_mode()  # one mode for every order of the trade, read once
-    _confirm(list(opportunity.orders.filter(status=Order.Status.NEW)), mode, look_first=resuming)
-    for side in Order.Side:
-        _retry_missing(opportunity, side, mode)
-    return _net_out(opportunity, expected, mode)
+def venue_of(opportunity: Opportunity, name: str) -> Venue:
+    return opportunity.buy_venue if opportunity.buy_venue.name == name else opportunity.sell_venue
 
 
-def first_id(opportunity: Opportunity, side: str) -> str:
-    return f"arb{opportunity.pk}-{side}"
+def _record(opportunity: Opportunity, deployment: str, step: Send) -> Order:
+    """Record the policy's next order and hold its funds; alert on the first retry of a leg."""
+    venue = venue_of(opportunity, step.venue)
+    with transaction.atomic():
+        order, holds = orders.record(
+            opportunity,
+            deployment,
+            role=step.role,
+            attempt=step.attempt,
+            venue=venue,
+            side=step.side,
+            amount=step.amount,
+            limit=step.limit,
+        )
+        balances.apply(holds, [venue])
+    if step.role is not Role.HEDGE and step.attempt == 1:
+        alerts.incident(
+            f"leg_retry:{opportunity.pk}",
+            alerts.WARNING,
+            f"opportunity {opportunity.pk}: {step.role.value} leg missed {plain(step.amount)}: retrying",
+        )
+    return order
 
 
-def move(venue: Venue, asset: str, *, free: Decimal, locked: Decimal = Decimal(0)) -> None:
-    Balance.objects.get_or_create(venue=venue, asset=asset)
-    Balance.objects.filter(venue=venue, asset=asset).update(
-        free=F("free") + free, locked=F("locked") + locked
-    )
+# --- confirming orders on their venues ------------------------------------------------------------
 
 
 def as_request(order: Order) -> OrderRequest:
@@ -69,218 +112,227 @@ def as_request(order: Order) -> OrderRequest:
         amount=order.amount,
         price=order.price,
         client_order_id=order.client_order_id,
+        claimant=str(order.opportunity_id),
     )
 
 
-def _save_order(order: Order, result: OrderResult | BaseException) -> None:
-    if isinstance(result, BaseException):
-        log.warning("order %s failed: %s", order.client_order_id, result)
-        order.status = Order.Status.REJECTED
-        order.raw = {"error": f"{type(result).__name__}: {result}"}
-    else:
-        order.venue_order_id = result.venue_order_id
-        order.status = result.status
-        order.filled = result.filled
-        order.average_price = result.average_price
-        order.fee = result.fee
-        order.raw = result.raw
-        log.info(
-            "order %s %s on %s: filled %s of %s at %s",
-            order.client_order_id,
-            order.status,
-            order.venue.name,
-            order.filled,
-            order.amount,
-            order.average_price,
-        )
-    order.save()
-
-
-def _release(order: Order) -> None:
-    """Give back exactly what the re-check held back for the order (nothing for a retry or a
-    hedge, which hold nothing)."""
-    if order.held:
-        base, quote = split_symbol(order.symbol)
-        move(
-            order.venue, quote if order.side == Order.Side.BUY else base, free=order.held, locked=-order.held
-        )
-
-
-def _apply_fills(order: Order) -> None:
-    """Move the ledger by what the order filled: the fee is paid in the quote currency."""
-    base, quote = split_symbol(order.symbol)
-    value = order.filled * (order.average_price or 0)
-    if order.side == Order.Side.BUY:
-        move(order.venue, quote, free=-(value + order.fee))
-        move(order.venue, base, free=order.filled)
-    else:
-        move(order.venue, base, free=-order.filled)
-        move(order.venue, quote, free=value - order.fee)
-
-
-def _confirm(orders: list[Order], mode: str, *, look_first: bool) -> None:
-    """Send or find each order on its venue, all at once, and record the outcomes."""
-
-    sends = [(order.venue, as_request(order)) for order in orders]  # the record is read here, not in the loop
+def confirm(opportunity: Opportunity, pending: list[Order], look_first: Collection[int]) -> None:
+    """Send or find every pending order on its venue, all at once, and record what each venue
+    said. Raises SettlementPending when one is still open, or the first error that left an
+    order's outcome unknown, after recording the others."""
+    mode = opportunity.mode
+    sends = [(order.venue, as_request(order), order.pk in look_first) for order in pending]
 
     async def confirm_all() -> list[OrderResult | BaseException]:
-        confirmations = [
-            legs.on_venue(venue, mode, lambda gw, r=request: legs.confirmed(gw, r, look_first=look_first))
-            for venue, request in sends
-        ]
-        return await asyncio.gather(*confirmations, return_exceptions=True)
-
-    results = asyncio.run(confirm_all())
-    with transaction.atomic():
-        for order, result in zip(orders, results, strict=True):
-            _save_order(order, result)
-            _release(order)
-            _apply_fills(order)
-
-
-def _leg_orders(opportunity: Opportunity, side: str) -> list[Order]:
-    """The first order of a leg and its retries, oldest first."""
-    first = first_id(opportunity, side)
-    orders = Order.objects.filter(opportunity=opportunity, client_order_id__startswith=first)
-    return list(orders.select_related("venue", "opportunity").order_by("pk"))
-
-
-def _filled(orders: list[Order]) -> Decimal:
-    return sum((order.filled for order in orders), Decimal(0))
-
-
-def _retry_missing(opportunity: Opportunity, side: str, mode: str) -> None:
-    """Send what a leg still misses, within its guard price, up to LEG_RETRIES times; each
-    attempt is its own order (client order id suffixed -r1, -r2, ...). A retry already recorded
-    by a worker that died is looked up before anything is sent."""
-    for attempt in range(1, settings.LEG_RETRIES + 1):
-        orders = _leg_orders(opportunity, side)
-        first = orders[0]
-        missing = first.amount - _filled(orders)
-        if missing <= 0:
-            return
-        if attempt == 1:
-            _alert(
-                f"leg_retry:{opportunity.pk}",
-                monitoring.WARNING,
-                f"{first} filled {plain(_filled(orders))} of {plain(first.amount)}: retrying",
+        calls = [
+            legs.on_venue(
+                venue, mode, lambda gw, r=request, look=look: legs.confirmed(gw, r, look_first=look)
             )
-        retry, created = Order.objects.get_or_create(
-            client_order_id=f"{first.client_order_id}-r{attempt}",
-            defaults={
-                "opportunity": opportunity,
-                "venue": first.venue,
-                "symbol": first.symbol,
-                "side": side,
-                "price": first.price,
-                "amount": missing,
-            },
-        )
-        if retry.status == Order.Status.NEW:
-            _confirm([retry], mode, look_first=not created)
+            for venue, request, look in sends
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
 
-
-def _net_out(opportunity: Opportunity, expected: Decimal, mode: str) -> str:
-    bought = _filled(_leg_orders(opportunity, Order.Side.BUY))
-    sold = _filled(_leg_orders(opportunity, Order.Side.SELL))
-    if bought == sold and bought > 0:
-        with transaction.atomic():
-            trade = _trade(opportunity, expected, mode)
-            transaction.on_commit(lambda: _announce(trade))
-            risk.enforce_daily_loss()
-            return finish(opportunity, Status.EXECUTED, "both legs filled")
-    hedged = _hedge(opportunity, bought - sold, mode) if bought != sold else Decimal(0)
+    results = legs.run(confirm_all)
     with transaction.atomic():
-        transaction.on_commit(lambda: notify_rules.leg_failed(opportunity.pk))
-        return finish(
-            opportunity,
-            Status.FAILED,
-            f"leg failure: bought {plain(bought)}, sold {plain(sold)}, hedged {plain(hedged)}",
-        )
+        unknown = [
+            error for order, result in zip(pending, results, strict=True) if (error := _save(order, result))
+        ]
+    if unknown:
+        raise unknown[0]
+    if any(isinstance(result, OrderResult) and not result.finished for result in results):
+        raise SettlementPending(f"opportunity {opportunity.pk}: an order is still open after its cancel")
 
 
-def _hedge(opportunity: Opportunity, excess: Decimal, mode: str) -> Decimal:
-    """Close a one-sided fill on the venue where it filled (the opposite side, immediate or
-    cancel, no worse than HEDGE_MAX_LOSS_BPS off its fill price). Returns what the hedge
-    closed; what it could not close opens a critical alert."""
-    side = Order.Side.BUY if excess > 0 else Order.Side.SELL
-    filled = _leg_orders(opportunity, side)
-    hedge, created = Order.objects.get_or_create(
-        client_order_id=f"arb{opportunity.pk}-hedge",
-        defaults={
-            "opportunity": opportunity,
-            "venue": filled[0].venue,
-            "symbol": opportunity.symbol,
-            "side": Order.Side.SELL if excess > 0 else Order.Side.BUY,
-            "price": _hedge_limit(filled, side),
-            "amount": abs(excess),
-        },
-    )
-    if hedge.status == Order.Status.NEW:
-        _confirm([hedge], mode, look_first=not created)
-        hedge.refresh_from_db()
-    left = abs(excess) - hedge.filled
-    severity = monitoring.CRITICAL if left > 0 else monitoring.WARNING
-    _alert(
-        f"leg_hedge:{opportunity.pk}",
-        severity,
-        f"{hedge}: hedged {plain(hedge.filled)} of {plain(abs(excess))} {opportunity.symbol} "
-        f"on {hedge.venue.name}, {plain(left)} left open",
-    )
-    return hedge.filled
+def _save(order: Order, result: OrderResult | BaseException) -> BaseException | None:
+    """Record what the venue said of `order`; returns the error when it left the outcome unknown
+    (the order is then left as it was, to be looked up again)."""
+    locked = Order.objects.select_for_update().select_related("venue").get(pk=order.pk)
+    if locked.finished:
+        return None  # recorded already (a redelivered task raced this one)
+    if isinstance(result, OrderRejected | OrderNotFound):
+        log.warning("order %s refused: %s", locked.client_order_id, result)
+        locked.status = Order.Status.REJECTED
+        locked.raw = {"error": f"{type(result).__name__}: {result}"}
+        locked.save()
+        _book(locked)
+        return None
+    if isinstance(result, BaseException):
+        log.warning("order %s: outcome unknown for now: %s", locked.client_order_id, result)
+        return result
+    _take(locked, result)
+    locked.save()
+    if locked.finished:
+        _book(locked)
+    return None
 
 
-def _hedge_limit(filled: list[Order], side: str) -> Decimal:
-    """The worst price the hedge may take: the filled side's average price moved against us by
-    HEDGE_MAX_LOSS_BPS, rounded inward onto the guard price's tick."""
-    value = sum((order.filled * (order.average_price or 0) for order in filled), Decimal(0))
-    average = value / _filled(filled)
-    hedge_side = Side.SELL if side == Order.Side.BUY else Side.BUY  # sell back what we bought
-    loss = Decimal(settings.HEDGE_MAX_LOSS_BPS)
-    return guard_price(average, hedge_side, loss, tick_of(filled[0].price))
-
-
-def _alert(key: str, severity: str, subject: str) -> None:
-    with transaction.atomic():
-        monitoring.raise_alert(monitoring.Condition(key, severity, subject[:200]), timezone.now())
-
-
-def _trade(opportunity: Opportunity, expected: Decimal, mode: str) -> Trade:
-    buys, sells = _leg_orders(opportunity, Order.Side.BUY), _leg_orders(opportunity, Order.Side.SELL)
-    value = {
-        side: sum((o.filled * (o.average_price or 0) for o in orders), Decimal(0))
-        for side, orders in (("buy", buys), ("sell", sells))
-    }
-    fees = sum((order.fee for order in buys + sells), Decimal(0))
-    realized = value["sell"] - value["buy"] - fees
+def _take(order: Order, result: OrderResult) -> None:
+    """Copy the venue's account of the order onto its row (the fee valued in the quote)."""
+    order.venue_order_id = result.venue_order_id or order.venue_order_id
+    order.status = result.status
+    order.filled = result.filled
+    order.average_price = result.average_price
+    order.fees = [[charge.asset, str(charge.amount)] for charge in result.charges]
+    order.fee = fee_value(order, result)
+    order.raw = result.raw
     log.info(
-        "%s trade of opportunity %s: %s %s, realized pnl %s",
-        mode,
+        "order %s %s on %s: filled %s of %s at %s",
+        order.client_order_id,
+        order.status,
+        order.venue.name,
+        order.filled,
+        order.amount,
+        order.average_price,
+    )
+
+
+def fee_value(order: Order, result: OrderResult) -> Decimal | None:
+    """The order's fees in its quote currency: a base-asset fee at the fill price, another asset's
+    at its market mid. None (alerted, counted) when a fee cannot be valued or was not stated."""
+    base, quote = split_symbol(order.symbol)
+    total = Decimal(0)
+    for charge in result.charges:
+        price = _price_of(charge.asset, base, quote, result.average_price)
+        if price is None:
+            return _unknown_fee(order, f"{charge.amount} {charge.asset} has no price in {quote}")
+        total += charge.amount * price
+    if not result.fee_stated:
+        return _unknown_fee(order, "the venue stated no fee for what filled")
+    return total
+
+
+def _price_of(asset: str, base: str, quote: str, fill_price: Decimal | None) -> Decimal | None:
+    if asset == quote:
+        return Decimal(1)
+    if asset == base:
+        return fill_price
+    return market_mid(f"{asset}/{quote}")
+
+
+def _unknown_fee(order: Order, why: str) -> None:
+    metrics.UNKNOWN_FEES.labels(venue=order.venue.name).inc()
+    alerts.incident(f"fee_unknown:{order.client_order_id}", alerts.WARNING, f"{order}: fee unknown: {why}")
+    return None
+
+
+def _book(order: Order) -> None:
+    """The ledger's movements of a finished order: what it held back comes free again, and its
+    fills move base, quote and the fees' assets."""
+    movements = [release(order.venue.name, held_asset(order.symbol, Side(order.side)), order.held)]
+    movements += ledger.executed(orders.execution(order))
+    balances.apply(movements, [order.venue])
+
+
+def market_mid(symbol: str, venue: str | None = None) -> Decimal | None:
+    """The mid of `venue`'s latest `symbol` book, else of the first venue that has one; None when
+    no venue has a book of it."""
+    books = pubsub.latest_books(pubsub.shared(), symbol)
+    book = books.get(venue or "") or next(iter(books.values()), None)
+    return None if book is None else ledger.mid(book.best_bid, book.best_ask)
+
+
+# --- the outcome ----------------------------------------------------------------------------------
+
+
+def _done(opportunity: Opportunity, rows: list[Order], step: Done) -> str:
+    """Record the opportunity's cash flow and finish it as the outcome says."""
+    bought = sum((o.filled for o in rows if o.role == Order.Role.BUY), Decimal(0))
+    sold = sum((o.filled for o in rows if o.role == Order.Role.SELL), Decimal(0))
+    hedged = sum((o.filled for o in rows if o.role == Order.Role.HEDGE), Decimal(0))
+    if step.outcome is Outcome.FLAT:
+        return finish(opportunity, Status.FAILED, "nothing filled: every leg was refused or missed")
+    with transaction.atomic():
+        trade = record_cash_flow(opportunity, rows, step)
+        transaction.on_commit(lambda: _announce(trade))
+        risk.enforce_daily_loss()
+        if step.outcome is Outcome.OPEN:
+            return _left_open(opportunity, step, bought, sold, hedged)
+        if step.outcome is Outcome.HEDGED:
+            _alert_hedge(opportunity, rows, hedged)
+            transaction.on_commit(lambda: notify_rules.leg_failed(opportunity.pk))
+            reason = f"leg failure: bought {plain(bought)}, sold {plain(sold)}, hedged {plain(hedged)}"
+            return finish(opportunity, Status.FAILED, reason)
+        if step.outcome is Outcome.PARTIAL:
+            return finish(opportunity, Status.EXECUTED, f"both legs filled {plain(step.matched)} of the plan")
+        return finish(opportunity, Status.EXECUTED, "both legs filled")
+
+
+def _left_open(opportunity: Opportunity, step: Done, bought: Decimal, sold: Decimal, hedged: Decimal) -> str:
+    base, _ = split_symbol(opportunity.symbol)
+    where = "held on" if step.open_amount > 0 else "owed on"
+    subject = (
+        f"opportunity {opportunity.pk}: {plain(abs(step.open_amount))} {base} {where} {step.venue} "
+        f"left open after {settings.HEDGE_ATTEMPTS} hedges"
+    )
+    alerts.incident(f"leg_hedge:{opportunity.pk}", alerts.CRITICAL, subject)
+    transaction.on_commit(lambda: notify_rules.leg_failed(opportunity.pk))
+    reason = f"position open: bought {plain(bought)}, sold {plain(sold)}, hedged {plain(hedged)}"
+    return finish(opportunity, Status.ATTENTION, reason)
+
+
+def _alert_hedge(opportunity: Opportunity, rows: list[Order], hedged: Decimal) -> None:
+    venue = next(order.venue.name for order in rows if order.role == Order.Role.HEDGE)
+    alerts.incident(
+        f"leg_hedge:{opportunity.pk}",
+        alerts.WARNING,
+        f"opportunity {opportunity.pk}: hedged {plain(hedged)} {opportunity.symbol} on {venue}, flat",
+    )
+
+
+def record_cash_flow(opportunity: Opportunity, rows: list[Order], step: Done) -> Trade:
+    """The opportunity's Trade row: its change in holdings, valued at the base's mid now (where
+    the position sits, else on the buy venue) and the fee assets' mids."""
+    base, quote = split_symbol(opportunity.symbol)
+    flows = ledger.flows(orders.execution(order) for order in rows)
+    mark = market_mid(opportunity.symbol, step.venue or opportunity.buy_venue.name) or _average(rows)
+    prices = {asset: market_mid(f"{asset}/{quote}") for asset in flows if asset not in (base, quote)}
+    valuation = ledger.value(flows, {**prices, base: mark}, quote)
+    if valuation.unvalued:
+        log.warning("opportunity %s: %s left out of its PnL (no price)", opportunity.pk, valuation.unvalued)
+    fees = sum((order.fee or Decimal(0) for order in rows), Decimal(0))
+    values = {
+        "outcome": step.outcome.value,
+        "symbol": opportunity.symbol,
+        "buy_venue": opportunity.buy_venue,
+        "sell_venue": opportunity.sell_venue,
+        "amount": step.matched,
+        "expected_pnl": opportunity.expected_profit or Decimal(0),
+        "realized_pnl": valuation.pnl,
+        "fees": fees,
+        "base_flow": flows.get(base, Decimal(0)),
+        "quote_flow": flows.get(quote, Decimal(0)),
+        "other_flows": {a: str(v) for a, v in flows.items() if a not in (base, quote)},
+        "mark_price": mark,
+        "unvalued": ", ".join(valuation.unvalued),
+        "mode": opportunity.mode,
+    }
+    trade, _ = Trade.objects.update_or_create(opportunity=opportunity, defaults=values)
+    log.info(
+        "%s %s of opportunity %s: %s %s matched, realized pnl %s",
+        opportunity.mode,
+        step.outcome.value,
         opportunity.pk,
-        _filled(buys),
+        step.matched,
         opportunity.symbol,
-        realized,
+        valuation.pnl,
     )
-    return Trade.objects.create(
-        opportunity=opportunity,
-        symbol=opportunity.symbol,
-        buy_venue=opportunity.buy_venue,
-        sell_venue=opportunity.sell_venue,
-        amount=_filled(buys),
-        expected_pnl=expected,
-        realized_pnl=realized,
-        fees=fees,
-        mode=mode,
-    )
+    return trade
+
+
+def _average(rows: list[Order]) -> Decimal | None:
+    filled = [order for order in rows if order.filled]
+    amount = sum((order.filled for order in filled), Decimal(0))
+    return sum((orders.cost(order) for order in filled), Decimal(0)) / amount if amount else None
 
 
 def _announce(trade: Trade) -> None:
     pubsub.publish_event(
-        pubsub.connect(),
+        pubsub.shared(),
         pubsub.names().trade_events,
         {
             "trade": trade.pk,
             "opportunity": trade.opportunity_id,
+            "outcome": trade.outcome,
             "symbol": trade.symbol,
             "buy_venue": trade.buy_venue.name,
             "sell_venue": trade.sell_venue.name,
@@ -290,4 +342,28 @@ def _announce(trade: Trade) -> None:
             "fees": str(trade.fees),
         },
     )
-    notify_rules.trade_executed(trade)
+    if trade.outcome in (Trade.Outcome.MATCHED, Trade.Outcome.PARTIAL):
+        notify_rules.trade_executed(trade)
+
+
+# --- an interrupted trade -------------------------------------------------------------------------
+
+
+def interrupted(opportunity: Opportunity, error: BaseException) -> None:
+    """`error` stopped the trade. Without orders nothing was sent: it fails flat. With orders it
+    stays in flight, to be resumed, and an alert names what may be open."""
+    cause = f"{type(error).__name__}: {error}"[:120]
+    try:
+        rows = orders.of(opportunity)
+        if not rows:
+            finish(opportunity, Status.FAILED, f"error before any order: {cause}")
+            return
+        at_stake = exposure(orders.placed(order) for order in rows)
+        base, _ = split_symbol(opportunity.symbol)
+        position = ", ".join(f"{plain(amount)} {base} on {venue}" for venue, amount in at_stake.items())
+        subject = (
+            f"opportunity {opportunity.pk} interrupted ({cause}); at stake: {position or 'nothing'}; resuming"
+        )
+        alerts.incident(f"settlement_interrupted:{opportunity.pk}", alerts.CRITICAL, subject)
+    except Exception:  # the database itself may be what failed: the sweep finds it all the same
+        log.exception("opportunity %s: the interruption could not be recorded", opportunity.pk)

@@ -19,7 +19,7 @@ from trading.models import StrategyConfig
 
 log = logging.getLogger(__name__)
 
-TUNABLE = ("min_profit_bps", "trade_size", "max_quote_age_ms", "ttl_ms", "slippage_bps")
+TUNABLE = ("min_profit_bps", "trade_size", "max_quote_age_ms", "ttl_ms", "slippage_bps", "max_book_skew_ms")
 
 
 def next_version() -> int:

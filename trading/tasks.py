@@ -6,12 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.utils import timezone
 
-from trading import collector, execution, monitoring, reconcile, risk, storage
-from trading.config import announce_trading_mode
+from trading import accounts, collector, execution, lifecycle, monitoring, reconcile, risk, storage
+from trading.config import announce_trading_mode, now_ms
 from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, rules
 
 
@@ -41,8 +41,24 @@ def store_quotes() -> None:
     soft_time_limit=50,
 )
 def execute_opportunity(opportunity_id: int) -> None:
-    """Idempotent: the opportunity is claimed with a conditional update, so a redelivery is a no-op."""
+    """Idempotent: the opportunity is claimed with a conditional update, so a redelivery trades
+    nothing twice; one left in flight by a worker that died is taken over and resumed."""
     execution.execute_opportunity(opportunity_id)
+
+
+@shared_task(name="trade.resume", ignore_result=True, time_limit=30, soft_time_limit=25)
+def resume_abandoned() -> None:
+    """Hand every trade left in flight by a worker that died to a trade task, and expire the
+    dispatched opportunities whose task was lost."""
+    for opportunity_id in lifecycle.abandoned():
+        execute_opportunity.apply_async((opportunity_id,))
+    lifecycle.expire_lost(now_ms())
+
+
+@shared_task(name="trade.refresh_accounts", ignore_result=True, time_limit=60, soft_time_limit=50)
+def refresh_accounts() -> None:
+    """Each live venue's fee tier, market rules and (while quiet) balances into the record."""
+    accounts.refresh_all()
 
 
 @shared_task(name="monitor.check", ignore_result=True, time_limit=30, soft_time_limit=25)
@@ -88,3 +104,11 @@ def announce_notification_channels(**_: object) -> None:
 @worker_ready.connect
 def announce_mode(**_: object) -> None:
     announce_trading_mode()
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def warm_up(**_: object) -> None:
+    """Open the venues' order gateways before the first opportunity arrives (each prefork child
+    has its own; a solo worker trades in its main process)."""
+    accounts.warm_up()

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db.models import Count, Sum
 from kombu.exceptions import OperationalError
 
+from arbsite.celery import app
 from trading.models import Alert, Opportunity, Order, Trade
 from trading.notify.base import Message, enabled_channels
 from trading.pubsub import connect, names
@@ -70,10 +71,9 @@ def over_rate_limit(client: redis.Redis) -> bool:
 
 
 def enqueue(channel: str, message: Message) -> str:
-    # Imported here because the tasks module imports the trading path, which imports this one.
-    from trading.tasks import send_notification
-
-    send_notification.delay(channel, message.to_json())
+    """Queue the `notify.send` task for `channel` by its name: the app's registry finds the task
+    (this module never imports the task module)."""
+    app.signature("notify.send", args=(channel, message.to_json())).apply_async()
     return channel
 
 

@@ -72,6 +72,10 @@ OPPORTUNITIES = Counter(
     "arb_opportunities", "Opportunities reaching each status (opened, then finished)", ["status"]
 )
 TASK_FAILURES = Counter("arb_task_failures", "Celery tasks that raised, by task name", ["task"])
+UNKNOWN_FEES = Counter(
+    "arb_unknown_fees", "Orders whose fee could not be stated or valued in the quote currency", ["venue"]
+)
+RESUMED = Counter("arb_opportunities_resumed", "Opportunities in flight taken over from a worker that died")
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from trading.core.types import Fill, Quote, Side
+from trading.core.ledger import Charge
+from trading.core.types import Fill, MarketRules, Quote, Side
 
 
 class VenueError(Exception):
@@ -40,19 +41,29 @@ class OrderRequest:
     amount: Decimal
     price: Decimal  # the limit: never buy above it, never sell below it
     client_order_id: str
+    claimant: str = ""  # whose reserved liquidity a paper fill may use (the opportunity)
 
 
 @dataclass(frozen=True)
 class OrderResult:
+    """An order as its venue reports it. `charges` are its fees in the assets the venue charged
+    them in; `fee_stated` is False when the venue said nothing of the fee of what filled."""
+
     client_order_id: str
     venue_order_id: str
     status: str  # one of trading.models.Order.Status values
     amount: Decimal
     filled: Decimal
     average_price: Decimal | None
-    fee: Decimal
+    charges: tuple[Charge, ...] = ()
+    fee_stated: bool = True
     fills: tuple[Fill, ...] = ()  # the executions, where the venue's answer lists them
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """The venue is done with it: nothing more will fill."""
+        return self.status != "open"
 
 
 class Gateway(Protocol):
@@ -72,6 +83,14 @@ class Gateway(Protocol):
     async def cancel_order(self, client_order_id: str, symbol: str) -> OrderResult: ...
 
     async def fetch_balance(self) -> dict[str, Decimal]: ...
+
+    async def market_rules(self, symbol: str) -> MarketRules:
+        """The venue's precision and minimums for `symbol`."""
+        ...
+
+    async def taker_fee(self, symbol: str) -> Decimal:
+        """The taker fee rate the account pays on `symbol` (a fraction of notional)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -96,4 +115,10 @@ class QuotesOnly:
         raise self._refuse()
 
     async def fetch_balance(self) -> dict[str, Decimal]:
+        raise self._refuse()
+
+    async def market_rules(self, symbol: str) -> MarketRules:
+        raise self._refuse()
+
+    async def taker_fee(self, symbol: str) -> Decimal:
         raise self._refuse()

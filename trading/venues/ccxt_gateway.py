@@ -23,6 +23,7 @@ import ccxt.async_support as ccxt
 from django.conf import settings
 
 from trading.config import now_ms
+from trading.core.ledger import Charge
 from trading.core.types import ZERO, Fill, MarketRules, Quote, split_symbol
 from trading.core.validate import parse_quote
 from trading.venues.base import (
@@ -60,8 +61,6 @@ MARKETS_TTL_S = 3600.0
 # builds a fresh gateway, and reloading markets every round would spend the venue's rate limit on
 # data that changes a few times a year.
 _markets: dict[tuple[str, str], tuple[float, dict[str, Any], dict[str, Any]]] = {}
-# Taker fee per (ccxt id, API root, API key, symbol), with when it was read.
-_fee_tiers: dict[tuple[str, str, str, str], tuple[float, Decimal]] = {}
 
 
 REDACTED = "[redacted]"
@@ -209,17 +208,40 @@ class OrderDialect:
     trades_params: Callable[[str], dict[str, Any]]
 
 
+def ours(order: dict[str, Any], client_order_id: str) -> bool:
+    """Whether the order the venue returned carries our client order id."""
+    return order.get("clientOrderId") == client_order_id
+
+
+def binance_cancel_id(client_order_id: str) -> str:
+    """The client order id a cancel gives our order on Binance, which relabels a cancelled order
+    with the cancel's own id: ours with an "x", so the order can still be found by it."""
+    return f"{client_order_id}x"
+
+
 async def _binance_find(exchange: Any, client_order_id: str, symbol: str) -> dict[str, Any]:
-    order: dict[str, Any] = await exchange.fetch_order(None, symbol, {"origClientOrderId": client_order_id})
-    return order
+    """By our client order id, or by the one our cancel gave it. An answer naming another order (a
+    venue ignoring the filter) is not ours, and leaves it unknown whether ours exists."""
+    for wanted in (client_order_id, binance_cancel_id(client_order_id)):
+        try:
+            order: dict[str, Any] = await exchange.fetch_order(None, symbol, {"origClientOrderId": wanted})
+        except ccxt.OrderNotFound:
+            continue
+        if ours(order, wanted):
+            return order
+        # The venue ignored the filter: whether ours exists is unknown, which is not "never placed".
+        raise ccxt.ExchangeError(f"{exchange.id} answered a lookup of {wanted} with another order")
+    raise ccxt.OrderNotFound(f"{exchange.id} has no order {client_order_id}")
 
 
 async def _kraken_find(exchange: Any, client_order_id: str, symbol: str) -> dict[str, Any]:
-    """Kraken's QueryOrders wants a txid; its open and closed order lists filter by cl_ord_id."""
-    for fetch in (exchange.fetch_closed_orders, exchange.fetch_open_orders):
+    """Kraken's QueryOrders wants a txid; its open and closed order lists filter by cl_ord_id (an
+    answer listing other orders too is searched for ours)."""
+    for fetch in (exchange.fetch_open_orders, exchange.fetch_closed_orders):
         orders: list[dict[str, Any]] = await fetch(symbol, None, None, {"cl_ord_id": client_order_id})
-        if orders:
-            return orders[0]
+        mine = [order for order in orders if ours(order, client_order_id)]
+        if mine:
+            return mine[0]
     raise ccxt.OrderNotFound(f"{exchange.id} has no order {client_order_id}")
 
 
@@ -227,7 +249,7 @@ ORDER_DIALECTS: dict[str, OrderDialect] = {
     "binance": OrderDialect(
         create_params=lambda cid: {"newClientOrderId": cid, "timeInForce": "IOC"},
         find=_binance_find,
-        cancel_params=lambda cid: {"origClientOrderId": cid},
+        cancel_params=lambda cid: {"origClientOrderId": cid, "newClientOrderId": binance_cancel_id(cid)},
         trades_params=lambda order_id: {"orderId": order_id},
     ),
     "kraken": OrderDialect(
@@ -254,17 +276,12 @@ def order_status(ccxt_status: str | None, amount: Decimal, filled: Decimal) -> s
     return "partial" if filled > ZERO else "canceled"
 
 
-def _fee_in_quote(fee: dict[str, Any] | None, quote: str, base: str, average: Decimal | None) -> Decimal:
-    """One ccxt fee in the quote currency (a fee charged in the base converted at `average`)."""
+def charge(fee: dict[str, Any] | None, quote: str) -> Charge | None:
+    """One ccxt fee as the venue charged it (a fee naming no currency is in the quote currency, as
+    ccxt reports the venues we trade)."""
     if not fee or fee.get("cost") is None:
-        return ZERO
-    cost, currency = decimal(fee["cost"]) or ZERO, fee.get("currency")
-    if currency in (None, quote):
-        return cost
-    if currency == base and average is not None:
-        return cost * average
-    log.warning("fee of %s %s left out of the quote-currency fee", cost, currency)
-    return ZERO
+        return None
+    return Charge(fee.get("currency") or quote, decimal(fee["cost"]) or ZERO)
 
 
 def stated_fees(order: dict[str, Any]) -> list[dict[str, Any]]:
@@ -272,15 +289,20 @@ def stated_fees(order: dict[str, Any]) -> list[dict[str, Any]]:
     return [fee for fee in order.get("fees") or [order.get("fee")] if fee and fee.get("cost") is not None]
 
 
-def order_fee(
-    order: dict[str, Any], symbol: str, average: Decimal | None, fills: tuple[Fill, ...]
-) -> Decimal:
-    """The order's fee in the quote currency: as the order states it, else the sum over its fills."""
-    base, quote = split_symbol(symbol)
-    fees = stated_fees(order)
-    if not fees:
-        return sum((fill.fee for fill in fills), ZERO)
-    return sum((_fee_in_quote(fee, quote, base, average) for fee in fees), ZERO)
+def order_charges(order: dict[str, Any], symbol: str) -> tuple[tuple[Charge, ...], bool]:
+    """The order's fees, each in its own asset, as the order states them, else summed over its
+    fills; and whether the venue stated any (False for a filled order that said nothing)."""
+    _, quote = split_symbol(symbol)
+    stated = [charge(fee, quote) for fee in stated_fees(order)]
+    if not stated:
+        stated = [charge(trade.get("fee"), quote) for trade in order.get("trades") or []]
+    charges = [one for one in stated if one is not None]
+    totals: dict[str, Decimal] = {}
+    for one in charges:
+        totals[one.asset] = totals.get(one.asset, ZERO) + one.amount
+    filled = decimal(order.get("filled")) or ZERO
+    charged = tuple(Charge(asset, amount) for asset, amount in totals.items() if amount)
+    return charged, bool(charges) or not filled
 
 
 def order_average(order: dict[str, Any], filled: Decimal) -> Decimal | None:
@@ -292,14 +314,17 @@ def order_average(order: dict[str, Any], filled: Decimal) -> Decimal | None:
 
 
 def order_fills(order: dict[str, Any], symbol: str) -> tuple[Fill, ...]:
-    """The executions ccxt parsed with the order (binance's fills); Kraken lists trade ids only."""
-    base, quote = split_symbol(symbol)
+    """The executions ccxt parsed with the order (binance's fills); Kraken lists trade ids only.
+    A fill's fee is its fee in the quote currency (zero when charged in another asset: the
+    order's charges say what it was)."""
+    _, quote = split_symbol(symbol)
     fills = []
     for trade in order.get("trades") or []:
         price, amount = decimal(trade.get("price")), decimal(trade.get("amount"))
         if price is None or amount is None:
             continue
-        fills.append(Fill(price, amount, _fee_in_quote(trade.get("fee"), quote, base, price)))
+        fee = charge(trade.get("fee"), quote)
+        fills.append(Fill(price, amount, fee.amount if fee is not None and fee.asset == quote else ZERO))
     return tuple(fills)
 
 
@@ -402,21 +427,16 @@ class CcxtGateway(QuotesOnly):
 
     async def taker_fee(self, symbol: str) -> Decimal:
         """The account's taker fee rate on `symbol` (a fraction of notional) as the venue states
-        it: the fee tier its trading volume has reached. Remembered per process, key and symbol
-        for FEE_TIER_TTL_S: tiers move with 30-day volume, and each read spends rate limit.
-        Raises VenueError when the venue does not say."""
+        it now: the fee tier its trading volume has reached (trading.accounts records it on the
+        venue's row, so trades never wait for this read). Raises VenueError when the venue does
+        not say."""
         self._orders()
-        key = (*self._markets_key, self._secrets[0], symbol)
-        cached = _fee_tiers.get(key)
-        if cached is not None and time.monotonic() - cached[0] < settings.FEE_TIER_TTL_S:
-            return cached[1]
         with self._translated_errors():
             await self._load_markets()
             fee = await self._exchange.fetch_trading_fee(symbol)
         taker = decimal(fee.get("taker"))
         if taker is None or taker < ZERO:
             raise VenueError(f"{self.name}: no taker fee for {symbol} in the venue's answer")
-        _fee_tiers[key] = (time.monotonic(), taker)
         return taker
 
     async def create_order(self, request: OrderRequest) -> OrderResult:
@@ -461,7 +481,8 @@ class CcxtGateway(QuotesOnly):
         venue_id = self._venue_ids.get(client_order_id)
         if venue_id is not None:
             order: dict[str, Any] = await self._exchange.fetch_order(venue_id, symbol)
-            return order
+            if str(order.get("id")) == venue_id:
+                return order
         return await self._orders().find(self._exchange, client_order_id, symbol)
 
     async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult:
@@ -491,7 +512,7 @@ class CcxtGateway(QuotesOnly):
     async def _with_trades(self, order: dict[str, Any], symbol: str) -> dict[str, Any]:
         """`order` with its executions from my-trades when it filled some and ccxt's order states
         neither them nor its fee (a fetched binance order; kraken's orders carry their fee)."""
-        if not decimal(order.get("filled")) or order_fills(order, symbol) or stated_fees(order):
+        if not decimal(order.get("filled")) or order.get("trades") or stated_fees(order):
             return order
         order_id = str(order.get("id"))
         trades = await self._exchange.fetch_my_trades(
@@ -511,17 +532,17 @@ class CcxtGateway(QuotesOnly):
     def _result(self, order: dict[str, Any], client_order_id: str, symbol: str) -> OrderResult:
         amount = decimal(order.get("amount")) or ZERO
         filled = decimal(order.get("filled")) or ZERO
-        average = order_average(order, filled)
-        fills = order_fills(order, symbol)
+        charges, stated = order_charges(order, symbol)
         return OrderResult(
-            client_order_id=order.get("clientOrderId") or client_order_id,
+            client_order_id=client_order_id,
             venue_order_id=str(order.get("id") or ""),
             status=order_status(order.get("status"), amount, filled),
             amount=amount,
             filled=filled,
-            average_price=average,
-            fee=order_fee(order, symbol, average, fills),
-            fills=fills,
+            average_price=order_average(order, filled),
+            charges=charges,
+            fee_stated=stated,
+            fills=order_fills(order, symbol),
             raw=scrubbed(order.get("info") or {}, self._secrets),
         )
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from django.conf import settings
 
 from trading import pubsub
-from trading.config import credentials, trading_mode
+from trading.config import credentials, market_rules
 from trading.core.types import Quote
 from trading.models import Venue
 from trading.venues.base import Gateway, VenueError
-from trading.venues.ccxt_gateway import CcxtGateway
+from trading.venues.ccxt_gateway import ORDER_DIALECTS, CcxtGateway
 from trading.venues.pacing import SharedPacer, bucket_key
 from trading.venues.paper import PaperGateway
 from trading.venues.simulated import SimulatedGateway
@@ -43,16 +43,16 @@ def book_gateway(venue: Venue) -> Gateway:
 
 
 def paper_gateway(venue: Venue) -> Gateway:
-    """Fills against the venue's latest published book at the moment the order is placed."""
+    """Fills against what is left of the venue's latest published book when the order is placed."""
     client = pubsub.connect()
 
     def book_for(symbol: str) -> Quote:
-        books = pubsub.latest_books(client, symbol)
-        if venue.name not in books:
+        book = pubsub.latest_book(client, symbol, venue.name)
+        if book is None:
             raise VenueError(f"{venue.name}: no current {symbol} book to fill against")
-        return books[venue.name]
+        return book
 
-    return PaperGateway(venue.name, venue.taker_fee, book_for)
+    return PaperGateway(venue.name, venue.taker_fee, book_for, client, market_rules(venue))
 
 
 def live_gateway(venue: Venue) -> Gateway:
@@ -77,7 +77,20 @@ def live_gateway(venue: Venue) -> Gateway:
 ORDER_GATEWAYS: dict[str, Callable[[Venue], Gateway]] = {"paper": paper_gateway, "live": live_gateway}
 
 
-def order_gateway(venue: Venue, mode: str | None = None) -> Gateway:
-    """A new gateway that places `venue`'s orders in `mode` (the current trading mode when not
-    given); the caller closes it."""
-    return ORDER_GATEWAYS[mode or trading_mode()](venue)
+def order_gateway(venue: Venue, mode: str) -> Gateway:
+    """A new gateway that places `venue`'s orders in `mode` ("paper" or "live"); the caller
+    closes it."""
+    return ORDER_GATEWAYS[mode](venue)
+
+
+def tradeable(venue: Venue, mode: str) -> bool:
+    """Whether `venue` can be a leg in `mode`: on paper every venue can; live, only a ccxt venue
+    with an order dialect and keys in the environment. The others are quote-only: their books
+    are a price reference, never a leg."""
+    if mode != "live":
+        return True
+    return (
+        venue.kind == Venue.Kind.CCXT
+        and venue.ccxt_id in ORDER_DIALECTS
+        and credentials(venue.name) is not None
+    )

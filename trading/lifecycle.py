@@ -1,0 +1,249 @@
+"""An opportunity's life, in one place: every change of its status is made here.
+
+    listener: open ─> dispatched ─> claimed ──orders recorded──> executing ─> executed
+                 └─> rejected        │  (one worker,               │       └─> failed (flat)
+                                     │   re-checking)              └─> attention (a position
+                                     └─> rejected | expired                 is left open)
+
+`open` records the listener's decision (its mode, paper or live, is fixed then); `dispatch`
+hands an accepted one to the trade queue; one worker `claim`s it; the re-check either drops it
+(rejected, expired) or records its orders and `start_executing`; settlement then `finish`es it.
+Claimed and executing opportunities are in flight. One whose worker died (an exception, a time
+limit, a killed process) stays in flight: `abandoned` finds it and the trade task resumes it, so
+no state with a position is ever forgotten. Attention is settlement giving up on a position it
+could not close; an open alert names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from arbsite.celery import app
+from trading import pubsub
+from trading.config import from_ms
+from trading.core.types import Decision
+from trading.models import Opportunity, StrategyConfig
+from trading.observability import metrics
+
+log = logging.getLogger(__name__)
+Status = Opportunity.Status
+
+IN_FLIGHT = (Status.CLAIMED, Status.EXECUTING)
+DONE = (Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.ATTENTION)
+ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
+# Without PostgreSQL's locks an opportunity in flight counts as abandoned once it has been left
+# untouched longer than a trade task may run.
+LEASE_MARGIN_SECONDS = 5
+
+
+def open_opportunity(
+    decision: Decision, now: int, *, venue_ids: dict[str, int], strategy: StrategyConfig | None, mode: str
+) -> Opportunity:
+    """Record the listener's decision: dispatched when accepted, else rejected with its reason."""
+    status = Status.DISPATCHED if decision.accepted else Status.REJECTED
+    row = Opportunity.objects.create(
+        symbol=decision.symbol,
+        buy_venue_id=venue_ids[decision.buy_venue],
+        sell_venue_id=venue_ids[decision.sell_venue],
+        status=status,
+        reason="" if decision.accepted else decision.reason,
+        mode=mode,
+        strategy=strategy,
+        detected_at=from_ms(now),
+        last_seen_at=from_ms(now),
+        **_expected(decision),
+    )
+    metrics.OPPORTUNITIES.labels(status=status).inc()
+    return row
+
+
+def _expected(decision: Decision) -> dict[str, Any]:
+    sized = decision.opportunity
+    if sized is None:
+        return {}
+    return {
+        "amount": sized.buy.amount,
+        "buy_price": sized.buy.price,
+        "sell_price": sized.sell.price,
+        "buy_worst_price": sized.buy.worst_price,
+        "sell_worst_price": sized.sell.worst_price,
+        "expected_fees": sized.buy.fee + sized.sell.fee,
+        "expected_profit": sized.net_profit,
+        "expected_bps": sized.net_bps.quantize(Decimal("0.0001")),
+    }
+
+
+def dispatch_failed(opportunity_id: int, error: Exception) -> None:
+    """The trade task could not be queued: nothing was sent, so the opportunity fails flat."""
+    failed = Opportunity.objects.filter(pk=opportunity_id, status=Status.DISPATCHED).update(
+        status=Status.FAILED, reason=f"dispatch failed: {error}"[:200], updated_at=timezone.now()
+    )
+    metrics.OPPORTUNITIES.labels(status=Status.FAILED).inc(failed)
+
+
+def claim(opportunity_id: int) -> Opportunity | None:
+    """Move a dispatched opportunity to claimed; None when it is not (or no longer) dispatched."""
+    claimed = Opportunity.objects.filter(pk=opportunity_id, status=Status.DISPATCHED).update(
+        status=Status.CLAIMED, updated_at=timezone.now()
+    )
+    return _load(opportunity_id) if claimed else None
+
+
+def take_over(opportunity_id: int) -> Opportunity | None:
+    """The opportunity, if it is in flight and no worker is on it any more (call holding its
+    lock: `exclusive`), touched so that it is not handed out again meanwhile; else None."""
+    opportunity = _load(opportunity_id)
+    if opportunity is None or opportunity.status not in IN_FLIGHT:
+        return None
+    if not _advisory_locks() and not _lease_expired(opportunity):
+        return None
+    Opportunity.objects.filter(pk=opportunity_id).update(updated_at=timezone.now())
+    return opportunity
+
+
+def _load(opportunity_id: int) -> Opportunity | None:
+    related = Opportunity.objects.select_related("buy_venue", "sell_venue", "strategy")
+    return related.filter(pk=opportunity_id).first()
+
+
+def start_executing(opportunity: Opportunity) -> None:
+    """Its orders are recorded (call in the same transaction): from here a position may exist."""
+    Opportunity.objects.filter(pk=opportunity.pk, status=Status.CLAIMED).update(
+        status=Status.EXECUTING, updated_at=timezone.now()
+    )
+    opportunity.status = Status.EXECUTING
+
+
+def finish(opportunity: Opportunity, status: str, reason: str) -> str:
+    """End an opportunity in flight as `status` with `reason`, and announce it when that commits
+    (the listener re-arms the crossing on it). Returns `status`."""
+    finished = Opportunity.objects.filter(pk=opportunity.pk, status__in=IN_FLIGHT).update(
+        status=status, reason=reason[:200], updated_at=timezone.now()
+    )
+    metrics.OPPORTUNITIES.labels(status=status).inc(finished)
+    log.info("opportunity %s %s: %s", opportunity.pk, status, reason)
+    if finished:
+        opportunity.status = status
+        transaction.on_commit(lambda: announce_settled(opportunity.pk, status))
+    return status
+
+
+def closed_by_hand(opportunity: Opportunity, by: str) -> bool:
+    """A person closed the position settlement left open (attention): it is flat now. False for
+    an opportunity that was not waiting for that."""
+    closed = Opportunity.objects.filter(pk=opportunity.pk, status=Status.ATTENTION).update(
+        status=Status.FAILED, reason=f"position closed by hand by {by}"[:200], updated_at=timezone.now()
+    )
+    if closed:
+        log.warning("opportunity %s: position closed by hand by %s", opportunity.pk, by)
+    return bool(closed)
+
+
+def announce_settled(opportunity_id: int, status: str) -> None:
+    """Tell listeners the opportunity is done with (best effort: they also look in the record)."""
+    try:
+        with pubsub.connect() as client:
+            pubsub.publish_event(
+                client,
+                pubsub.names().opportunity_events,
+                {"opportunity": opportunity_id, "status": status, "settled": True},
+            )
+    except redis.RedisError as exc:
+        log.warning("settlement of opportunity %s not announced: %s", opportunity_id, exc)
+
+
+def settled(opportunity_ids: list[int]) -> dict[int, Any]:
+    """Which of `opportunity_ids` are done with, and when: {id: updated_at}."""
+    done = Opportunity.objects.filter(pk__in=opportunity_ids, status__in=DONE)
+    return dict(done.values_list("pk", "updated_at"))
+
+
+# --- one worker per opportunity -------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(opportunity_id: int) -> Iterator[bool]:
+    """Whether this process holds the opportunity's session lock, released on exit. PostgreSQL
+    drops it with the connection of a killed worker, so another worker gets it then, but never
+    while the first one still runs. Without PostgreSQL (the quick SQLite demo) the claim and the
+    lease in `take_over` keep a trade to one worker."""
+    if not _advisory_locks():
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_LOCKS, opportunity_id])
+        held = bool(cursor.fetchone()[0])
+    try:
+        yield held
+    finally:
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCKS, opportunity_id])
+
+
+def _advisory_locks() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _lease_expired(opportunity: Opportunity) -> bool:
+    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + LEASE_MARGIN_SECONDS)
+    return opportunity.updated_at < timezone.now() - lease
+
+
+def abandoned() -> list[int]:
+    """Opportunities in flight that no worker is on: their worker died (or, without PostgreSQL,
+    their lease ran out). The trade task resumes each."""
+    ids = list(Opportunity.objects.filter(status__in=IN_FLIGHT).order_by("pk").values_list("pk", flat=True))
+    if not _advisory_locks():
+        lease = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + LEASE_MARGIN_SECONDS)
+        stale = Opportunity.objects.filter(pk__in=ids, updated_at__lt=lease)
+        return list(stale.values_list("pk", flat=True))
+    free = []
+    for opportunity_id in ids:
+        with exclusive(opportunity_id) as held:
+            if held:
+                free.append(opportunity_id)
+    return free
+
+
+def expire_lost(now: int) -> int:
+    """Dispatched opportunities no worker claimed within their time to live and a grace of
+    LOST_DISPATCH_SECONDS (the task was lost with the broker's data): nothing was sent, so they
+    expire. Returns how many."""
+    grace = timedelta(seconds=settings.LOST_DISPATCH_SECONDS)
+    waiting = Opportunity.objects.filter(status=Status.DISPATCHED, detected_at__lt=from_ms(now) - grace)
+    expired = 0
+    for opportunity in waiting.select_related("strategy"):
+        ttl = timedelta(milliseconds=opportunity.strategy.ttl_ms if opportunity.strategy else 0)
+        if opportunity.detected_at + ttl + grace < from_ms(now):
+            expired += Opportunity.objects.filter(pk=opportunity.pk, status=Status.DISPATCHED).update(
+                status=Status.EXPIRED,
+                reason="ttl_exceeded: never taken up by a worker",
+                updated_at=timezone.now(),
+            )
+    metrics.OPPORTUNITIES.labels(status=Status.EXPIRED).inc(expired)
+    return expired
+
+
+def dispatch(opportunity_id: int) -> bool:
+    """Queue the trade task for `opportunity_id`; False (and the opportunity failed flat) when the
+    broker cannot take it."""
+    try:
+        app.signature("trade.execute_opportunity", args=(opportunity_id,)).apply_async()
+    except (OperationalError, redis.RedisError) as exc:
+        log.exception("could not dispatch opportunity %s", opportunity_id)
+        dispatch_failed(opportunity_id, exc)
+        return False
+    log.info("opportunity %s dispatched for execution", opportunity_id)
+    return True
