@@ -55,6 +55,10 @@ HEDGE_MAX_LOSS_BPS = env_int("HEDGE_MAX_LOSS_BPS", 50)
 HEDGE_ATTEMPTS = env_int("HEDGE_ATTEMPTS", 2)
 # After a cancel, how long the order is read until the venue says it is done (a pending cancel).
 CANCEL_CONFIRM_MS = env_int("CANCEL_CONFIRM_MS", 5_000)
+# A trade task's time limits: past the soft one it stops where it is (the trade stays in flight, to
+# be resumed), past the hard one its process is killed (the same, without a word).
+TRADE_SOFT_TIME_LIMIT_S = env_int("TRADE_SOFT_TIME_LIMIT_S", 50)
+TRADE_TIME_LIMIT_S = env_int("TRADE_TIME_LIMIT_S", 60)
 # A dispatched opportunity no worker took up this long past its time to live expires (its task
 # was lost); in-flight ones whose worker died are resumed by the `trade.resume` beat task.
 LOST_DISPATCH_SECONDS = env_int("LOST_DISPATCH_SECONDS", 60)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +97,42 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
     yield start
     for child in children:
         child.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, which the test may stop and start again."""
+
+    def __init__(self, spawn: Callable[..., Child], directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._spawn = spawn
+        self._args = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self._args += ["--dir", str(directory)]
+        self.client = redis.Redis(port=self.port)
+
+    def start(self) -> None:
+        self._spawn(*self._args, name="redis").wait_for("Ready to accept connections", timeout=20)
+
+    def restart(self) -> None:
+        # The server drops the connection as it stops: that is its answer.
+        with contextlib.suppress(redis.ConnectionError):
+            self.client.shutdown(nosave=True)
+        time.sleep(0.5)
+        self.start()
+
+
+@pytest.fixture
+def private_redis(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(spawn, tmp_path)
+    server.start()
+    yield server
+    server.client.close()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:

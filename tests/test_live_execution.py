@@ -13,7 +13,9 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import OperationalError, connection, transaction
 
 from tests.conftest import (
     child_env,
@@ -30,7 +32,7 @@ from trading import accounts, execution, legs, lifecycle, pubsub, reconcile, ris
 from trading.config import announce_trading_mode, now_ms
 from trading.emulator import Emulator, emulate
 from trading.listener import Listener
-from trading.models import Alert, Balance, Opportunity, Order, StrategyConfig, Trade, Venue
+from trading.models import Alert, Balance, Deployment, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.venues import ccxt_gateway
 
 KEYS = {"binance": "live-binance-key-81f2", "kraken": "live-kraken-key-44c9"}
@@ -376,3 +378,185 @@ def test_reconciliation_finds_nothing_after_a_trade_and_alerts_on_what_the_venue
 
     assert differences == {f"reconcile_order:{buy}", "reconcile_balance:kraken:BTC"}
     assert set(Alert.objects.filter(resolved_at__isnull=True).values_list("key", flat=True)) == differences
+
+
+# --- fees as the venues charge them ---------------------------------------------------------------
+
+
+def venue_balances_recorded(venue: str) -> dict[str, Decimal]:
+    return {
+        b.asset: b.free + b.locked for b in Balance.objects.filter(venue__name=venue) if b.free + b.locked
+    }
+
+
+@pytest.mark.django_db
+def test_a_buy_whose_fee_binance_takes_from_the_base_is_booked_as_binance_books_it(
+    live: Emulator, redis_client
+) -> None:
+    """Binance keeps 0.1% of the 0.5 BTC bought: 0.4995 arrives. The ledger says the same, the
+    trade's base flow is the 0.0005 BTC, and its PnL values that at binance's mid (59995)."""
+    live.add_account("binance", KEYS["binance"], SECRETS["binance"], FUNDS["binance"], fee_asset="received")
+    opportunity = open_gap(redis_client)
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0.4995"), "USDT": Decimal("70000")}
+    assert venue_balances_recorded("binance") == {"BTC": Decimal("0.4995"), "USDT": Decimal("70000")}
+    trade = Trade.objects.get()
+    assert (trade.base_flow, trade.quote_flow, trade.mark_price) == (
+        Decimal("-0.0005"),
+        Decimal("69.9"),
+        Decimal("59995"),
+    )
+    assert trade.realized_pnl == Decimal("69.9") - Decimal("0.0005") * Decimal("59995")
+    assert reconcile.reconcile_all() == []
+
+
+@pytest.mark.django_db
+def test_a_fee_paid_in_bnb_is_debited_in_bnb_and_valued_at_its_market(live: Emulator, redis_client) -> None:
+    live.add_account(
+        "binance", KEYS["binance"], SECRETS["binance"], {**FUNDS["binance"], "BNB": "1"}, fee_asset="BNB"
+    )
+    live.set_fee_price("binance", "BNB/USDT", "600")
+    fund(Venue.objects.get(name="binance"), BNB="1")
+    publish(redis_client, book("binance", [("599.5", "10")], [("600.5", "10")], symbol="BNB/USDT"))
+    opportunity = open_gap(redis_client)
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    # binance's 30 USDT of fee is 0.05 BNB; kraken's 30.1 is in USDT
+    assert live.balances("binance", KEYS["binance"])["BNB"] == Decimal("0.95")
+    assert venue_balances_recorded("binance")["BNB"] == Decimal("0.95")
+    assert orders()["buy"].fee == Decimal("30")
+    trade = Trade.objects.get()
+    assert (trade.other_flows, trade.unvalued) == ({"BNB": "-0.05"}, "")
+    assert trade.realized_pnl == Decimal("39.9")
+
+
+@pytest.mark.django_db
+def test_a_fee_in_an_asset_without_a_price_is_named_and_alerted_never_counted_as_zero(
+    live: Emulator, redis_client
+) -> None:
+    live.add_account(
+        "binance", KEYS["binance"], SECRETS["binance"], {**FUNDS["binance"], "BNB": "1"}, fee_asset="BNB"
+    )
+    live.set_fee_price("binance", "BNB/USDT", "600")
+    fund(Venue.objects.get(name="binance"), BNB="1")
+    opportunity = open_gap(redis_client)
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    buy = orders()["buy"]
+    assert (buy.fee, buy.fees) == (None, [["BNB", "0.05"]])
+    assert Alert.objects.filter(key=f"fee_unknown:{buy.client_order_id}", resolved_at__isnull=True).exists()
+    trade = Trade.objects.get()
+    assert (trade.unvalued, trade.realized_pnl) == ("BNB", Decimal("69.9"))  # 0.05 BNB left out, and said
+
+
+# --- client order ids for the life of an account --------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_after_a_database_reset_a_resumed_trade_never_adopts_an_old_order_as_its_own(
+    live: Emulator, redis_client
+) -> None:
+    """The venue still holds the orders of opportunity N from before the reset. After it the
+    database numbers opportunities from N again, but under a new deployment key: the resumed trade
+    finds nothing of its own there and trades, instead of taking the old fills for its own."""
+    first = open_gap(redis_client)
+    assert execution.execute_opportunity(first.pk) == "executed"
+    old_ids = {order.client_order_id for order in Order.objects.all()}
+    Trade.objects.all().delete()
+    Order.objects.all().delete()
+    Opportunity.objects.all().delete()
+    Deployment.objects.all().delete()
+    Deployment.forget()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT setval(pg_get_serial_sequence('trading_opportunity', 'id'), %s, false)", [first.pk]
+        )
+    for name in ("binance", "kraken"):
+        Balance.objects.filter(venue__name=name).delete()
+        fund(Venue.objects.get(name=name), **{a: str(v) for a, v in live.balances(name, KEYS[name]).items()})
+
+    again = open_gap(redis_client)
+    assert again.pk == first.pk
+    claimed = lifecycle.claim(again.pk)
+    assert claimed is not None
+    assert isinstance(execution.recheck_and_record(claimed, claimed.strategy), execution.Plan)
+    assert execution.execute_opportunity(again.pk) == "executed"  # resumed: looked up first
+
+    assert old_ids.isdisjoint(order.client_order_id for order in Order.objects.all())
+    assert live.balances("binance", KEYS["binance"])["BTC"] == Decimal("1")  # two buys of 0.5, not one
+
+
+# --- cancels that take a while --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_cancel_still_pending_is_read_until_the_venue_says_the_order_is_done(
+    live: Emulator, redis_client
+) -> None:
+    """Kraken leaves the sell open until it is cancelled at the deadline, reads it as still open
+    twice after the cancel, then as filled (it matched before the cancel took): recorded filled."""
+    live.set_fault("kraken", fill_after_cancel=True, cancel_pending_reads=2)
+    opportunity = open_gap(redis_client)
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    sell = orders()["sell"]
+    assert (sell.status, sell.filled) == ("filled", Decimal("0.5"))
+    assert live.balances("kraken", KEYS["kraken"]) == {"BTC": Decimal("1.5"), "USDT": Decimal("30069.9")}
+    assert venue_balances_recorded("kraken") == {"BTC": Decimal("1.5"), "USDT": Decimal("30069.9")}
+
+
+# --- a database error while the fills are recorded ------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fills_a_database_error_kept_from_the_record_are_found_on_the_venue_when_resumed(
+    live: Emulator, redis_client
+) -> None:
+    """Another session holds the orders' rows as the fills come back, and recording them gives up
+    (a real PostgreSQL lock timeout): the venue filled both legs, the record still says new and
+    holds their funds. The trade stays executing with an alert, and its resumption records what
+    the venue says, releasing the funds."""
+    opportunity = open_gap(redis_client)
+    claimed = lifecycle.claim(opportunity.pk)
+    assert claimed is not None
+    with transaction.atomic():
+        assert isinstance(execution.recheck_and_record(claimed, claimed.strategy), execution.Plan)
+    db = settings_db()
+    with psycopg.connect(**db) as blocker, blocker.transaction():
+        blocker.execute("SELECT id FROM trading_order WHERE opportunity_id = %s FOR UPDATE", [opportunity.pk])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '300ms'")
+        try:
+            with pytest.raises(OperationalError, match="lock timeout"):
+                execution.execute_opportunity(opportunity.pk)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+
+    assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0.5"), "USDT": Decimal("69970")}
+    assert {order.status for order in Order.objects.all()} == {"new"}
+    assert Opportunity.objects.get().status == Opportunity.Status.EXECUTING
+    assert Alert.objects.filter(key=f"settlement_interrupted:{opportunity.pk}").exists()
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
+
+    assert {key: o.status for key, o in orders().items()} == {"buy": "filled", "sell": "filled"}
+    assert venue_balances_recorded("binance") == {"BTC": Decimal("0.5"), "USDT": Decimal("69970")}
+    assert all(b.locked == 0 for b in Balance.objects.all())
+    assert Trade.objects.get().realized_pnl == Decimal("39.9")
+
+
+def settings_db() -> dict[str, object]:
+    db = connection.settings_dict
+    return {
+        "host": db["HOST"],
+        "port": db["PORT"],
+        "user": db["USER"],
+        "dbname": db["NAME"],
+        "autocommit": True,
+    }

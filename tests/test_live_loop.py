@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import Child, child_env, wait_until
+from tests.conftest import Child, PrivateRedis, child_env, wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading.config import now_ms
 from trading.models import Opportunity, Order, Trade
@@ -101,42 +98,6 @@ def test_malformed_messages_are_counted_and_the_listener_keeps_deciding(
     }
     wait_until(lambda: heartbeat(redis_client, names).get("rejected") == expected, what="counted rejections")
     assert listener.proc.poll() is None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, which the test may stop and start again."""
-
-    def __init__(self, spawn: Callable[..., Child], directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._spawn = spawn
-        self._args = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self._args += ["--dir", str(directory)]
-        self.client = redis.Redis(port=self.port)
-
-    def start(self) -> None:
-        self._spawn(*self._args, name="redis").wait_for("Ready to accept connections", timeout=20)
-
-    def restart(self) -> None:
-        # The server drops the connection as it stops: that is its answer.
-        with contextlib.suppress(redis.ConnectionError):
-            self.client.shutdown(nosave=True)
-        time.sleep(0.5)
-        self.start()
-
-
-@pytest.fixture
-def private_redis(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(spawn, tmp_path)
-    server.start()
-    yield server
-    server.client.close()
 
 
 def test_the_listener_survives_a_redis_restart_mid_stream(

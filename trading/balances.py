@@ -35,14 +35,18 @@ def apply(movements: Iterable[Movement], venues: Iterable[Venue]) -> None:
     changes = {key: change for key, change in totals.items() if change[0] or change[1]}
     if not changes:
         return
-    Balance.objects.bulk_create(
-        [Balance(venue_id=venue_id, asset=asset) for venue_id, asset in changes], ignore_conflicts=True
-    )
     rows = Q()
     for venue_id, asset in changes:
         rows |= Q(venue_id=venue_id, asset=asset)
-    list(Balance.objects.select_for_update().filter(rows).order_by("venue_id", "asset"))
-    for (venue_id, asset), (free, locked) in sorted(changes.items()):
+    locked = Balance.objects.select_for_update().filter(rows).order_by("venue_id", "asset")
+    missing = set(changes) - set(locked.values_list("venue_id", "asset"))
+    if missing:
+        Balance.objects.bulk_create(
+            [Balance(venue_id=venue_id, asset=asset) for venue_id, asset in sorted(missing)],
+            ignore_conflicts=True,
+        )
+        list(locked)
+    for (venue_id, asset), (free, held) in sorted(changes.items()):
         Balance.objects.filter(venue_id=venue_id, asset=asset).update(
-            free=F("free") + free, locked=F("locked") + locked
+            free=F("free") + free, locked=F("locked") + held
         )

@@ -169,15 +169,12 @@ def _decide_and_reserve(
 
 
 def _record_orders(opportunity: Opportunity, sized: Sized) -> Plan:
-    """Both legs' orders and the holds on their funds; from here the opportunity is executing."""
+    """Both legs' orders (in one statement) and the holds on their funds; from here the
+    opportunity is executing."""
     deployment = Deployment.current_key()
-    recorded = []
-    holds = []
-    for role, venue, leg in (
-        (Role.BUY, opportunity.buy_venue, sized.buy),
-        (Role.SELL, opportunity.sell_venue, sized.sell),
-    ):
-        order, held = orders.record(
+    legs = ((Role.BUY, opportunity.buy_venue, sized.buy), (Role.SELL, opportunity.sell_venue, sized.sell))
+    made = [
+        orders.new(
             opportunity,
             deployment,
             role=role,
@@ -187,8 +184,9 @@ def _record_orders(opportunity: Opportunity, sized: Sized) -> Plan:
             amount=leg.amount,
             limit=leg.worst_price,
         )
-        recorded.append(order)
-        holds += held
-    balances.apply(holds, [opportunity.buy_venue, opportunity.sell_venue])
+        for role, venue, leg in legs
+    ]
+    buy, sell = Order.objects.bulk_create([order for order, _ in made])
+    balances.apply([held for _, held in made], [opportunity.buy_venue, opportunity.sell_venue])
     lifecycle.start_executing(opportunity)
-    return Plan(sized, recorded[0], recorded[1])
+    return Plan(sized, buy, sell)

@@ -197,7 +197,7 @@ def _advisory_locks() -> bool:
 
 
 def _lease_expired(opportunity: Opportunity) -> bool:
-    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + LEASE_MARGIN_SECONDS)
+    lease = timedelta(seconds=settings.TRADE_TIME_LIMIT_S + LEASE_MARGIN_SECONDS)
     return opportunity.updated_at < timezone.now() - lease
 
 
@@ -206,7 +206,7 @@ def abandoned() -> list[int]:
     their lease ran out). The trade task resumes each."""
     ids = list(Opportunity.objects.filter(status__in=IN_FLIGHT).order_by("pk").values_list("pk", flat=True))
     if not _advisory_locks():
-        lease = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + LEASE_MARGIN_SECONDS)
+        lease = timezone.now() - timedelta(seconds=settings.TRADE_TIME_LIMIT_S + LEASE_MARGIN_SECONDS)
         stale = Opportunity.objects.filter(pk__in=ids, updated_at__lt=lease)
         return list(stale.values_list("pk", flat=True))
     free = []

@@ -413,6 +413,18 @@ class Deployment(models.Model):
 
     @classmethod
     def current_key(cls) -> str:
-        alphabet = string.ascii_lowercase + string.digits
-        fresh = "".join(secrets.choice(alphabet) for _ in range(DEPLOYMENT_KEY_LENGTH))
-        return cls.objects.get_or_create(pk=1, defaults={"key": fresh})[0].key
+        """The key, read once per process and database (it never changes once stored)."""
+        database = settings.DATABASES["default"]["NAME"]
+        if _deployment_keys.get(database) is None:
+            alphabet = string.ascii_lowercase + string.digits
+            fresh = "".join(secrets.choice(alphabet) for _ in range(DEPLOYMENT_KEY_LENGTH))
+            _deployment_keys[database] = cls.objects.get_or_create(pk=1, defaults={"key": fresh})[0].key
+        return _deployment_keys[database]
+
+    @classmethod
+    def forget(cls) -> None:
+        """Drop this process's copy of the key (the database was reset)."""
+        _deployment_keys.clear()
+
+
+_deployment_keys: dict[str, str] = {}

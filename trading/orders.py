@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import string
 from decimal import Decimal
+from typing import Any
 
 from trading.core.ledger import Charge, Execution, held_asset, hold, hold_amount
 from trading.core.ledger import Movement as LedgerMovement
@@ -40,7 +41,7 @@ def client_order_id(deployment: str, opportunity_id: int, role: Role, attempt: i
     return f"{deployment}{ROLE_LETTERS[role]}{attempt}{base36(opportunity_id)}"
 
 
-def record(
+def new(
     opportunity: Opportunity,
     deployment: str,
     *,
@@ -50,28 +51,35 @@ def record(
     side: Side,
     amount: Decimal,
     limit: Decimal,
-) -> tuple[Order, list[LedgerMovement]]:
-    """The order (recorded once: a second call returns the first), and the movement that holds
-    back its funds (none when it was already recorded). Call inside the transaction that applies
-    the movement."""
+) -> tuple[Order, LedgerMovement]:
+    """An order not saved yet, holding back its funds (a buy its amount at the limit with the taker
+    fee, a sale its amount), and the movement that holds them."""
     held = hold_amount(side, amount, limit, venue.taker_fee)
-    order, created = Order.objects.get_or_create(
+    order = Order(
         opportunity=opportunity,
         role=role.value,
         attempt=attempt,
-        defaults={
-            "client_order_id": client_order_id(deployment, opportunity.pk, role, attempt),
-            "venue": venue,
-            "symbol": opportunity.symbol,
-            "side": side.value,
-            "price": limit,
-            "amount": amount,
-            "held": held,
-        },
+        client_order_id=client_order_id(deployment, opportunity.pk, role, attempt),
+        venue=venue,
+        symbol=opportunity.symbol,
+        side=side.value,
+        price=limit,
+        amount=amount,
+        held=held,
     )
-    if not created:
-        return order, []
-    return order, [hold(venue.name, held_asset(order.symbol, side), held)]
+    return order, hold(venue.name, held_asset(order.symbol, side), held)
+
+
+def record(opportunity: Opportunity, deployment: str, **terms: Any) -> tuple[Order, list[LedgerMovement]]:
+    """The order `new` describes, saved once (a second call returns the first), and the movement
+    holding its funds (none when it was recorded already). Call inside the transaction that
+    applies the movement."""
+    order, held = new(opportunity, deployment, **terms)
+    existing = Order.objects.filter(opportunity=opportunity, role=order.role, attempt=order.attempt).first()
+    if existing is not None:
+        return existing, []
+    order.save()
+    return order, [held]
 
 
 def charges(order: Order) -> tuple[Charge, ...]:

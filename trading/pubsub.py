@@ -94,16 +94,16 @@ def connect() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-_shared: tuple[int, redis.Redis] | None = None
+_shared: tuple[int, str, redis.Redis] | None = None
 
 
 def shared() -> redis.Redis:
     """This process's client of REDIS_URL, kept for its life (a forked child opens its own): the
     trade path reads books on it without opening a connection each time."""
     global _shared
-    if _shared is None or _shared[0] != os.getpid():
-        _shared = (os.getpid(), connect())
-    return _shared[1]
+    if _shared is None or _shared[:2] != (os.getpid(), settings.REDIS_URL):
+        _shared = (os.getpid(), settings.REDIS_URL, connect())
+    return _shared[2]
 
 
 def encode(payload: Any) -> bytes:

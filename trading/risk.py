@@ -29,15 +29,23 @@ SWITCH = 1  # the kill switch's primary key: there is exactly one
 DAILY_LOSS = "daily loss limit"  # who trips the switch when the loss limit does
 
 
+LIMIT_FIELDS = ("max_trade_notional", "max_open_exposure", "daily_loss_limit", "pair_cooldown_seconds")
+
+
 def limits() -> core_risk.Limits:
-    """The limits in force (the RiskLimits row, created from the settings' defaults if missing)."""
-    row = RiskLimits.current()
+    """The limits in force (the RiskLimits row, created from the settings' defaults if missing),
+    read in one query: every trade's re-check asks."""
+    rows = list(RiskLimits.objects.filter(pk=1).values_list(*LIMIT_FIELDS, "paused_venues__name"))
+    if not rows:
+        RiskLimits.current()
+        return limits()
+    notional, exposure, daily_loss, cooldown, _ = rows[0]
     return core_risk.Limits(
-        max_trade_notional=row.max_trade_notional,
-        max_open_exposure=row.max_open_exposure,
-        daily_loss_limit=row.daily_loss_limit,
-        pair_cooldown_ms=row.pair_cooldown_seconds * 1000,
-        paused_venues=frozenset(row.paused_venues.values_list("name", flat=True)),
+        max_trade_notional=notional,
+        max_open_exposure=exposure,
+        daily_loss_limit=daily_loss,
+        pair_cooldown_ms=cooldown * 1000,
+        paused_venues=frozenset(row[-1] for row in rows if row[-1] is not None),
     )
 
 
@@ -59,11 +67,13 @@ def halt_reason() -> str | None:
     waits for it and sees it tripped. No trade passes the check once `trip` has returned.
     (SQLite runs one writing transaction at a time, which orders them the same way.)
     """
-    kill_switch()
     shared = " FOR SHARE" if connection.vendor == "postgresql" else ""
     table = KillSwitch._meta.db_table
-    switch = KillSwitch.objects.raw(f"SELECT * FROM {table} WHERE id = %s{shared}", [SWITCH])[0]
-    return f"kill_switch: {switch.reason}" if switch.tripped else None
+    found = list(KillSwitch.objects.raw(f"SELECT * FROM {table} WHERE id = %s{shared}", [SWITCH]))
+    if not found:
+        kill_switch()
+        return halt_reason()
+    return f"kill_switch: {found[0].reason}" if found[0].tripped else None
 
 
 def limit_violation(opportunity: Opportunity, sized: Sized, now: int) -> str | None:

@@ -22,7 +22,7 @@ from django.db import transaction
 
 from trading import alerts, balances, legs, orders, pubsub, risk
 from trading.core import ledger, policy
-from trading.core.ledger import held_asset, release
+from trading.core.ledger import Movement, held_asset, release
 from trading.core.policy import Done, Outcome, Role, Rules, Send
 from trading.core.risk import exposure, plain
 from trading.core.types import Side, split_symbol
@@ -134,36 +134,37 @@ def confirm(opportunity: Opportunity, pending: list[Order], look_first: Collecti
 
     results = legs.run(confirm_all)
     with transaction.atomic():
-        unknown = [
-            error for order, result in zip(pending, results, strict=True) if (error := _save(order, result))
-        ]
+        locked = (
+            Order.objects.select_for_update().select_related("venue").filter(pk__in=[o.pk for o in pending])
+        )
+        rows = {order.pk: order for order in locked.order_by("pk")}
+        outcomes = [_save(rows[order.pk], result) for order, result in zip(pending, results, strict=True)]
+        balances.apply([m for _, moved in outcomes for m in moved], {o.venue for o in rows.values()})
+    unknown = [error for error, _ in outcomes if error is not None]
     if unknown:
         raise unknown[0]
     if any(isinstance(result, OrderResult) and not result.finished for result in results):
         raise SettlementPending(f"opportunity {opportunity.pk}: an order is still open after its cancel")
 
 
-def _save(order: Order, result: OrderResult | BaseException) -> BaseException | None:
-    """Record what the venue said of `order`; returns the error when it left the outcome unknown
-    (the order is then left as it was, to be looked up again)."""
-    locked = Order.objects.select_for_update().select_related("venue").get(pk=order.pk)
-    if locked.finished:
-        return None  # recorded already (a redelivered task raced this one)
+def _save(order: Order, result: OrderResult | BaseException) -> tuple[BaseException | None, list[Movement]]:
+    """Record what the venue said of `order` (its row locked), and the ledger movements that
+    brings. The error is returned when it left the outcome unknown: the order is then left as it
+    was, to be looked up again."""
+    if order.finished:
+        return None, []  # recorded already (a redelivered task raced this one)
     if isinstance(result, OrderRejected | OrderNotFound):
-        log.warning("order %s refused: %s", locked.client_order_id, result)
-        locked.status = Order.Status.REJECTED
-        locked.raw = {"error": f"{type(result).__name__}: {result}"}
-        locked.save()
-        _book(locked)
-        return None
+        log.warning("order %s refused: %s", order.client_order_id, result)
+        order.status = Order.Status.REJECTED
+        order.raw = {"error": f"{type(result).__name__}: {result}"}
+        order.save()
+        return None, _booked(order)
     if isinstance(result, BaseException):
-        log.warning("order %s: outcome unknown for now: %s", locked.client_order_id, result)
-        return result
-    _take(locked, result)
-    locked.save()
-    if locked.finished:
-        _book(locked)
-    return None
+        log.warning("order %s: outcome unknown for now: %s", order.client_order_id, result)
+        return result, []
+    _take(order, result)
+    order.save()
+    return None, _booked(order) if order.finished else []
 
 
 def _take(order: Order, result: OrderResult) -> None:
@@ -215,12 +216,11 @@ def _unknown_fee(order: Order, why: str) -> None:
     return None
 
 
-def _book(order: Order) -> None:
+def _booked(order: Order) -> list[Movement]:
     """The ledger's movements of a finished order: what it held back comes free again, and its
     fills move base, quote and the fees' assets."""
     movements = [release(order.venue.name, held_asset(order.symbol, Side(order.side)), order.held)]
-    movements += ledger.executed(orders.execution(order))
-    balances.apply(movements, [order.venue])
+    return movements + ledger.executed(orders.execution(order))
 
 
 def market_mid(symbol: str, venue: str | None = None) -> Decimal | None:
@@ -306,7 +306,12 @@ def record_cash_flow(opportunity: Opportunity, rows: list[Order], step: Done) ->
         "unvalued": ", ".join(valuation.unvalued),
         "mode": opportunity.mode,
     }
-    trade, _ = Trade.objects.update_or_create(opportunity=opportunity, defaults=values)
+    trade = Trade.objects.filter(opportunity=opportunity).first()  # a resumed outcome is updated
+    if trade is None:
+        trade = Trade.objects.create(opportunity=opportunity, **values)
+    else:
+        Trade.objects.filter(pk=trade.pk).update(**values)
+        trade.refresh_from_db()
     log.info(
         "%s %s of opportunity %s: %s %s matched, realized pnl %s",
         opportunity.mode,

@@ -37,8 +37,8 @@ def store_quotes() -> None:
     ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    time_limit=60,
-    soft_time_limit=50,
+    time_limit=settings.TRADE_TIME_LIMIT_S,
+    soft_time_limit=settings.TRADE_SOFT_TIME_LIMIT_S,
 )
 def execute_opportunity(opportunity_id: int) -> None:
     """Idempotent: the opportunity is claimed with a conditional update, so a redelivery trades

@@ -1,5 +1,5 @@
-"""`manage.py bench backtest|listener|storage`: run a benchmark; the last line of output is its
-figures as JSON."""
+"""`manage.py bench backtest|listener|storage|tick-to-trade`: run a benchmark; the last line of
+output is its figures as JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from trading.bench import BenchmarkUnavailable
 
-BENCHMARKS = ("backtest", "listener", "storage")
+BENCHMARKS = ("backtest", "listener", "storage", "tick-to-trade")
 
 
 def positive_int(raw: str) -> int:
@@ -28,7 +28,7 @@ def format_figure(value: float) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Run a benchmark (backtest, listener or storage). "
+        "Run a benchmark (backtest, listener, storage or tick-to-trade). "
         "The last line of output is one JSON object of figures."
     )
 
@@ -43,11 +43,14 @@ class Command(BaseCommand):
             "--quotes", type=positive_int, help="backtest: quotes to replay (default 5,000,000)"
         )
         parser.add_argument(
-            "--rate", type=positive_int, help="listener: ticks/s for the latency run (default 1,000)"
+            "--rate",
+            type=positive_int,
+            help="listener: ticks/s for the latency run (default 1,000); tick-to-trade: events/s (default 5)",
         )
+        parser.add_argument("--events", type=positive_int, help="tick-to-trade: timed events (default 200)")
 
     def handle(self, *args: Any, which: str, **options: Any) -> None:
-        benchmark = importlib.import_module(f"trading.bench.{which}")
+        benchmark = importlib.import_module(f"trading.bench.{which.replace('-', '_')}")
         try:
             figures: dict[str, float] = benchmark.run(self.stdout.write, **options)
         except BenchmarkUnavailable as exc:
