@@ -34,7 +34,12 @@ def gateway_key(venue: Venue, mode: str) -> Hashable:
     """What a venue's order gateway is built from: a change to any of it builds a new one."""
     keys = credentials(venue.name) if mode == "live" else None
     rules = (venue.amount_step, venue.min_amount, venue.min_cost, venue.price_tick)
-    client = (settings.REDIS_URL, settings.COLLECT_TIMEOUT_MS, settings.LIVE_RATE_LIMITED, settings.LIVE_RATE_BURST)
+    client = (
+        settings.REDIS_URL,
+        settings.COLLECT_TIMEOUT_MS,
+        settings.LIVE_RATE_LIMITED,
+        settings.LIVE_RATE_BURST,
+    )
     return (mode, venue.name, venue.kind, venue.ccxt_id, venue.api_url, venue.taker_fee, rules, keys, client)
 
 

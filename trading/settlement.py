@@ -135,7 +135,9 @@ def confirm(opportunity: Opportunity, pending: list[Order], look_first: Collecti
     results = legs.run(confirm_all)
     with transaction.atomic():
         locked = (
-            Order.objects.select_for_update().select_related("venue").filter(pk__in=[o.pk for o in pending])
+            Order.objects.select_for_update(of=("self",))
+            .select_related("venue")
+            .filter(pk__in=[o.pk for o in pending])
         )
         rows = {order.pk: order for order in locked.order_by("pk")}
         outcomes = [_save(rows[order.pk], result) for order, result in zip(pending, results, strict=True)]
