@@ -227,12 +227,18 @@ def test_summary_is_one_json_line_with_exact_pnl() -> None:
 # --- manage.py demo, whole ---------------------------------------------------------------------
 
 
-def _demo_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="1")
+def _demo_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment `make demo` would see, on `database_url`: never the run's own database,
+    which the demo would migrate and fill with its venues."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="1", DATABASE_URL=database_url)
     for name in ("DEMO_ADMIN_PASSWORD", "FLOWER_PASSWORD", "WEB_PORT", "FLOWER_PORT", "DEMO_SECONDS"):
         env.pop(name, None)
     env.update(extra)
     return env
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'demo.sqlite3'}"
 
 
 def _run_demo_quickly(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -248,6 +254,7 @@ def _run_demo_quickly(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_demo_says_how_to_install_redis_when_it_has_none_to_use(tmp_path: Path) -> None:
     env = _demo_env(
+        _sqlite_url(tmp_path),
         PATH=str(tmp_path),
         DEMO_LOG_DIR=str(tmp_path / "logs"),
         WEB_PORT=str(free_port()),
@@ -265,7 +272,8 @@ def test_demo_refuses_a_web_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _run_demo_quickly(_demo_env(WEB_PORT=str(port), DEMO_LOG_DIR=str(tmp_path)))
+        env = _demo_env(_sqlite_url(tmp_path), WEB_PORT=str(port), DEMO_LOG_DIR=str(tmp_path))
+        result = _run_demo_quickly(env)
     assert result.returncode == 1
     assert f"port {port}" in result.stderr
     assert "WEB_PORT" in result.stderr
@@ -289,13 +297,14 @@ def _marked_processes(mark: str) -> list[int]:
 class DemoRun:
     """`manage.py demo` in its own session, output to a file read while it runs."""
 
-    def __init__(self, tmp_path: Path, unset: tuple[str, ...] = (), **env: str) -> None:
+    def __init__(self, tmp_path: Path, database_url: str, unset: tuple[str, ...] = (), **env: str) -> None:
         self.mark = f"DEMO_TEST_RUN={uuid.uuid4().hex}"
         name, value = self.mark.split("=")
         self.prefix = env.setdefault("ARB_PREFIX", f"{settings.ARB_PREFIX}demo-{value[:8]}:")
         self.web_port, self.flower_port = free_port(), free_port()
         self.out_path = tmp_path / "demo.out"
         full_env = _demo_env(
+            database_url,
             WEB_PORT=str(self.web_port),
             FLOWER_PORT=str(self.flower_port),
             DEMO_LOG_DIR=str(tmp_path / "logs"),
@@ -425,7 +434,7 @@ def fresh_database() -> Iterator[str]:
 def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stops_clean(
     tmp_path: Path, fresh_database: str
 ) -> None:
-    run = DemoRun(tmp_path, DATABASE_URL=fresh_database, REDIS_URL=settings.REDIS_URL, DEMO_SECONDS="35")
+    run = DemoRun(tmp_path, fresh_database, REDIS_URL=settings.REDIS_URL, DEMO_SECONDS="35")
     with run.cleaned_up():
         _check_web_and_flower(run)
         assert run.finish(timeout_s=120) == 0
@@ -446,7 +455,7 @@ def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stop
 def test_demo_with_nothing_configured_runs_its_own_redis_on_sqlite_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    run = DemoRun(tmp_path, unset=("REDIS_URL",), DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    run = DemoRun(tmp_path, _sqlite_url(tmp_path), unset=("REDIS_URL",))
     try:
         output = run.wait_for_output("running until Ctrl-C", timeout_s=90)
         port = int(output.split("own redis-server on 127.0.0.1:")[1].split()[0])
@@ -488,7 +497,7 @@ def test_live_demo_trades_real_orders_on_the_emulator_with_keys_only_its_own(
     now_ms = time.time_ns() // 1_000_000
     run = DemoRun(
         tmp_path,
-        DATABASE_URL=fresh_database,
+        fresh_database,
         REDIS_URL=settings.REDIS_URL,
         DEMO_MODE="live",
         DEMO_SECONDS="55",
