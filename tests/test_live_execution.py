@@ -15,7 +15,8 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import child_env, emulated_venues, fund, make_strategy, start_worker, wait_until
+from tests.conftest import child_env, emulated_venues, fund, make_strategy, start_worker
+from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import execution, legs, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms, trading_mode

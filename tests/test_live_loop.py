@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import Child, child_env, wait_until
+from tests.conftest import Child, child_env
+from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading.config import now_ms
 from trading.models import Opportunity, Order, Trade

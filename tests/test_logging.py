@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import ROOT, Child, child_env, fund, make_strategy, make_venue, wait_until
+from tests.conftest import ROOT, Child, child_env, fund, make_strategy, make_venue
+from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import pubsub
 from trading.config import now_ms
