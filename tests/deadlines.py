@@ -58,10 +58,11 @@ def scaled(seconds: float) -> float:
 
 
 class Deadline:
-    """The moment `seconds` (reference seconds, scaled) after its creation."""
+    """The moment `seconds` (reference seconds, scaled) after its creation, plus `wall_seconds`
+    as they are: the time until something the clock decides, such as a simulated market's move."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = scaled(seconds)
+    def __init__(self, seconds: float, wall_seconds: float = 0.0) -> None:
+        self.seconds = scaled(seconds) + max(0.0, wall_seconds)
         self._at = time.monotonic() + self.seconds
 
     def remaining(self) -> float:
@@ -71,11 +72,13 @@ class Deadline:
         return time.monotonic() >= self._at
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 30, what: str = "condition", wall_seconds: float = 0.0
+) -> T:
     """Poll `predicate` until it returns something true, and return that. `timeout` is in
-    reference seconds (scaled); past it, with one last look, the test fails saying `what` did not
-    happen in time."""
-    deadline = Deadline(timeout)
+    reference seconds (scaled), `wall_seconds` is added as it is (see Deadline); past both, with
+    one last look, the test fails saying `what` did not happen in time."""
+    deadline = Deadline(timeout, wall_seconds)
     while True:
         value = predicate()
         if value:
