@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import Child, child_env
-from tests.deadlines import wait_until
+from tests.deadlines import scaled, wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading.config import now_ms
 from trading.models import Opportunity, Order, Trade
@@ -122,13 +122,14 @@ class PrivateRedis:
         self.client = redis.Redis(port=self.port)
 
     def start(self) -> None:
-        self._spawn(*self._args, name="redis").wait_for("Ready to accept connections", timeout=20)
+        self.server = self._spawn(*self._args, name="redis")
+        self.server.wait_for("Ready to accept connections", timeout=20)
 
     def restart(self) -> None:
         # The server drops the connection as it stops: that is its answer.
         with contextlib.suppress(redis.ConnectionError):
             self.client.shutdown(nosave=True)
-        time.sleep(0.5)
+        self.server.proc.wait(scaled(10))  # the port is free once the old server has exited
         self.start()
 
 
