@@ -164,7 +164,7 @@ def _alive(pid: int) -> bool:
 def _wait_exit(supervisor: Supervisor, name: str) -> None:
     proc = supervisor.children[name].proc
     assert proc is not None
-    proc.wait(timeout=10)
+    proc.wait(timeout=scaled(10))
 
 
 def test_backoff_doubles_up_to_a_cap_and_resets_after_a_stable_run() -> None:
@@ -202,16 +202,9 @@ def test_stop_leaves_no_process_of_a_group_behind(tmp_path: Path) -> None:
     )
     supervisor = Supervisor(tmp_path, ROOT, report=lambda line: None)
     supervisor.start(_python("parent", code))
-    deadline = time.monotonic() + 10
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the grandchild never started"
-        time.sleep(0.05)
-    grandchild = int(pid_file.read_text())
+    grandchild = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10, "the grandchild"))
     supervisor.stop_all(grace_s=1)
-    deadline = time.monotonic() + 2  # SIGKILL is delivered asynchronously
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(grandchild)
+    wait_until(lambda: not _alive(grandchild), 2, "the grandchild killed")  # SIGKILL lands asynchronously
 
 
 def test_children_get_debug_a_per_run_secret_and_the_chosen_redis_but_not_passwords() -> None:
@@ -264,7 +257,7 @@ def _run_demo_quickly(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
 
 
