@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.deadlines import Deadline
+
 SLACK_TOKEN = "xoxb-test-slack-token-0000"
 TELEGRAM_TOKEN = "123456:test-telegram-token"
 
@@ -57,9 +59,10 @@ class ChatServer:
         return [str(message.body.get("text", "")) for message in self.messages()]
 
     def wait_for(self, count: int, timeout: float = 15) -> list[Received]:
-        """The messages once at least `count` have arrived (or whatever arrived by the timeout)."""
-        deadline = time.monotonic() + timeout
-        while len(self.messages()) < count and time.monotonic() < deadline:
+        """The messages once at least `count` have arrived (or whatever arrived by the timeout, in
+        reference seconds, scaled)."""
+        deadline = Deadline(timeout)
+        while len(self.messages()) < count and not deadline.passed():
             time.sleep(0.05)
         return self.messages()
 

@@ -16,6 +16,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from tests.deadlines import Deadline, scale_source, scaled, timeout_scale
 from trading import orders
 from trading.core.policy import Role
 from trading.emulator import Emulator
@@ -23,6 +24,14 @@ from trading.models import Balance, Deployment, Opportunity, Order, StrategyConf
 from trading.pubsub import Names
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionstart() -> None:
+    timeout_scale()  # measured before any test starts processes of its own that load the machine
+
+
+def pytest_report_header() -> str:
+    return f"timeouts scaled x{timeout_scale():.2f} ({scale_source()})"
 
 
 @pytest.fixture
@@ -63,20 +72,23 @@ class Child:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Return once `text` is in the output; fail when the process exits without printing it or
+        `timeout` (reference seconds, scaled) passes first."""
+        deadline = Deadline(timeout)
+        while True:
+            exited = self.proc.poll() is not None  # looked at first: what it printed last still counts
             if text in self.output():
                 return
-            if self.proc.poll() is not None:
-                break
+            if exited or deadline.passed():
+                why = f"exited ({self.proc.returncode})" if exited else f"not within {deadline.seconds:.0f}s"
+                raise AssertionError(f"{text!r} not seen: {why}; output:\n{self.output()[-4000:]}")
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} not seen within {timeout}s; output:\n{self.output()[-4000:]}")
 
     def stop(self, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -117,13 +129,17 @@ class PrivateRedis:
         self.client = redis.Redis(port=self.port)
 
     def start(self) -> None:
-        self._spawn(*self._args, name="redis").wait_for("Ready to accept connections", timeout=20)
+        self.server = self._spawn(*self._args, name="redis")
+        self.server.wait_for("Ready to accept connections", timeout=20)
 
-    def restart(self) -> None:
+    def stop(self) -> None:
         # The server drops the connection as it stops: that is its answer.
         with contextlib.suppress(redis.ConnectionError):
             self.client.shutdown(nosave=True)
-        time.sleep(0.5)
+        self.server.proc.wait(scaled(10))  # the port is free once the old server has exited
+
+    def restart(self) -> None:
+        self.stop()
         self.start()
 
 
@@ -133,16 +149,6 @@ def private_redis(spawn: Callable[..., Child], tmp_path: Path) -> Iterator[Priva
     server.start()
     yield server
     server.client.close()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
-    """Poll `predicate` until it holds; fail the test saying `what` did not happen in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def start_worker(
@@ -228,9 +234,10 @@ def make_strategy(**fields: object) -> StrategyConfig:
 
 
 def next_message(channel: redis.client.PubSub, timeout: float = 5) -> dict | None:
-    """The next published message on `channel` (subscription confirmations skipped), or None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The next published message on `channel` (subscription confirmations skipped), or None
+    after `timeout` (reference seconds, scaled)."""
+    deadline = Deadline(timeout)
+    while not deadline.passed():
         message = channel.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
             return message

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -17,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.conftest import make_strategy, make_venue
+from tests.deadlines import Deadline, scaled
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.pubsub import Names
 
@@ -325,7 +325,7 @@ def control(redis_client: redis.Redis, names: Names) -> Iterator[redis.client.Pu
     """A subscriber on control.strategy, subscribed before the test acts."""
     subscriber = redis_client.pubsub()
     subscriber.subscribe(names.strategy_control)
-    confirmation = subscriber.get_message(timeout=5)
+    confirmation = subscriber.get_message(timeout=scaled(5))
     assert confirmation is not None
     assert confirmation["type"] == "subscribe"
     yield subscriber
@@ -333,8 +333,8 @@ def control(redis_client: redis.Redis, names: Names) -> Iterator[redis.client.Pu
 
 
 def next_announcement(subscriber: redis.client.PubSub, timeout: float = 5) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = Deadline(timeout)
+    while not deadline.passed():
         message = subscriber.get_message(timeout=0.2)
         if message is not None and message["type"] == "message":
             return json.loads(message["data"])

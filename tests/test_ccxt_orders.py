@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 from django.conf import settings
 
-from tests.conftest import wait_until
+from tests.deadlines import wait_until
 from trading.core.ledger import Charge
 from trading.core.types import MarketRules, Side
 from trading.emulator import DEFAULT_MARKETS, DIALECTS, Emulator, emulate

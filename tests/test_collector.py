@@ -5,7 +5,6 @@ off and go down (and up again) without touching the others; bad books are counte
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -14,6 +13,7 @@ import redis
 from redis.client import PubSub
 
 from tests.conftest import Child, emulated_venues, make_strategy, make_venue
+from tests.deadlines import Deadline
 from trading import collector
 from trading.core.types import Quote
 from trading.emulator import Emulator, emulate
@@ -57,8 +57,8 @@ def prices(redis_client: redis.Redis, names: Names) -> Iterator[PubSub]:
     channels = [names.prices("BTC/USDT"), names.prices("ETH/USDT")]
     pubsub.subscribe(*channels)
     confirmed = 0
-    deadline = time.monotonic() + 5
-    while confirmed < len(channels) and time.monotonic() < deadline:
+    deadline = Deadline(5)
+    while confirmed < len(channels) and not deadline.passed():
         message = pubsub.get_message(timeout=1)
         confirmed += bool(message and message["type"] == "subscribe")
     assert confirmed == len(channels)
@@ -260,8 +260,8 @@ def test_worker_collects_every_venue_onto_pub_sub(
     collect_all_venues.delay()
 
     books: dict[str, Quote] = {}
-    deadline = time.monotonic() + 30
-    while len(books) < 2 and time.monotonic() < deadline:
+    deadline = Deadline(30)
+    while len(books) < 2 and not deadline.passed():
         books.update((quote.venue, quote) for quote in received(prices, quiet_s=1))
     assert set(books) == {"binance", "kraken"}, celery_worker.output()[-3000:]
     assert books["kraken"].bids == levels(BIDS)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from http.cookiejar import CookieJar
@@ -29,13 +30,28 @@ from django.contrib.auth import authenticate
 from django.core.management import call_command
 
 from trading.demo.environment import child_environment, free_port
-from trading.demo.setup import setup_demo
+from trading.demo.setup import LIVE_VENUES, setup_demo
 from trading.demo.status import Counts, summary
 from trading.demo.supervisor import MAX_BACKOFF_S, ProcessSpec, Supervisor, next_backoff
 from trading.models import Balance, StrategyConfig, Venue
 from trading.venues.simulated import dislocation_bps
 
 from .conftest import ROOT, make_strategy
+from .deadlines import Deadline, scaled, wait_until
+
+# A status line: "[    40s] quotes 152 (4.0/s) | opportunities 9 (1 rejected) | ..."
+STATUS_QUOTES = re.compile(r"^\[\s*\d+s\] quotes (\d+) ", re.MULTILINE)
+# The live demo trades when binance or kraken moves MOVE_BPS away from the market (twice the
+# round trip's fees and spreads) for MOVE_MS or longer. The test chooses a market in which such a
+# move starts within MOVE_EVERY_MS of any moment until the demo should be up (LIVE_DEMO_UP_S,
+# scaled); one that comes up later still finds the market's next move, MOVE_SEARCH_MS ahead.
+MOVE_BPS = 45
+MOVE_MS = 3_000
+MOVE_SAMPLE_MS = 250
+MOVE_LOOKAHEAD_MS = 10_000  # longer than any move, to see the last one end
+MOVE_EVERY_MS = 90_000
+MOVE_SEARCH_MS = 300_000
+LIVE_DEMO_UP_S = 60
 
 # --- setup_demo -------------------------------------------------------------------------------
 
@@ -148,7 +164,7 @@ def _alive(pid: int) -> bool:
 def _wait_exit(supervisor: Supervisor, name: str) -> None:
     proc = supervisor.children[name].proc
     assert proc is not None
-    proc.wait(timeout=10)
+    proc.wait(timeout=scaled(10))
 
 
 def test_backoff_doubles_up_to_a_cap_and_resets_after_a_stable_run() -> None:
@@ -186,16 +202,9 @@ def test_stop_leaves_no_process_of_a_group_behind(tmp_path: Path) -> None:
     )
     supervisor = Supervisor(tmp_path, ROOT, report=lambda line: None)
     supervisor.start(_python("parent", code))
-    deadline = time.monotonic() + 10
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the grandchild never started"
-        time.sleep(0.05)
-    grandchild = int(pid_file.read_text())
+    grandchild = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10, "the grandchild"))
     supervisor.stop_all(grace_s=1)
-    deadline = time.monotonic() + 2  # SIGKILL is delivered asynchronously
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(grandchild)
+    wait_until(lambda: not _alive(grandchild), 2, "the grandchild killed")  # SIGKILL lands asynchronously
 
 
 def test_children_get_debug_a_per_run_secret_and_the_chosen_redis_but_not_passwords() -> None:
@@ -227,12 +236,18 @@ def test_summary_is_one_json_line_with_exact_pnl() -> None:
 # --- manage.py demo, whole ---------------------------------------------------------------------
 
 
-def _demo_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="1")
+def _demo_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment `make demo` would see, on `database_url`: never the run's own database,
+    which the demo would migrate and fill with its venues."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DEBUG="1", DATABASE_URL=database_url)
     for name in ("DEMO_ADMIN_PASSWORD", "FLOWER_PASSWORD", "WEB_PORT", "FLOWER_PORT", "DEMO_SECONDS"):
         env.pop(name, None)
     env.update(extra)
     return env
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'demo.sqlite3'}"
 
 
 def _run_demo_quickly(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -242,12 +257,13 @@ def _run_demo_quickly(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
 
 
 def test_demo_says_how_to_install_redis_when_it_has_none_to_use(tmp_path: Path) -> None:
     env = _demo_env(
+        _sqlite_url(tmp_path),
         PATH=str(tmp_path),
         DEMO_LOG_DIR=str(tmp_path / "logs"),
         WEB_PORT=str(free_port()),
@@ -265,7 +281,8 @@ def test_demo_refuses_a_web_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _run_demo_quickly(_demo_env(WEB_PORT=str(port), DEMO_LOG_DIR=str(tmp_path)))
+        env = _demo_env(_sqlite_url(tmp_path), WEB_PORT=str(port), DEMO_LOG_DIR=str(tmp_path))
+        result = _run_demo_quickly(env)
     assert result.returncode == 1
     assert f"port {port}" in result.stderr
     assert "WEB_PORT" in result.stderr
@@ -289,16 +306,17 @@ def _marked_processes(mark: str) -> list[int]:
 class DemoRun:
     """`manage.py demo` in its own session, output to a file read while it runs."""
 
-    def __init__(self, tmp_path: Path, unset: tuple[str, ...] = (), **env: str) -> None:
+    def __init__(self, tmp_path: Path, database_url: str, unset: tuple[str, ...] = (), **env: str) -> None:
         self.mark = f"DEMO_TEST_RUN={uuid.uuid4().hex}"
         name, value = self.mark.split("=")
         self.prefix = env.setdefault("ARB_PREFIX", f"{settings.ARB_PREFIX}demo-{value[:8]}:")
         self.web_port, self.flower_port = free_port(), free_port()
-        self.out_path = tmp_path / "demo.out"
+        self.out_path, self.log_dir = tmp_path / "demo.out", tmp_path / "logs"
         full_env = _demo_env(
+            database_url,
             WEB_PORT=str(self.web_port),
             FLOWER_PORT=str(self.flower_port),
-            DEMO_LOG_DIR=str(tmp_path / "logs"),
+            DEMO_LOG_DIR=str(self.log_dir),
             **{name: value},
             **env,
         )
@@ -317,16 +335,35 @@ class DemoRun:
     def output(self) -> str:
         return self.out_path.read_text(errors="replace")
 
-    def wait_for_output(self, text: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.output():
-            assert self.proc.poll() is None, f"demo ended early:\n{self.output()}"
-            assert time.monotonic() < deadline, f"{text!r} not printed:\n{self.output()}"
+    def log(self, process: str) -> str:
+        """What one of the demo's processes has logged so far."""
+        path = self.log_dir / f"{process}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for(self, seen: Callable[[str], object], what: str, deadline: Deadline) -> str:
+        """The output once `seen` holds for it; fails when the demo ends first or at `deadline`."""
+        while not seen(output := self.output()):
+            assert self.proc.poll() is None, f"demo ended before {what}:\n{output}"
+            assert not deadline.passed(), f"no {what} within {deadline.seconds:.0f}s:\n{output}"
             time.sleep(0.2)
-        return self.output()
+        return output
+
+    def wait_for_output(self, text: str, timeout_s: float) -> str:
+        return self.wait_for(lambda output: text in output, repr(text), Deadline(timeout_s))
+
+    def collecting(self, output: str) -> bool:
+        """Whether a status line counts stored quotes: worker, beat and storage are running."""
+        return _quotes_reported(output) > 0
+
+    def trading(self, output: str) -> bool:
+        """Whether quotes are stored and the listener listens: a gap from now on is traded."""
+        return self.collecting(output) and "listening on" in self.log("listener")
+
+    def wait_until_collecting(self, timeout_s: float = 120) -> None:
+        self.wait_for(self.collecting, "status line with quotes", Deadline(timeout_s))
 
     def finish(self, timeout_s: float) -> int:
-        return self.proc.wait(timeout=timeout_s)
+        return self.proc.wait(timeout=scaled(timeout_s))
 
     def kill_leftovers(self) -> None:
         if self.proc.poll() is None:
@@ -350,36 +387,42 @@ class DemoRun:
             client.close()
 
 
+def _quotes_reported(output: str) -> int:
+    """The quote count of the demo's latest status line; 0 before the first."""
+    counts = STATUS_QUOTES.findall(output)
+    return int(counts[-1]) if counts else 0
+
+
 def _get(url: str, headers: dict[str, str] | None = None) -> int:
     try:
-        with urlopen(Request(url, headers=headers or {}), timeout=5) as response:
+        with urlopen(Request(url, headers=headers or {}), timeout=scaled(5)) as response:
             return int(response.status)
     except HTTPError as error:
         return error.code
 
 
 def _wait_until_served(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s)
     while True:
         try:
             _get(url)
             return
         except (URLError, ConnectionError, TimeoutError):
-            assert time.monotonic() < deadline, f"{url} never answered"
+            assert not deadline.passed(), f"{url} never answered"
             time.sleep(0.3)
 
 
 def _admin_login(base: str, user: str, password: str) -> str:
     """Log in through the admin form; returns the page the login lands on."""
     opener = build_opener(HTTPCookieProcessor(CookieJar()))
-    with opener.open(f"{base}/admin/login/", timeout=5) as page:
+    with opener.open(f"{base}/admin/login/", timeout=scaled(5)) as page:
         html = page.read().decode()
     token = html.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
     form = urlencode(
         {"username": user, "password": password, "csrfmiddlewaretoken": token, "next": "/admin/"}
     ).encode()
     request = Request(f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"})
-    with opener.open(request, timeout=5) as landed:
+    with opener.open(request, timeout=scaled(5)) as landed:
         return f"{landed.url}\n{landed.read().decode()}"
 
 
@@ -389,7 +432,7 @@ def _printed_credentials(output: str, service: str) -> tuple[str, str]:
 
 
 def _check_web_and_flower(run: DemoRun) -> None:
-    output = run.wait_for_output("running for", timeout_s=90)
+    output = run.wait_for_output("a status line every", timeout_s=90)
     web, flower = f"http://127.0.0.1:{run.web_port}", f"http://127.0.0.1:{run.flower_port}"
     _wait_until_served(f"{web}/admin/login/", timeout_s=30)
     landed = _admin_login(web, *_printed_credentials(output, "admin"))
@@ -425,10 +468,12 @@ def fresh_database() -> Iterator[str]:
 def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stops_clean(
     tmp_path: Path, fresh_database: str
 ) -> None:
-    run = DemoRun(tmp_path, DATABASE_URL=fresh_database, REDIS_URL=settings.REDIS_URL, DEMO_SECONDS="35")
+    run = DemoRun(tmp_path, fresh_database, REDIS_URL=settings.REDIS_URL)
     with run.cleaned_up():
         _check_web_and_flower(run)
-        assert run.finish(timeout_s=120) == 0
+        run.wait_until_collecting()
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish(timeout_s=60) == 0
         assert _marked_processes(run.mark) == []
     figures = _summary_of(run)
     assert figures["quotes"] > 0
@@ -443,15 +488,26 @@ def test_demo_on_postgresql_and_the_test_redis_serves_admin_and_flower_then_stop
 
 
 @pytest.mark.slow
+def test_demo_seconds_ends_the_demo_by_itself_leaving_nothing_behind(tmp_path: Path) -> None:
+    run = DemoRun(tmp_path, _sqlite_url(tmp_path), REDIS_URL=settings.REDIS_URL, DEMO_SECONDS="1")
+    with run.cleaned_up():
+        assert run.finish(timeout_s=90) == 0
+        assert _marked_processes(run.mark) == []
+    output = run.output()
+    assert "running for 1s" in output
+    assert "received SIG" not in output
+    assert _summary_of(run)["seconds"] >= 1
+
+
+@pytest.mark.slow
 def test_demo_with_nothing_configured_runs_its_own_redis_on_sqlite_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    run = DemoRun(tmp_path, unset=("REDIS_URL",), DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    run = DemoRun(tmp_path, _sqlite_url(tmp_path), unset=("REDIS_URL",))
     try:
         output = run.wait_for_output("running until Ctrl-C", timeout_s=90)
         port = int(output.split("own redis-server on 127.0.0.1:")[1].split()[0])
-        run.wait_for_output("] quotes", timeout_s=60)
-        time.sleep(15)  # let a few collections land
+        run.wait_until_collecting()
         run.proc.send_signal(signal.SIGTERM)
         assert run.finish(timeout_s=60) == 0
         assert _marked_processes(run.mark) == []
@@ -464,56 +520,104 @@ def test_demo_with_nothing_configured_runs_its_own_redis_on_sqlite_and_stops_on_
     assert redis.Redis.from_url(settings.REDIS_URL).ping()  # the machine's own Redis was left alone
 
 
-def _seed_with_a_dislocation(start_ms: int, end_ms: int) -> int:
-    """A simulation seed under which binance or kraken moves 45 bps or more away from the market
-    (twice the round trip's fees and spreads) for three seconds or longer between `start_ms` and
-    `end_ms`: the simulated market is a pure function of seed and time, so the live demo below is
-    sure to meet a gap worth trading."""
-    for seed in range(1, 1000):
-        for venue in ("binance", "kraken"):
-            moved = [
-                t
-                for t in range(start_ms, end_ms, 250)
-                if abs(dislocation_bps(seed, venue, "BTC/USDT", t)) >= 45
-            ]
-            if len(moved) >= 12:
-                return seed
-    raise AssertionError("no seed gives a dislocation in the window")
+def _moves(seed: int, after_ms: int, before_ms: int) -> list[tuple[int, int]]:
+    """(start, end) of each time binance or kraken moves MOVE_BPS or more away from the market
+    for MOVE_MS or longer, starting after `after_ms` and before `before_ms`, by start. A move
+    already under way at `after_ms` is not one of them."""
+    moves = []
+    for venue in LIVE_VENUES:
+        moved_since: int | None = None
+        for t in range(after_ms, before_ms + MOVE_LOOKAHEAD_MS, MOVE_SAMPLE_MS):
+            moved = abs(dislocation_bps(seed, venue, "BTC/USDT", t)) >= MOVE_BPS
+            if moved and moved_since is None:
+                moved_since = t
+            elif not moved and moved_since is not None:
+                if after_ms < moved_since < before_ms and t - moved_since >= MOVE_MS:
+                    moves.append((moved_since, t))
+                moved_since = None
+    return sorted(moves)
+
+
+def _moving_until(seed: int, gap_ms: int, from_ms: int, to_ms: int) -> int:
+    """The moment, up to `to_ms`, until which from every moment since `from_ms` a move starts
+    within `gap_ms`."""
+    since = from_ms
+    while since < to_ms:
+        starts = [start for start, _ in _moves(seed, since, since + gap_ms)]
+        if not starts:
+            return since
+        since = starts[-1]
+    return since
+
+
+def _seed_moving_often(gap_ms: int, from_ms: int, to_ms: int, tries: int = 100) -> int:
+    """A simulation seed under which a move worth trading starts within `gap_ms` of any moment
+    between `from_ms` and `to_ms` (or, if none of the first `tries` does, the one that keeps it up
+    longest): the simulated market is a pure function of seed and time, so whenever in that span
+    the live demo is up, a gap worth trading follows soon."""
+    best, best_until = 1, from_ms
+    for seed in range(1, tries + 1):
+        until = _moving_until(seed, gap_ms, from_ms, to_ms)
+        if until >= to_ms:
+            return seed
+        if until > best_until:
+            best, best_until = seed, until
+    return best
+
+
+def _orders(database_url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT client_order_id, venue_order_id, status FROM trading_order").fetchall()
+
+
+def _all_answered(orders: list[tuple[str, str, str]]) -> bool:
+    """Some orders, and every one of them answered by the emulator with its own id."""
+    return bool(orders) and all(venue_order_id for _, venue_order_id, _ in orders)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @pytest.mark.slow
 def test_live_demo_trades_real_orders_on_the_emulator_with_keys_only_its_own(
     tmp_path: Path, fresh_database: str
 ) -> None:
-    now_ms = time.time_ns() // 1_000_000
+    started_ms = _now_ms()
+    seed = _seed_moving_often(MOVE_EVERY_MS, started_ms, started_ms + round(scaled(LIVE_DEMO_UP_S) * 1000))
     run = DemoRun(
-        tmp_path,
-        DATABASE_URL=fresh_database,
-        REDIS_URL=settings.REDIS_URL,
-        DEMO_MODE="live",
-        DEMO_SECONDS="55",
-        # the demo is up and collecting some 15 s after it starts
-        SIMULATION_SEED=str(_seed_with_a_dislocation(now_ms + 25_000, now_ms + 55_000)),
+        tmp_path, fresh_database, REDIS_URL=settings.REDIS_URL, DEMO_MODE="live", SIMULATION_SEED=str(seed)
     )
     with run.cleaned_up():
-        assert run.finish(timeout_s=160) == 0
+        run.wait_for(run.trading, "quotes and a listening listener", Deadline(2 * LIVE_DEMO_UP_S))
+        up_ms = _now_ms()
+        moves = _moves(seed, up_ms, up_ms + MOVE_SEARCH_MS)
+        assert moves, f"seed {seed}: no move in the {MOVE_SEARCH_MS // 1000} s after the demo came up"
+        _, move_ends_ms = moves[0]
+        wait_until(
+            lambda: _all_answered(_orders(fresh_database)),
+            timeout=30,
+            wall_seconds=(move_ends_ms - up_ms) / 1000,
+            what="orders answered by the emulator, after the market's next move",
+        )
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish(timeout_s=60) == 0
         assert _marked_processes(run.mark) == []
     output = run.output()
     assert "exchange emulator: binance and kraken on http://127.0.0.1:" in output
     with psycopg.connect(fresh_database) as conn:
         venues = conn.execute("SELECT name, kind, enabled FROM trading_venue ORDER BY name").fetchall()
-        orders = conn.execute("SELECT client_order_id, venue_order_id, status FROM trading_order").fetchall()
         modes = conn.execute("SELECT DISTINCT mode FROM trading_trade").fetchall()
         trades, pnl = conn.execute(
             "SELECT count(*), coalesce(sum(realized_pnl), 0) FROM trading_trade"
         ).fetchone()
     assert venues == [("binance", "ccxt", True), ("kraken", "ccxt", True)]
     # every order went to the emulator and came back with its id there; every trade is live
-    assert orders
-    assert all(venue_order_id for _, venue_order_id, _ in orders), orders
+    orders = _orders(fresh_database)
+    assert _all_answered(orders), orders
     assert modes in ([("live",)], [])
     assert (_summary_of(run)["trades"], Decimal(_summary_of(run)["pnl"])) == (trades, pnl)
     logs = output + "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").glob("*.log"))
-    assert "trading mode: LIVE" in (tmp_path / "logs" / "worker.log").read_text()
+    assert "trading mode: LIVE" in run.log("worker")
     assert "demo-binance-" not in logs  # the run's API keys (and their secrets) are in no log
     assert "demo-kraken-" not in logs

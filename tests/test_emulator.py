@@ -13,6 +13,7 @@ from decimal import Decimal
 import ccxt.async_support as ccxt
 import pytest
 
+from tests.deadlines import scaled
 from trading.core.types import Quote, Side
 from trading.core.validate import QuoteRejected
 from trading.emulator import DIALECTS, Emulator, binance, emulate, kraken
@@ -187,7 +188,7 @@ def test_ccxt_errors_become_our_named_errors(ccxt_error: type[Exception], ours: 
 def test_emulator_counts_requests_and_serves_the_real_dialect(emulator: Emulator) -> None:
     before = emulator.request_count("kraken", "/0/public/Time")
 
-    with urllib.request.urlopen(emulator.url_for("kraken") + "/0/public/Time", timeout=5) as response:
+    with urllib.request.urlopen(emulator.url_for("kraken") + "/0/public/Time", timeout=scaled(5)) as response:
         body = json.load(response)
 
     assert body["error"] == []
@@ -197,7 +198,7 @@ def test_emulator_counts_requests_and_serves_the_real_dialect(emulator: Emulator
 
 def test_emulator_answers_unknown_paths_with_404(emulator: Emulator) -> None:
     with pytest.raises(urllib.error.HTTPError) as raised:
-        urllib.request.urlopen(emulator.url_for("binance") + "/api/v3/nothing", timeout=5)
+        urllib.request.urlopen(emulator.url_for("binance") + "/api/v3/nothing", timeout=scaled(5))
 
     assert raised.value.code == 404
 

@@ -24,6 +24,7 @@ import pytest
 from django.core.management.base import CommandError
 
 from tests.conftest import Child
+from tests.deadlines import scaled
 from trading.core.types import Side
 from trading.emulator import DEFAULT_MARKETS, Emulator, emulate
 from trading.emulator.fees import Fees
@@ -65,7 +66,7 @@ def emulator(running_emulator: Emulator) -> Iterator[Emulator]:
 
 def call(request: urllib.request.Request) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=scaled(5)) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)

@@ -6,7 +6,8 @@ import pytest
 import redis
 from django.test import Client
 
-from tests.conftest import Child, make_strategy, make_venue, wait_until
+from tests.conftest import Child, make_strategy, make_venue
+from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import collector
 from trading.config import now_ms

@@ -25,8 +25,8 @@ from tests.conftest import (
     make_strategy,
     orders_by_key,
     start_worker,
-    wait_until,
 )
+from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import accounts, execution, legs, lifecycle, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms
@@ -44,6 +44,7 @@ SECRETS = {
 CHEAP = [("59990", "1")], [("60000", "1")]
 DEAR = [("60200", "1")], [("60210", "1")]
 FUNDS = {"binance": {"BTC": "0", "USDT": "100000"}, "kraken": {"BTC": "2", "USDT": "0"}}
+VISIBILITY_TIMEOUT_S = 2
 
 
 def live_env() -> dict[str, str]:
@@ -328,7 +329,7 @@ def test_a_venue_that_stops_answering_leaves_the_trade_in_flight_alerted_then_re
 def test_worker_killed_between_the_legs_then_redelivery_trades_each_leg_exactly_once(
     live: Emulator, redis_client, spawn
 ) -> None:
-    env = child_env(**live_env(), CELERY_VISIBILITY_TIMEOUT="2")
+    env = child_env(**live_env(), CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT_S))
     worker = start_worker(spawn, env=env)
     live.set_fault("kraken", delay_s=2.0)  # the sell leg is slow: the gap between the legs
     sells_before = live.request_count("kraken", "/0/private/AddOrder")
@@ -344,8 +345,14 @@ def test_worker_killed_between_the_legs_then_redelivery_trades_each_leg_exactly_
     )
     os.kill(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait()
+    redelivered_from = time.monotonic() + VISIBILITY_TIMEOUT_S
     assert Opportunity.objects.get(pk=opportunity.pk).status == Opportunity.Status.EXECUTING
-    time.sleep(2.5)  # the visibility timeout passes; the sell the dead worker sent lands meanwhile
+    wait_until(
+        lambda: live.balances("kraken", KEYS["kraken"])["BTC"] == Decimal("1.5"),
+        what="the sell the dead worker sent filled",
+    )
+    # The broker hands the task to another worker only once its visibility timeout has passed.
+    time.sleep(max(0.0, redelivered_from - time.monotonic()))
     live.clear_fault("kraken")
     replacement = start_worker(spawn, env=env)
 

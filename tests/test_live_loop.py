@@ -11,7 +11,8 @@ from decimal import Decimal
 import pytest
 import redis
 
-from tests.conftest import Child, PrivateRedis, child_env, wait_until
+from tests.conftest import Child, PrivateRedis, child_env
+from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading.config import now_ms
 from trading.models import Opportunity, Order, Trade

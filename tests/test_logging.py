@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import ROOT, Child, child_env, client_id, fund, make_strategy, make_venue, wait_until
+from tests.conftest import ROOT, Child, child_env, client_id, fund, make_strategy, make_venue
+from tests.deadlines import scaled, wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import pubsub
 from trading.config import now_ms
@@ -154,7 +155,7 @@ def test_a_command_logs_json_with_environment_secrets_masked(tmp_path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=True,
     )
 

@@ -12,7 +12,8 @@ import redis
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Child, child_env, make_strategy, make_venue, start_worker, wait_until
+from tests.conftest import Child, child_env, make_strategy, make_venue, start_worker
+from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import collector, pubsub
 from trading.config import now_ms

@@ -6,7 +6,6 @@ that are off, and a failing channel retried then given up by a real worker witho
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -16,6 +15,7 @@ from django.utils import timezone
 
 from tests.chat_servers import SLACK_TOKEN, TELEGRAM_TOKEN, Chat, chat_fixture, eager_tasks_fixture  # noqa: F401
 from tests.conftest import Child, child_env, make_venue, start_worker
+from tests.deadlines import wait_until
 from tests.quotes import open_known_gap
 from trading import execution
 from trading.models import Opportunity, Order, Trade
@@ -114,7 +114,7 @@ def test_the_same_event_twice_within_the_window_is_sent_once(
     assert rules.leg_failed(opportunity.pk) == ["slack", "telegram"]
     assert rules.leg_failed(opportunity.pk) == []
 
-    time.sleep(0.3)  # long enough for a second message to arrive, if one had been sent
+    # Tasks run eagerly: whatever was sent has been received by now.
     assert len(chat.slack.messages()) == 1
     assert len(chat.telegram.messages()) == 1
 
@@ -210,10 +210,13 @@ def test_a_failing_channel_is_retried_then_given_up_while_trades_and_other_chann
     telegram = chat.telegram.wait_for(2, timeout=30)
     assert telegram[0].body["text"] == "venue down"
     assert Trade.objects.filter(opportunity=opportunity).exists()
-    # The first slack message, then the trade's: each tried once and retried twice (after 1 s, 2 s).
-    slack = chat.slack.wait_for(6, timeout=30)
-    time.sleep(2.5)  # longer than the next back-off would have been: nothing more comes
-    assert len(chat.slack.messages()) == len(slack) == 6
+    # The first slack message, then the trade's: each tried once and retried twice (after 1 s, 2 s),
+    # then given up, so nothing more comes.
+    wait_until(
+        lambda: worker.output().count("raised unexpected: TemporaryNotifyError") == 2,
+        what="both slack messages given up",
+    )
+    assert len(chat.slack.messages()) == 6
     assert "Retry in 1s" in worker.output()
     assert "TemporaryNotifyError" in worker.output()
     assert SLACK_TOKEN not in worker.output()

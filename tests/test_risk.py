@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from tests.chat_servers import Chat, chat_fixture, eager_tasks_fixture  # noqa: F401
 from tests.conftest import ROOT, child_env
+from tests.deadlines import scaled
 from tests.quotes import open_known_gap
 from trading import execution, monitoring, risk
 from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, RiskLimits, Trade, Venue
@@ -230,7 +231,7 @@ def test_a_trade_checking_while_a_trip_is_being_written_waits_for_it_and_is_stop
         with transaction.atomic():
             risk.trip("incident", by="alice")
             tripping.set()
-            release.wait(10)
+            release.wait(scaled(10))
         connection.close()
 
     def execute() -> str:
@@ -241,13 +242,13 @@ def test_a_trade_checking_while_a_trip_is_being_written_waits_for_it_and_is_stop
 
     with ThreadPoolExecutor(2) as pool:
         tripped = pool.submit(trip_and_hold)
-        assert tripping.wait(10)
+        assert tripping.wait(scaled(10))
         trade = pool.submit(execute)
         with pytest.raises(TimeoutError):
-            trade.result(timeout=1)  # held at the switch until the trip is written
+            trade.result(timeout=scaled(1))  # held at the switch until the trip is written
         release.set()
-        tripped.result(timeout=10)
-        assert trade.result(timeout=10) == "rejected"
+        tripped.result(timeout=scaled(10))
+        assert trade.result(timeout=scaled(10)) == "rejected"
 
     detected.refresh_from_db()
     assert detected.reason == "kill_switch: incident"
@@ -356,7 +357,7 @@ def manage(*args: str) -> str:
         env=child_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

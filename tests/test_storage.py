@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -19,6 +18,7 @@ from pytest_django import Settings
 from redis.exceptions import LockNotOwnedError
 
 from tests.conftest import ROOT, Child, child_env, make_venue
+from tests.deadlines import scaled, wait_until
 from tests.quotes import book
 from trading import pubsub, storage
 from trading.core.types import Quote
@@ -248,7 +248,7 @@ def test_bench_storage_prints_its_figures_as_json_last_and_leaves_nothing() -> N
 def test_quick_start_sqlite_stores_quotes_and_bench_refuses(tmp_path: Path) -> None:
     env = child_env(DATABASE_URL=f"sqlite:///{tmp_path / 'quick.sqlite3'}")
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=scaled(120))
     script = (
         "from decimal import Decimal; from tests.quotes import book; "
         "from trading.storage import QuoteWriter; from trading.models import Quote, Venue; "
@@ -258,7 +258,12 @@ def test_quick_start_sqlite_stores_quotes_and_bench_refuses(tmp_path: Path) -> N
         "print(sorted((q.seq, q.bid == Decimal('65000.5'), q.depth['asks'][1]) for q in Quote.objects.all()))"
     )
     shell = subprocess.run(
-        [*manage, "shell", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [*manage, "shell", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
     )
     printed = shell.stdout.splitlines()[-1:]
     assert printed == ["[(1, True, ['65002.25', '3']), (2, True, ['65002.25', '3'])]"], shell.stderr
@@ -280,8 +285,6 @@ def test_the_store_task_on_a_real_worker_drains_the_queue(
 
     store_quotes.delay()
 
-    deadline = time.monotonic() + 30
-    while QuoteRow.objects.count() < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: QuoteRow.objects.count() >= 3, what="three stored quotes")
     assert stored_seqs() == [("alpha", 1), ("alpha", 2), ("alpha", 3)]
     assert redis_client.llen(names.pending_quotes) == 0

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.deadlines import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("django", "celery", "redis", "ccxt", "kombu", "psycopg")
 
@@ -26,7 +28,7 @@ def test_importing_the_core_loads_no_framework() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=True,
     )
     report = json.loads(run.stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 from types import FrameType
 from typing import Any
@@ -35,6 +36,9 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         listener = Listener(pubsub.connect(), symbols=options["symbols"], name=options["name"])
         mode = announce_trading_mode()
+        # The first dispatch would import the trade task and all it trades with (ccxt alone takes
+        # seconds on a slow host) while the opportunity's books age: ready means ready to dispatch.
+        importlib.import_module("trading.tasks")
 
         def ready() -> None:
             owned = ", ".join(listener.symbols) or "nothing yet"
