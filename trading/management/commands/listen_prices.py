@@ -8,9 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from trading import pubsub
 from trading.config import announce_trading_mode
-from trading.listener import Listener
+from trading.listener import Listener, connect
 
 
 class Command(BaseCommand):
@@ -33,7 +32,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        listener = Listener(pubsub.connect(), symbols=options["symbols"], name=options["name"])
+        listener = Listener(connect(), symbols=options["symbols"], name=options["name"])
         mode = announce_trading_mode()
 
         def ready() -> None:
