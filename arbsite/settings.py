@@ -82,6 +82,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "arbsite.urls"
+# Error reports and debug pages mask URL passwords and every secret, even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "trading.observability.reports.SecretMaskingFilter"
+DEFAULT_EXCEPTION_REPORTER = "trading.observability.reports.MaskingExceptionReporter"
 WSGI_APPLICATION = "arbsite.wsgi.application"
 
 TEMPLATES = [
@@ -106,6 +109,9 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'arb.sqlite3'}"), conn_max_age=60
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # An unreachable database fails a request (or a scrape of /metrics) in seconds, not minutes.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
