@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
 
-from tests.conftest import fund, make_strategy, make_venue
+from tests.conftest import ROOT, child_env, fund, make_strategy, make_venue
 from tests.quotes import CHEAP, DEAR, FLAT, book
 from trading import pubsub
 from trading.config import now_ms
@@ -206,3 +208,44 @@ def test_a_strategy_change_announced_on_the_control_channel_is_loaded(listener: 
     listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
     listener.on_price(message(book("bravo", *DEAR), 1), now_ms())
     assert list(Opportunity.objects.values_list("status", "reason")) == [("rejected", "below_min_profit")]
+
+
+WARM_DISPATCH = """
+import json, sys
+import django
+django.setup()
+import redis.connection
+from trading.listener import Listener, connect
+listener = Listener(connect(), name="warm")
+listener.warm_up()
+connects = []
+original = redis.connection.Connection._connect
+def counted(self):
+    connects.append(1)
+    return original(self)
+redis.connection.Connection._connect = counted
+listener.dispatch(12345)
+print(json.dumps({
+    "connects": len(connects),
+    "dispatched": listener.stats.dispatched,
+    "loaded": sorted(m for m in ("trading.tasks", "trading.execution", "ccxt") if m in sys.modules),
+}))
+"""
+
+
+def test_a_warmed_listener_dispatches_by_name_with_no_import_and_no_connection(redis_client, names) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", WARM_DISPATCH],
+        cwd=ROOT,
+        env=child_env(DJANGO_SETTINGS_MODULE="arbsite.settings"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert report == {"connects": 0, "dispatched": 1, "loaded": []}
+    [message] = redis_client.lrange(f"{names.prefix}trade", 0, -1)  # routed to the trade queue
+    headers = json.loads(message)["headers"]
+    assert (headers["task"], headers["argsrepr"]) == ("trade.execute_opportunity", "(12345,)")
