@@ -300,8 +300,9 @@ def test_a_book_off_the_price_band_is_counted_flagged_and_never_published(
     [condition] = monitoring.check_price_band(redis_client, 0)
     assert condition.key == "price_band:kraken"
     assert monitoring.check_price_band(redis_client, 0) == []  # nothing new since the last look
+    # Back in the market; with two venues, kraken's own books outvote its spike after two rounds.
     emulator.set_book("kraken", "BTC/USDT", [["64005", "1"]], [["64006", "1"]])
-    assert collector.collect_venue(venues["kraken"].pk) == 1
+    assert [collector.collect_venue(venues["kraken"].pk) for _ in range(3)] == [0, 0, 1]
 
 
 @pytest.mark.django_db

@@ -126,7 +126,10 @@ def test_a_book_on_another_symbols_channel_is_rejected(listener: Listener, names
 
 
 def test_a_book_far_from_the_other_venues_is_refused_and_opens_nothing(listener: Listener) -> None:
+    fund(make_venue("charlie"), BTC="2", USDT="100000")
+    listener.refresh_venues()
     listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
+    listener.on_price(message(book("charlie", *FLAT), 1), now_ms())
     twice = [("60100", "1")], [("60110", "1")]  # twice the market: a 30,000 USDT "gap"
     listener.on_price(message(book("bravo", *twice), 1), now_ms())
 
@@ -135,6 +138,16 @@ def test_a_book_far_from_the_other_venues_is_refused_and_opens_nothing(listener:
     assert "bravo" not in listener.books["BTC/USDT"]
     assert Opportunity.objects.count() == 0
     listener.on_price(message(book("bravo", *DEAR), 2), now_ms())  # back in the market: traded
+    assert set(Opportunity.objects.values_list("status", "sell_venue__name")) == {("dispatched", "bravo")}
+
+
+def test_two_venues_that_disagree_are_both_refused_until_they_agree(listener: Listener) -> None:
+    listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
+    listener.on_price(message(book("bravo", [("60100", "1")], [("60110", "1")]), 1), now_ms())
+    for seq in (2, 3, 4):  # whose market? nothing says, until bravo's own books outvote its spike
+        listener.on_price(message(book("bravo", *DEAR), seq), now_ms())
+
+    assert listener.stats.rejected == {"price_band": 3}
     assert Opportunity.objects.filter(status="dispatched").count() == 1
 
 

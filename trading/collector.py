@@ -34,7 +34,7 @@ from trading.core.types import Quote
 from trading.core.validate import QuoteRejected
 from trading.models import Venue
 from trading.observability import heartbeats, metrics
-from trading.pubsub import connect, decode_quote, names, publish_quotes, reserve_sequences
+from trading.pubsub import connect, names, publish_quotes, reserve_sequences
 from trading.venues.base import TemporaryVenueError, VenueError
 from trading.venues.registry import book_gateway
 
@@ -140,7 +140,8 @@ def collect_venue(venue_id: int) -> int:
             metrics.COLLECT_FAILURES.labels(venue=venue.name).inc()
             heartbeats.write_collector(client, venue.name, 0, f"{type(error).__name__}: {error}"[:200])
             return 0
-        quotes, off_band = within_band(client, venue, books.quotes, now_ms())
+        peers = [fields["name"] for fields in plan.venues.values()]
+        quotes, off_band = within_band(client, venue, peers, books.quotes, now_ms())
         record_rejections(client, venue, [*books.rejected, *off_band])
         published = publish_quotes(client, number_quotes(client, quotes))
         record_success(client, venue)
@@ -158,42 +159,44 @@ def price_band() -> band.PriceBand:
 
 
 def within_band(
-    client: redis.Redis, venue: Venue, quotes: Sequence[Quote], now: int
+    client: redis.Redis, venue: Venue, venues: Sequence[str], quotes: Sequence[Quote], now: int
 ) -> tuple[list[Quote], list[QuoteRejected]]:
-    """Split the venue's books into those inside the price band and rejections (`price_band`):
-    judged against the other venues' latest published books, or the venue's own recent mids
-    (kept in Redis, refused ones included, so every worker judges alike)."""
+    """Split the venue's books into those inside the price band and rejections (`price_band`),
+    judged by every venue's recent books of the symbol (see trading.core.band), which are kept in
+    Redis, so every worker judges alike."""
     rules, n = price_band(), names()
     if rules.max_bps <= 0 or not quotes:
         return list(quotes), []
-    history = {quote.symbol: n.venue_key(venue.name, f"mids:{quote.symbol}") for quote in quotes}
     pipe = client.pipeline(transaction=False)
     for quote in quotes:
-        pipe.hgetall(n.latest_books(quote.symbol))
-        pipe.lrange(history[quote.symbol], 0, rules.history - 1)
-    answers = pipe.execute()
+        for name in venues:
+            pipe.lrange(n.venue_key(name, f"mids:{quote.symbol}"), 0, rules.history - 1)
+    answers = iter(pipe.execute())
     kept: list[Quote] = []
     refused: list[QuoteRejected] = []
     pipe = client.pipeline(transaction=False)
-    for i, quote in enumerate(quotes):
-        peers = [book for raw in answers[2 * i].values() if (book := _peer(raw)) is not None]
-        own = [Decimal(mid.decode()) for mid in reversed(answers[2 * i + 1])]  # oldest first
-        breach = band.judge(quote, band.reference_mid(quote, peers, own, rules, now), rules)
+    for quote in quotes:
+        levels = [band.level(_seen_entries(next(answers)), rules, now) for _ in venues]
+        breach = band.judge(quote, band.market(levels), rules)
         if breach is None:
             kept.append(quote)
         else:
             refused.append(QuoteRejected(band.BAND_REASON, f"{quote.symbol}: {breach.describe()}"))
-        pipe.lpush(history[quote.symbol], str(band.mid(quote)))
-        pipe.ltrim(history[quote.symbol], 0, max(rules.history, 1) - 1)
+        key = n.venue_key(venue.name, f"mids:{quote.symbol}")
+        pipe.lpush(key, f"{quote.received_ts}:{band.mid(quote)}")
+        pipe.ltrim(key, 0, max(rules.history, 1) - 1)
+        pipe.expire(key, max(rules.window_ms // 1000, 1) * 10)
     pipe.execute()
     return kept, refused
 
 
-def _peer(raw: bytes) -> Quote | None:
-    try:
-        return decode_quote(raw)
-    except QuoteRejected:
-        return None  # a latest book no one can read is no one's reference
+def _seen_entries(raw: Sequence[bytes]) -> list[band.Seen]:
+    """A venue's kept mids ("<received ms>:<mid>", newest first in Redis), oldest first."""
+    entries = []
+    for item in reversed(raw):
+        stamp, _, value = item.decode().partition(":")
+        entries.append(band.Seen(Decimal(value), int(stamp)))
+    return entries
 
 
 async def fetch_books(venue: Venue, symbols: Sequence[str]) -> Round:

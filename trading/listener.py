@@ -125,7 +125,7 @@ class Listener:
         self.streams: dict[Stream, sequence.Stream] = {}
         self.sequence_rules = sequence_rules()
         self.band = price_band()
-        self.recent_mids: dict[Stream, deque[Decimal]] = {}
+        self.recent: dict[str, dict[str, deque[band.Seen]]] = defaultdict(dict)  # symbol, venue
         self.open: dict[GapKey, OpenGap] = {}
         self.config: StrategyConfig | None = None
         self.params: StrategyParams | None = None
@@ -216,13 +216,13 @@ class Listener:
         return step.accepted
 
     def in_band(self, quote: Quote, now: int) -> bool:
-        stream = (quote.venue, quote.symbol)
-        recent = self.recent_mids.setdefault(stream, deque(maxlen=max(self.band.history, 1)))
-        reference = band.reference_mid(quote, self.books[quote.symbol].values(), recent, self.band, now)
+        by_venue = self.recent[quote.symbol]
+        reference = band.market(band.level(recent, self.band, now) for recent in by_venue.values())
         breach = band.judge(quote, reference, self.band)
-        recent.append(band.mid(quote))
+        history = by_venue.setdefault(quote.venue, deque(maxlen=max(self.band.history, 1)))
+        history.append(band.seen(quote))
         if breach is not None:
-            self.reject(band.BAND_REASON, f"{stream}: {breach.describe()}", quote.venue)
+            self.reject(band.BAND_REASON, f"{(quote.venue, quote.symbol)}: {breach.describe()}", quote.venue)
         return breach is None
 
     @property

@@ -1,9 +1,12 @@
 """The price band: a book whose mid strays too far from the market is not traded on.
 
-The market is the median mid of the other venues' fresh books of the symbol; a venue alone on a
-symbol is judged against the median of its own recent books (refused ones included, so that a real
-move is followed after a few books instead of blinding the venue for good). A venue's first book
-with nobody to compare it to is taken.
+Each venue's level on a symbol is the median mid of its last few books received within the window
+(refused ones included, so that a real move is followed after a few books instead of blinding the
+venue for good). The market is the median of every venue's level, the venue's own included: one
+venue that goes astray is outvoted by the others, a venue alone on a symbol is judged by its own
+recent books, and a venue's first book with nothing to compare it to is taken. Two venues that
+disagree by more than the band are both refused until they agree again: nothing says which one
+is right, and refusing trades nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ TWO = Decimal(2)
 
 @dataclass(frozen=True, slots=True)
 class PriceBand:
-    """`max_bps`: the furthest a mid may stray from the reference (0: no band); `window_ms`: how
-    recent another venue's book must be to count; `history`: how many of a venue's own recent mids
-    judge it when it is alone."""
+    """`max_bps`: the furthest a mid may stray from the market (0: no band); `window_ms`: how
+    recent a book must be to count; `history`: how many of a venue's last books make its level."""
 
     max_bps: Decimal
     window_ms: int = 10_000
@@ -30,19 +32,31 @@ class PriceBand:
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """One book's mid, and when it was received."""
+
+    mid: Decimal
+    received_ts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Breach:
-    """A book outside the band: its mid, the reference it was judged against, how far off (bps)."""
+    """A book outside the band: its mid, the market it was judged against, how far off (bps)."""
 
     mid: Decimal
     reference: Decimal
     departure_bps: Decimal
 
     def describe(self) -> str:
-        return f"mid {self.mid} is {self.departure_bps:.0f} bps from the reference {self.reference}"
+        return f"mid {self.mid} is {self.departure_bps:.0f} bps from the market {self.reference}"
 
 
 def mid(quote: Quote) -> Decimal:
     return (quote.best_bid + quote.best_ask) / TWO
+
+
+def seen(quote: Quote) -> Seen:
+    return Seen(mid(quote), quote.received_ts)
 
 
 def median(values: Sequence[Decimal]) -> Decimal:
@@ -52,22 +66,18 @@ def median(values: Sequence[Decimal]) -> Decimal:
     return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / TWO
 
 
-def reference_mid(
-    quote: Quote, peers: Iterable[Quote], own_recent: Iterable[Decimal], band: PriceBand, now_ms: int
-) -> Decimal | None:
-    """What `quote` is judged against: the median mid of the other venues' books received within
-    the window, else the median of the venue's own recent mids (oldest first), else None."""
-    fresh = [
-        mid(peer)
-        for peer in peers
-        if peer.venue != quote.venue
-        and peer.symbol == quote.symbol
-        and now_ms - peer.received_ts <= band.window_ms
-    ]
-    if fresh:
-        return median(fresh)
-    recent = list(own_recent)[-band.history :] if band.history > 0 else []
-    return median(recent) if recent else None
+def level(recent: Iterable[Seen], band: PriceBand, now_ms: int) -> Decimal | None:
+    """A venue's level: the median of its last `history` mids received within the window (oldest
+    first in `recent`), or None when it has none."""
+    mids = [entry.mid for entry in recent if now_ms - entry.received_ts <= band.window_ms]
+    kept = mids[-band.history :] if band.history > 0 else []
+    return median(kept) if kept else None
+
+
+def market(levels: Iterable[Decimal | None]) -> Decimal | None:
+    """The median of the venues' levels (those that have one), or None."""
+    known = [value for value in levels if value is not None]
+    return median(known) if known else None
 
 
 def judge(quote: Quote, reference: Decimal | None, band: PriceBand) -> Breach | None:
