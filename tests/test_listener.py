@@ -262,3 +262,14 @@ def test_a_warmed_listener_dispatches_by_name_with_no_import_and_no_connection(r
     [message] = redis_client.lrange(f"{names.prefix}trade", 0, -1)  # routed to the trade queue
     headers = json.loads(message)["headers"]
     assert (headers["task"], headers["argsrepr"]) == ("trade.execute_opportunity", "(12345,)")
+
+
+def test_a_gap_as_wide_as_validation_allows_is_recorded_when_the_band_is_off(listener: Listener) -> None:
+    listener.band = dataclasses.replace(listener.band, max_bps=Decimal(0))
+    listener.on_price(message(book("alpha", [("0.0000009", "1")], [("0.000001", "1")]), 1), now_ms())
+    listener.on_price(message(book("bravo", [("1000", "1")], [("1001", "1")]), 1), now_ms())
+
+    assert listener.stats.errors == 0
+    row = Opportunity.objects.get()
+    assert row.expected_bps is not None
+    assert row.expected_bps > Decimal("1E+12")  # past the old numeric(12, 4)
