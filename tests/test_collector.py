@@ -256,6 +256,7 @@ def test_worker_collects_every_venue_onto_pub_sub(
 ) -> None:
     make_strategy(symbols=["BTC/USDT"])
     emulator.set_book("kraken", "BTC/USDT", BIDS, ASKS)
+    emulator.set_book("binance", "BTC/USDT", BIDS, ASKS)  # one market: both inside the price band
 
     collect_all_venues.delay()
 
