@@ -93,6 +93,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "arbsite.urls"
+# Error reports and debug pages mask URL passwords and every secret, even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "trading.observability.reports.SecretMaskingFilter"
+DEFAULT_EXCEPTION_REPORTER = "trading.observability.reports.MaskingExceptionReporter"
 WSGI_APPLICATION = "arbsite.wsgi.application"
 
 TEMPLATES = [
@@ -117,6 +120,9 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'arb.sqlite3'}"), conn_max_age=60
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # An unreachable database fails a request (or a scrape of /metrics) in seconds, not minutes.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
@@ -167,6 +173,21 @@ COLLECT_TIMEOUT_MS = env_int("COLLECT_TIMEOUT_MS", 3000)
 SIMULATION_SEED = env_int("SIMULATION_SEED", 7)
 # `manage.py prune_quotes` deletes recorded quotes older than this unless told otherwise.
 QUOTE_RETENTION_DAYS = env_int("QUOTE_RETENTION_DAYS", 7)
+# Books waiting in Redis to be stored (while the database is away, say) are kept up to this many;
+# past it a book is still published, and counted as unstored for its venue.
+QUOTE_BUFFER_MAX = env_int("QUOTE_BUFFER_MAX", 100_000)
+
+# The price band: a book whose mid is further than this (bps) from the median mid of the other
+# venues' books of the last PRICE_BAND_WINDOW_MS, or, alone on its symbol, of its own last
+# PRICE_BAND_HISTORY books, is refused by the collector and the listener (0: no band).
+PRICE_BAND_BPS = env_int("PRICE_BAND_BPS", 500)
+PRICE_BAND_WINDOW_MS = env_int("PRICE_BAND_WINDOW_MS", 10_000)
+PRICE_BAND_HISTORY = env_int("PRICE_BAND_HISTORY", 5)
+# Sequence numbers: a forward step up to SEQ_MAX_GAP is a gap (the messages skipped were lost); a
+# step back or a longer jump claims a new numbering, followed once SEQ_CONFIRMATIONS books in a
+# row (the claiming one included) carry it on.
+SEQ_MAX_GAP = env_int("SEQ_MAX_GAP", 10_000)
+SEQ_CONFIRMATIONS = env_int("SEQ_CONFIRMATIONS", 2)
 
 # One logging configuration for every process (web, worker, beat, listener, commands): JSON lines
 # on stdout, each with the correlation id of the work in progress and with secrets masked.

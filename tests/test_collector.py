@@ -256,6 +256,7 @@ def test_worker_collects_every_venue_onto_pub_sub(
 ) -> None:
     make_strategy(symbols=["BTC/USDT"])
     emulator.set_book("kraken", "BTC/USDT", BIDS, ASKS)
+    emulator.set_book("binance", "BTC/USDT", BIDS, ASKS)  # one market: both inside the price band
 
     collect_all_venues.delay()
 
@@ -279,3 +280,74 @@ def test_simulated_venue_is_collected_like_an_exchange(prices: PubSub, redis_cli
     assert set(quotes) == {"BTC/USDT", "ETH/USDT"}
     assert all(q.venue == "sim-a" and q.seq == 1 and q.best_bid < q.best_ask for q in quotes.values())
     assert latest_books(redis_client, "ETH/USDT") == {"sim-a": quotes["ETH/USDT"]}
+
+
+@pytest.mark.django_db
+def test_a_book_off_the_price_band_is_counted_flagged_and_never_published(
+    emulator: Emulator, venues: dict[str, Venue], prices: PubSub, redis_client, names
+) -> None:
+    from trading import monitoring
+
+    make_strategy(symbols=["BTC/USDT"])
+    emulator.set_book("binance", "BTC/USDT", BIDS, ASKS)
+    emulator.set_book("kraken", "BTC/USDT", [["128000", "1"]], [["128010", "1"]])  # twice the market
+    assert collector.collect_venue(venues["binance"].pk) == 1
+
+    assert collector.collect_venue(venues["kraken"].pk) == 0
+
+    assert [quote.venue for quote in received(prices)] == ["binance"]
+    assert set(latest_books(redis_client, "BTC/USDT")) == {"binance"}
+    assert redis_client.hgetall(names.venue_key("kraken", "rejections")) == {b"price_band": b"1"}
+    [condition] = monitoring.check_price_band(redis_client, 0)
+    assert condition.key == "price_band:kraken"
+    assert monitoring.check_price_band(redis_client, 0) == []  # nothing new since the last look
+    # Back in the market; with two venues, kraken's own books outvote its spike after two rounds.
+    emulator.set_book("kraken", "BTC/USDT", [["64005", "1"]], [["64006", "1"]])
+    assert [collector.collect_venue(venues["kraken"].pk) for _ in range(3)] == [0, 0, 1]
+
+
+@pytest.mark.django_db
+def test_a_venue_alone_is_judged_by_its_own_recent_books(
+    emulator: Emulator, venues: dict[str, Venue], prices: PubSub, redis_client, names
+) -> None:
+    make_strategy(symbols=["BTC/USDT"])
+    emulator.set_book("kraken", "BTC/USDT", BIDS, ASKS)
+    assert collector.collect_venue(venues["kraken"].pk) == 1
+    emulator.set_book("kraken", "BTC/USDT", [["1000000", "1"]], [["1000010", "1"]])
+
+    assert collector.collect_venue(venues["kraken"].pk) == 0
+    assert redis_client.hgetall(names.venue_key("kraken", "rejections")) == {b"price_band": b"1"}
+
+
+@pytest.mark.django_db
+def test_a_full_storage_queue_still_publishes_and_counts_what_it_could_not_keep(
+    emulator: Emulator, venues: dict[str, Venue], prices: PubSub, redis_client, names, settings
+) -> None:
+    settings.QUOTE_BUFFER_MAX = 2
+    make_strategy(symbols=["BTC/USDT", "ETH/USDT"])
+
+    for _ in range(2):
+        assert collector.collect_venue(venues["binance"].pk) == 2
+
+    assert len(received(prices)) == 4
+    assert redis_client.llen(names.pending_quotes) == 2
+    assert redis_client.hgetall(names.unstored_quotes) == {b"binance": b"2"}
+
+
+@pytest.mark.django_db
+def test_collection_goes_on_by_the_last_plan_while_the_database_is_away(
+    emulator: Emulator, venues: dict[str, Venue], prices: PubSub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    make_strategy(symbols=["BTC/USDT"])
+    assert sorted(collector.venues_to_collect()) == sorted(venue.pk for venue in venues.values())
+
+    def unreachable() -> collector.Plan:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(collector, "read_plan", unreachable)
+
+    assert sorted(collector.venues_to_collect()) == sorted(venue.pk for venue in venues.values())
+    assert collector.collect_venue(venues["kraken"].pk) == 1
+    assert [quote.venue for quote in received(prices)] == ["kraken"]

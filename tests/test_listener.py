@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
 
-from tests.conftest import fund, make_strategy, make_venue
+from tests.conftest import ROOT, child_env, fund, make_strategy, make_venue
 from tests.quotes import CHEAP, DEAR, FLAT, book
 from trading import pubsub
 from trading.config import now_ms
@@ -70,11 +72,113 @@ def test_sequence_gaps_are_counted_and_replays_rejected(listener: Listener) -> N
     assert listener.stats.ticks == 2
 
 
-def test_a_restarted_stream_is_followed_again(listener: Listener) -> None:
-    listener.on_price(message(book("alpha", *FLAT), 41), now_ms())
+def test_a_restarted_stream_is_followed_once_its_next_book_confirms_it(listener: Listener) -> None:
+    for seq in (41, 1, 2, 3):
+        listener.on_price(message(book("alpha", *FLAT), seq), now_ms())
+
+    assert listener.last_seq[("alpha", "BTC/USDT")] == 3
+    assert listener.stats.rejected == {"out_of_order": 1}  # the claim, until seq 2 carried it on
+    assert (listener.stats.restarts, listener.stats.missed, listener.stats.ticks) == (1, 0, 3)
+
+
+def test_a_poisoned_sequence_number_neither_counts_a_gap_nor_blinds_the_venue(listener: Listener) -> None:
+    for seq in (1, 2, 2**63 - 1, 3, 4):
+        listener.on_price(message(book("alpha", *FLAT), seq), now_ms())
+
+    assert listener.stats.rejected == {"seq_jump": 1}
+    assert (listener.stats.missed, listener.stats.restarts, listener.stats.ticks) == (0, 0, 4)
+    assert listener.last_seq[("alpha", "BTC/USDT")] == 4
+
+
+def test_a_poisoned_first_book_gives_way_to_the_real_stream(listener: Listener) -> None:
+    for seq in (2**63 - 1, 5001, 5002, 5004):
+        listener.on_price(message(book("alpha", *FLAT), seq), now_ms())
+
+    assert listener.stats.rejected == {"out_of_order": 1}
+    assert (listener.stats.restarts, listener.stats.missed, listener.stats.ticks) == (1, 1, 3)
+
+
+def test_a_bounded_jump_is_a_gap_and_a_longer_one_a_claim(listener: Listener, settings) -> None:
+    listener.sequence_rules = dataclasses.replace(listener.sequence_rules, max_gap=100)
+    for seq in (1, 101, 302):
+        listener.on_price(message(book("alpha", *FLAT), seq), now_ms())
+
+    assert listener.stats.missed == 99
+    assert listener.stats.rejected == {"seq_jump": 1}
+
+
+def test_gaps_across_a_reconnect_are_counted(listener: Listener) -> None:
+    listener.on_price(message(book("alpha", *FLAT), 7), now_ms())
+    listener.reconnect(should_stop=lambda: False).close()
+    listener.on_price(message(book("alpha", *FLAT), 12), now_ms())
+
+    assert (listener.stats.missed, listener.stats.reconnects, listener.stats.ticks) == (4, 1, 2)
+
+
+def test_a_book_on_another_symbols_channel_is_rejected(listener: Listener, names) -> None:
+    quote = message(book("alpha", *FLAT), 1)
+    listener.on_price(quote, now_ms(), channel=names.prices("ETH/USDT").encode())
+    listener.on_price(quote, now_ms(), channel=names.prices("BTC/USDT").encode())
+
+    assert listener.stats.rejected == {"wrong_channel": 1}
+    assert listener.stats.venue_rejected == {("alpha", "wrong_channel"): 1}
+    assert listener.stats.ticks == 1
+
+
+def test_a_book_far_from_the_other_venues_is_refused_and_opens_nothing(listener: Listener) -> None:
+    fund(make_venue("charlie"), BTC="2", USDT="100000")
+    listener.refresh_venues()
+    listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
+    listener.on_price(message(book("charlie", *FLAT), 1), now_ms())
+    twice = [("60100", "1")], [("60110", "1")]  # twice the market: a 30,000 USDT "gap"
+    listener.on_price(message(book("bravo", *twice), 1), now_ms())
+
+    assert listener.stats.rejected == {"price_band": 1}
+    assert listener.stats.venue_rejected == {("bravo", "price_band"): 1}
+    assert "bravo" not in listener.books["BTC/USDT"]
+    assert Opportunity.objects.count() == 0
+    listener.on_price(message(book("bravo", *DEAR), 2), now_ms())  # back in the market: traded
+    assert set(Opportunity.objects.values_list("status", "sell_venue__name")) == {("dispatched", "bravo")}
+
+
+def test_two_venues_that_disagree_are_both_refused_until_they_agree(listener: Listener) -> None:
+    listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
+    listener.on_price(message(book("bravo", [("60100", "1")], [("60110", "1")]), 1), now_ms())
+    for seq in (2, 3, 4):  # whose market? nothing says, until bravo's own books outvote its spike
+        listener.on_price(message(book("bravo", *DEAR), seq), now_ms())
+
+    assert listener.stats.rejected == {"price_band": 3}
+    assert Opportunity.objects.filter(status="dispatched").count() == 1
+
+
+def test_a_venue_alone_is_judged_by_its_own_recent_books(listener: Listener) -> None:
+    for seq in range(1, 4):
+        listener.on_price(message(book("alpha", *FLAT), seq), now_ms())
+    listener.on_price(message(book("alpha", [("1000000", "1")], [("1000010", "1")]), 4), now_ms())
+    listener.on_price(message(book("alpha", *FLAT), 5), now_ms())
+
+    assert listener.stats.rejected == {"price_band": 1}
+    assert listener.books["BTC/USDT"]["alpha"].seq == 5
+
+
+def test_a_real_move_is_followed_once_the_venues_own_books_agree(listener: Listener) -> None:
     listener.on_price(message(book("alpha", *FLAT), 1), now_ms())
-    assert listener.last_seq[("alpha", "BTC/USDT")] == 1
-    assert listener.stats.rejected == {}
+    moved = [("33000", "1")], [("33010", "1")]  # 10% up: out of the band, at first
+    for seq in range(2, 6):
+        listener.on_price(message(book("alpha", *moved), seq), now_ms())
+
+    assert listener.stats.rejected == {"price_band": 1}
+    assert listener.books["BTC/USDT"]["alpha"].seq == 5
+
+
+def test_any_junk_is_a_counted_rejection_and_the_listener_goes_on(listener: Listener) -> None:
+    junk: list[object] = [b"\xff\xfe", b'{"venue":"\xc3"}', "\ud800", None, 42, b"[" * 60_000, b"x" * 70_000]
+    for raw in junk:
+        listener.on_price(raw, now_ms())
+    listener.on_price(message(book("alpha", *FLAT), 1), now_ms())
+
+    assert sum(listener.stats.rejected.values()) == len(junk)
+    assert listener.stats.ticks == 1
 
 
 def test_symbols_it_does_not_own_are_ignored_not_rejected(redis_client, listener: Listener) -> None:
@@ -86,9 +190,12 @@ def test_symbols_it_does_not_own_are_ignored_not_rejected(redis_client, listener
 
 def test_heartbeat_carries_the_counters(redis_client, names, listener: Listener) -> None:
     listener.on_price(b"{oops", now_ms())
+    listener.on_price(message(book("nowhere", *FLAT), 1), now_ms())
     listener.heartbeat()
     beat = json.loads(redis_client.get(names.heartbeat(f"listener:{listener.name}")))
-    assert beat["rejected"] == {"bad_json": 1}
+    assert beat["rejected"] == {"bad_json": 1, "unknown_venue": 1}
+    assert beat["venue_rejected"] == {"nowhere": {"unknown_venue": 1}}
+    assert {"ignored", "errors", "reconnects", "restarts", "dispatched", "opportunities"} <= set(beat)
     assert redis_client.ttl(names.heartbeat(f"listener:{listener.name}")) > 0
 
 
@@ -114,3 +221,55 @@ def test_a_strategy_change_announced_on_the_control_channel_is_loaded(listener: 
     listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
     listener.on_price(message(book("bravo", *DEAR), 1), now_ms())
     assert list(Opportunity.objects.values_list("status", "reason")) == [("rejected", "below_min_profit")]
+
+
+WARM_DISPATCH = """
+import json, sys
+import django
+django.setup()
+import redis.connection
+from trading.listener import Listener, connect
+listener = Listener(connect(), name="warm")
+listener.warm_up()
+connects = []
+original = redis.connection.Connection._connect
+def counted(self):
+    connects.append(1)
+    return original(self)
+redis.connection.Connection._connect = counted
+listener.dispatch(12345)
+print(json.dumps({
+    "connects": len(connects),
+    "dispatched": listener.stats.dispatched,
+    "loaded": sorted(m for m in ("trading.tasks", "trading.execution", "ccxt") if m in sys.modules),
+}))
+"""
+
+
+def test_a_warmed_listener_dispatches_by_name_with_no_import_and_no_connection(redis_client, names) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", WARM_DISPATCH],
+        cwd=ROOT,
+        env=child_env(DJANGO_SETTINGS_MODULE="arbsite.settings"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert report == {"connects": 0, "dispatched": 1, "loaded": []}
+    [message] = redis_client.lrange(f"{names.prefix}trade", 0, -1)  # routed to the trade queue
+    headers = json.loads(message)["headers"]
+    assert (headers["task"], headers["argsrepr"]) == ("trade.execute_opportunity", "(12345,)")
+
+
+def test_a_gap_as_wide_as_validation_allows_is_recorded_when_the_band_is_off(listener: Listener) -> None:
+    listener.band = dataclasses.replace(listener.band, max_bps=Decimal(0))
+    listener.on_price(message(book("alpha", [("0.0000009", "1")], [("0.000001", "1")]), 1), now_ms())
+    listener.on_price(message(book("bravo", [("1000", "1")], [("1001", "1")]), 1), now_ms())
+
+    assert listener.stats.errors == 0
+    row = Opportunity.objects.get()
+    assert row.expected_bps is not None
+    assert row.expected_bps > Decimal("1E+12")  # past the old numeric(12, 4)

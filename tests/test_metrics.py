@@ -155,3 +155,57 @@ def test_metrics_show_quotes_published_by_a_collection_round(redis_client: redis
     collector.collect_venue(venue.pk)
 
     assert value(scrape(), "arb_quotes_published_total", venue="sim-a") - before == 2
+
+
+def test_every_listener_heartbeat_counter_is_exported(redis_client: redis.Redis) -> None:
+    from trading.listener import Stats
+    from trading.observability.metrics import LISTENER_COUNTERS
+
+    make_venue("alpha")
+    make_strategy(symbols=["BTC/USDT"])
+    listener = Listener(redis_client, name="counted")
+    listener.load_strategy()
+    listener.stats.ignored, listener.stats.errors, listener.stats.reconnects = 3, 2, 1
+    listener.on_price(pubsub.encode_quote(book("nowhere", *CHEAP, seq=1)), now_ms())
+    listener.heartbeat()
+
+    samples = scrape()
+
+    exported = {key for key, _, _ in LISTENER_COUNTERS} | {"rejected", "venue_rejected"}
+    assert set(Stats().as_dict()) == exported
+    assert value(samples, "arb_listener_ignored_total", listener="counted") == 3
+    assert value(samples, "arb_listener_errors_total", listener="counted") == 2
+    assert value(samples, "arb_listener_reconnects_total", listener="counted") == 1
+    assert (
+        value(
+            samples,
+            "arb_venue_price_events_rejected_total",
+            listener="counted",
+            venue="nowhere",
+            reason="unknown_venue",
+        )
+        == 1
+    )
+    assert value(samples, "arb_metrics_source_up", source="redis") == 1
+    assert value(samples, "arb_metrics_source_up", source="database") == 1
+
+
+def test_metrics_answer_without_redis_and_say_so(settings) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+
+    samples = scrape()
+
+    assert value(samples, "arb_metrics_source_up", source="redis") == 0
+    assert value(samples, "arb_metrics_source_up", source="database") == 1
+
+
+def test_metrics_show_the_storage_queue_and_what_it_could_not_keep(
+    redis_client: redis.Redis, names: pubsub.Names, settings
+) -> None:
+    settings.QUOTE_BUFFER_MAX = 1
+    pubsub.publish_quotes(redis_client, [book("alpha", *CHEAP, seq=1), book("alpha", *CHEAP, seq=2)])
+
+    samples = scrape()
+
+    assert value(samples, "arb_quotes_buffered") == 1
+    assert value(samples, "arb_quotes_unstored_total", venue="alpha") == 1

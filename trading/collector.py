@@ -3,21 +3,33 @@
 A venue that fails backs off for a time that doubles with each consecutive failure (kept in
 Redis, so every worker sees it); after COLLECT_FAILURES_BEFORE_DOWN failures in a row it is marked
 down, and its first success marks it up again. One venue's trouble never touches another's.
-A book that fails validation is counted and logged, never published.
+A book that fails validation, or whose mid is outside the price band (trading.core.band), is
+counted by venue and reason and logged, never published: so a worker that re-checks against the
+latest books in Redis never sees an absurd one either.
+
+What collection needs from the database (the enabled venues, the active strategy's symbols) is
+kept in Redis as last read, so collection goes on publishing while the database is away; books
+queued for storage meanwhile wait in Redis, up to QUOTE_BUFFER_MAX (see pubsub.publish_quotes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import Error as DatabaseError
 from django.utils import timezone
 
-from trading.config import NoActiveStrategy, active_strategy
+from trading.config import NoActiveStrategy, active_strategy, now_ms
+from trading.core import band
 from trading.core.types import Quote
 from trading.core.validate import QuoteRejected
 from trading.models import Venue
@@ -42,54 +54,149 @@ class Round:
     rejected: list[QuoteRejected]
 
 
+# The Venue fields a book gateway and the collector read, kept in the plan.
+PLAN_FIELDS = ("name", "kind", "ccxt_id", "api_url", "status")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to collect: the enabled venues (by id, with PLAN_FIELDS) and the symbols."""
+
+    venues: dict[int, dict[str, str]]
+    symbols: list[str]
+
+    def venue(self, venue_id: int) -> Venue | None:
+        """The venue as an unsaved row built from the plan (enough for a gateway), or None."""
+        fields = self.venues.get(venue_id)
+        return None if fields is None else Venue(pk=venue_id, enabled=True, **fields)
+
+    def to_json(self) -> str:
+        return json.dumps({"venues": self.venues, "symbols": self.symbols})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Plan:
+        body: dict[str, Any] = json.loads(raw)
+        return cls({int(pk): fields for pk, fields in body["venues"].items()}, list(body["symbols"]))
+
+
+def read_plan() -> Plan:
+    """The plan from the database. Raises Django's database errors."""
+    rows = Venue.objects.filter(enabled=True).values("pk", *PLAN_FIELDS)
+    venues = {row.pop("pk"): row for row in rows}
+    try:
+        symbols = list(active_strategy().symbols)
+    except NoActiveStrategy as exc:
+        log.warning("nothing to collect: %s", exc)
+        symbols = []
+    return Plan(venues, symbols)
+
+
+def collection_plan(client: redis.Redis) -> Plan:
+    """The plan from the database, kept in Redis as it was read; while the database is away, the
+    plan last kept. Raises the database's error when there is none."""
+    key = names().collection_plan
+    try:
+        plan = read_plan()
+    except DatabaseError as exc:
+        kept = client.get(key)
+        if kept is None:
+            raise
+        log.warning("database unavailable (%s): collecting by the last plan read", str(exc).strip()[:200])
+        return Plan.from_json(kept)
+    client.set(key, plan.to_json())
+    return plan
+
+
 def venues_to_collect() -> list[int]:
     """Ids of the enabled venues that are not backing off."""
-    venues = list(Venue.objects.filter(enabled=True).values_list("pk", "name"))
-    if not venues:
-        return []
     n = names()
     with connect() as client:
+        venues = list(collection_plan(client).venues.items())
+        if not venues:
+            return []
         pipe = client.pipeline(transaction=False)
-        for _, name in venues:
-            pipe.exists(n.venue_key(name, "backoff"))
+        for _, fields in venues:
+            pipe.exists(n.venue_key(fields["name"], "backoff"))
         waiting = pipe.execute()
     return [pk for (pk, _), backing_off in zip(venues, waiting, strict=True) if not backing_off]
 
 
 def collect_venue(venue_id: int) -> int:
-    """Fetch, validate, number and publish the venue's books; returns how many were published.
-
-    A venue error is recorded as a failure (back-off, maybe marked down) and publishes nothing.
-    """
-    venue = Venue.objects.filter(pk=venue_id, enabled=True).first()
-    if venue is None:
-        log.info("venue %s is gone or disabled: nothing to collect", venue_id)
-        return 0
-    symbols = configured_symbols()
-    if not symbols:
-        return 0
+    """Fetch, validate, band-check, number and publish the venue's books; returns how many were
+    published. A venue error is recorded as a failure (back-off, maybe marked down) and publishes
+    nothing. Works from the plan last read while the database is away."""
     with connect() as client:
+        plan = collection_plan(client)
+        venue = plan.venue(venue_id)
+        if venue is None:
+            log.info("venue %s is gone or disabled: nothing to collect", venue_id)
+            return 0
+        if not plan.symbols:
+            return 0
         try:
-            books = asyncio.run(fetch_books(venue, symbols))
+            books = asyncio.run(fetch_books(venue, plan.symbols))
         except VenueError as error:
             record_failure(client, venue, error)
             metrics.COLLECT_FAILURES.labels(venue=venue.name).inc()
             heartbeats.write_collector(client, venue.name, 0, f"{type(error).__name__}: {error}"[:200])
             return 0
-        record_rejections(client, venue, books.rejected)
-        published = publish_quotes(client, number_quotes(client, books.quotes))
+        peers = [fields["name"] for fields in plan.venues.values()]
+        quotes, off_band = within_band(client, venue, peers, books.quotes, now_ms())
+        record_rejections(client, venue, [*books.rejected, *off_band])
+        published = publish_quotes(client, number_quotes(client, quotes))
         record_success(client, venue)
         metrics.QUOTES_PUBLISHED.labels(venue=venue.name).inc(published)
         heartbeats.write_collector(client, venue.name, published, None)
     return published
 
 
-def configured_symbols() -> list[str]:
-    try:
-        return list(active_strategy().symbols)
-    except NoActiveStrategy as exc:
-        log.warning("nothing to collect: %s", exc)
-        return []
+def price_band() -> band.PriceBand:
+    return band.PriceBand(
+        max_bps=Decimal(settings.PRICE_BAND_BPS),
+        window_ms=settings.PRICE_BAND_WINDOW_MS,
+        history=settings.PRICE_BAND_HISTORY,
+    )
+
+
+def within_band(
+    client: redis.Redis, venue: Venue, venues: Sequence[str], quotes: Sequence[Quote], now: int
+) -> tuple[list[Quote], list[QuoteRejected]]:
+    """Split the venue's books into those inside the price band and rejections (`price_band`),
+    judged by every venue's recent books of the symbol (see trading.core.band), which are kept in
+    Redis, so every worker judges alike."""
+    rules, n = price_band(), names()
+    if rules.max_bps <= 0 or not quotes:
+        return list(quotes), []
+    pipe = client.pipeline(transaction=False)
+    for quote in quotes:
+        for name in venues:
+            pipe.lrange(n.venue_key(name, f"mids:{quote.symbol}"), 0, rules.history - 1)
+    answers = iter(pipe.execute())
+    kept: list[Quote] = []
+    refused: list[QuoteRejected] = []
+    pipe = client.pipeline(transaction=False)
+    for quote in quotes:
+        levels = [band.level(_seen_entries(next(answers)), rules, now) for _ in venues]
+        breach = band.judge(quote, band.market(levels), rules)
+        if breach is None:
+            kept.append(quote)
+        else:
+            refused.append(QuoteRejected(band.BAND_REASON, f"{quote.symbol}: {breach.describe()}"))
+        key = n.venue_key(venue.name, f"mids:{quote.symbol}")
+        pipe.lpush(key, f"{quote.received_ts}:{band.mid(quote)}")
+        pipe.ltrim(key, 0, max(rules.history, 1) - 1)
+        pipe.expire(key, max(rules.window_ms // 1000, 1) * 10)
+    pipe.execute()
+    return kept, refused
+
+
+def _seen_entries(raw: Sequence[bytes]) -> list[band.Seen]:
+    """A venue's kept mids ("<received ms>:<mid>", newest first in Redis), oldest first."""
+    entries = []
+    for item in reversed(raw):
+        stamp, _, value = item.decode().partition(":")
+        entries.append(band.Seen(Decimal(value), int(stamp)))
+    return entries
 
 
 async def fetch_books(venue: Venue, symbols: Sequence[str]) -> Round:
@@ -122,14 +229,19 @@ def number_quotes(client: redis.Redis, quotes: Sequence[Quote]) -> list[Quote]:
 
 
 def record_rejections(client: redis.Redis, venue: Venue, rejected: Sequence[QuoteRejected]) -> None:
-    """Count each rejected book by reason under the venue's `rejections` hash."""
+    """Count each rejected book by reason under the venue's `rejections` hash (which monitoring
+    reads) and in `arb_books_rejected_total{venue,reason}`."""
     if not rejected:
         return
     key = names().venue_key(venue.name, "rejections")
-    pipe = client.pipeline(transaction=False)
+    counts: dict[str, int] = defaultdict(int)
     for rejection in rejected:
         log.warning("%s: book rejected: %s", venue.name, rejection)
-        pipe.hincrby(key, rejection.reason, 1)
+        counts[rejection.reason] += 1
+    pipe = client.pipeline(transaction=False)
+    for reason, count in counts.items():
+        pipe.hincrby(key, reason, count)
+        metrics.BOOKS_REJECTED.labels(venue=venue.name, reason=reason).inc(count)
     pipe.execute()
 
 
@@ -167,17 +279,26 @@ def record_success(client: redis.Redis, venue: Venue) -> None:
 
 
 def mark_down(venue: Venue, reason: str) -> None:
-    """Conditional, so that of several workers seeing the same failure one marks it, once."""
-    changed = Venue.objects.filter(pk=venue.pk, status=Venue.Status.UP).update(
-        status=Venue.Status.DOWN, status_reason=reason[:200], status_changed_at=timezone.now()
-    )
+    """Conditional, so that of several workers seeing the same failure one marks it, once. While
+    the database is away the venue stays as it is (the back-off still holds it off)."""
+    try:
+        changed = Venue.objects.filter(pk=venue.pk, status=Venue.Status.UP).update(
+            status=Venue.Status.DOWN, status_reason=reason[:200], status_changed_at=timezone.now()
+        )
+    except DatabaseError as exc:
+        log.warning("%s: could not be marked down, database unavailable: %s", venue.name, exc)
+        return
     if changed:
         log.error("%s marked down: %s", venue.name, reason)
 
 
 def mark_up(venue: Venue) -> None:
-    changed = Venue.objects.filter(pk=venue.pk, status=Venue.Status.DOWN).update(
-        status=Venue.Status.UP, status_reason="", status_changed_at=timezone.now()
-    )
+    try:
+        changed = Venue.objects.filter(pk=venue.pk, status=Venue.Status.DOWN).update(
+            status=Venue.Status.UP, status_reason="", status_changed_at=timezone.now()
+        )
+    except DatabaseError as exc:
+        log.warning("%s: could not be marked up, database unavailable: %s", venue.name, exc)
+        return
     if changed:
         log.info("%s marked up: answering again", venue.name)

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import redis
@@ -39,6 +39,7 @@ from trading.observability import metrics
 log = logging.getLogger(__name__)
 Status = Opportunity.Status
 
+EXECUTE_TASK = "trade.execute_opportunity"
 IN_FLIGHT = (Status.CLAIMED, Status.EXECUTING)
 DONE = (Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.ATTENTION)
 ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
@@ -80,7 +81,8 @@ def _expected(decision: Decision) -> dict[str, Any]:
         "sell_worst_price": sized.sell.worst_price,
         "expected_fees": sized.buy.fee + sized.sell.fee,
         "expected_profit": sized.net_profit,
-        "expected_bps": sized.net_bps.quantize(Decimal("0.0001")),
+        # Wide enough for any gap between books that pass validation (the column is too).
+        "expected_bps": sized.net_bps.quantize(Decimal("0.0001"), context=Context(prec=40)),
     }
 
 
@@ -237,10 +239,10 @@ def expire_lost(now: int) -> int:
 
 
 def dispatch(opportunity_id: int) -> bool:
-    """Queue the trade task for `opportunity_id`; False (and the opportunity failed flat) when the
-    broker cannot take it."""
+    """Queue the trade task for `opportunity_id`, by name with the app's routes (the task module is
+    never imported here); False (and the opportunity failed flat) when the broker cannot take it."""
     try:
-        app.signature("trade.execute_opportunity", args=(opportunity_id,)).apply_async()
+        app.send_task(EXECUTE_TASK, args=(opportunity_id,))
     except (OperationalError, redis.RedisError) as exc:
         log.exception("could not dispatch opportunity %s", opportunity_id)
         dispatch_failed(opportunity_id, exc)

@@ -2,7 +2,9 @@
 
 Each step is a method a test can call alone; `Listener.run` wires them to a Redis subscription.
 Pub/Sub may drop messages (a slow subscriber, a reconnect), so every stream is numbered and the
-listener counts what it missed; nothing that must not be lost lives only here.
+listener counts what it missed, across reconnects too; nothing that must not be lost lives only
+here. Every message ends as exactly one of: a tick, a rejection counted by reason, or ignored (a
+symbol this listener does not own); nothing a message holds can stop the loop.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ import json
 import logging
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import Error as DjangoDatabaseError
+from django.db import close_old_connections, transaction
+from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from arbsite.celery import app
 from trading import book_claims, lifecycle, pubsub, risk
 from trading.config import from_ms, load_venue_states, now_ms, strategy_params, to_ms
-from trading.core import liquidity
+from trading.core import band, liquidity, sequence
 from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.strategy import find_decisions
 from trading.core.types import Decision, Quote, StrategyParams, VenueState
@@ -36,24 +44,51 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 1.0
 HEARTBEAT_TTL_SECONDS = 10
+Stream = tuple[str, str]  # (venue, symbol)
 
 
 @dataclass
 class Stats:
+    """The listener's counters, carried by its heartbeat and exported by `/metrics`."""
+
     ticks: int = 0  # price events that updated a book and ran the strategy
     rejected: Counter[str] = field(default_factory=Counter)  # bad price events, by reason
+    venue_rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (venue, reason)
     missed: int = 0  # messages a sequence gap says Pub/Sub never delivered
+    restarts: int = 0  # streams followed anew once their next books confirmed a new numbering
     ignored: int = 0  # price events for symbols this listener does not own
     crossings: int = 0  # distinct crossings of two venues' books (ask below bid, fees aside)
     opportunities: int = 0  # opportunities opened on them: a settled crossing that persists re-arms
     dispatched: int = 0
-    errors: int = 0
+    errors: int = 0  # steps that failed (database, Redis, or a fault in the code), each logged
     reconnects: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["rejected"] = dict(self.rejected)
+        by_venue: dict[str, dict[str, int]] = defaultdict(dict)
+        for (venue, reason), count in self.venue_rejected.items():
+            by_venue[venue][reason] = count
+        data["venue_rejected"] = dict(by_venue)
         return data
+
+
+def connect() -> redis.Redis:
+    """The listener's Redis client. It does not retry a lost connection behind the listener's back
+    (redis-py would resubscribe silently): the listener reconnects itself, and counts it."""
+    return redis.Redis.from_url(settings.REDIS_URL, retry=Retry(NoBackoff(), 0))
+
+
+def sequence_rules() -> sequence.SequenceRules:
+    return sequence.SequenceRules(max_gap=settings.SEQ_MAX_GAP, confirmations=settings.SEQ_CONFIRMATIONS)
+
+
+def price_band() -> band.PriceBand:
+    return band.PriceBand(
+        max_bps=Decimal(settings.PRICE_BAND_BPS),
+        window_ms=settings.PRICE_BAND_WINDOW_MS,
+        history=settings.PRICE_BAND_HISTORY,
+    )
 
 
 @dataclass
@@ -91,7 +126,10 @@ class Listener:
         self.stats = Stats()
         self.latency = metrics.LocalHistogram()  # decision time, exported through the heartbeat
         self.books: dict[str, dict[str, Quote]] = defaultdict(dict)
-        self.last_seq: dict[tuple[str, str], int] = {}
+        self.streams: dict[Stream, sequence.Stream] = {}
+        self.sequence_rules = sequence_rules()
+        self.band = price_band()
+        self.recent: dict[str, dict[str, deque[band.Seen]]] = defaultdict(dict)  # symbol, venue
         self.open: dict[GapKey, OpenGap] = {}
         self.config: StrategyConfig | None = None
         self.params: StrategyParams | None = None
@@ -140,23 +178,39 @@ class Listener:
 
     # --- the steps of one price event ----------------------------------------------------------
 
-    def decode(self, raw: bytes | str) -> Quote | None:
+    def decode(self, raw: object) -> Quote | None:
+        """The quote in a message, or None when it was rejected (counted by reason)."""
         try:
-            return pubsub.decode_quote(raw)
+            return pubsub.decode_quote(raw)  # type: ignore[arg-type]  # anything: rejected by name
         except QuoteRejected as exc:
             return self.reject(exc.reason, exc.detail)
 
-    def reject(self, reason: str, detail: str) -> None:
+    def reject(self, reason: str, detail: str, venue: str | None = None) -> None:
         self.stats.rejected[reason] += 1
+        if venue is not None:
+            self.stats.venue_rejected[(venue, reason)] += 1
         log.warning("price event rejected (%s): %s", reason, detail[:200])
 
-    def accept(self, quote: Quote) -> bool:
-        """Take the quote into the book unless its venue, symbol or sequence number says not to."""
+    def on_channel(self, quote: Quote, channel: bytes | str | None) -> bool:
+        """Whether the quote came on its symbol's channel (None: not from a subscription)."""
+        if channel is None:
+            return True
+        expected = self.names.prices(quote.symbol)
+        if (channel.decode(errors="replace") if isinstance(channel, bytes) else channel) == expected:
+            return True
+        self.reject("wrong_channel", f"a {quote.symbol} book on {channel!r}", quote.venue)
+        return False
+
+    def accept(self, quote: Quote, now: int | None = None) -> bool:
+        """Take the quote into the book unless its venue, symbol, sequence number or price says
+        not to (see trading.core.sequence and trading.core.band)."""
         if quote.symbol not in self.symbols:
             self.stats.ignored += 1
             return False
         if quote.venue not in self.venues:
-            self.reject("unknown_venue", f"{quote.venue!r} is not an enabled venue")
+            self.reject("unknown_venue", f"{quote.venue!r} is not an enabled venue", quote.venue)
+            return False
+        if not self.in_sequence(quote):
             return False
         kept = self.books[quote.symbol].get(quote.venue)
         if kept is not None and quote.timestamp < kept.timestamp:
@@ -164,16 +218,37 @@ class Listener:
                 "older_snapshot", f"{quote.venue} book of {quote.timestamp} after one of {kept.timestamp}"
             )
             return False
-        stream = (quote.venue, quote.symbol)
-        last = self.last_seq.get(stream)
-        if last is not None and quote.seq <= last and quote.seq != 1:
-            self.reject("out_of_order", f"{stream} seq {quote.seq} after {last}")
+        if not self.in_band(quote, now_ms() if now is None else now):
             return False
-        if last is not None and quote.seq > last + 1:
-            self.stats.missed += quote.seq - last - 1
-        self.last_seq[stream] = quote.seq
         self.books[quote.symbol][quote.venue] = quote
         return True
+
+    def in_sequence(self, quote: Quote) -> bool:
+        stream = (quote.venue, quote.symbol)
+        step = sequence.follow(self.streams.get(stream), quote.seq, self.sequence_rules)
+        self.streams[stream] = step.stream
+        self.stats.missed += step.missed
+        if step.restarted:
+            self.stats.restarts += 1
+            log.warning("%s: a new numbering of the stream is followed from seq %d", stream, quote.seq)
+        if not step.accepted:
+            self.reject(step.reason, f"{stream} seq {quote.seq} after {step.stream.last}", quote.venue)
+        return step.accepted
+
+    def in_band(self, quote: Quote, now: int) -> bool:
+        by_venue = self.recent[quote.symbol]
+        reference = band.market(band.level(recent, self.band, now) for recent in by_venue.values())
+        breach = band.judge(quote, reference, self.band)
+        history = by_venue.setdefault(quote.venue, deque(maxlen=max(self.band.history, 1)))
+        history.append(band.seen(quote))
+        if breach is not None:
+            self.reject(band.BAND_REASON, f"{(quote.venue, quote.symbol)}: {breach.describe()}", quote.venue)
+        return breach is None
+
+    @property
+    def last_seq(self) -> dict[Stream, int]:
+        """The last number taken on each stream."""
+        return {stream: state.last for stream, state in self.streams.items()}
 
     def decide(self, quote: Quote, now: int) -> list[Decision]:
         """Decisions on every pair that includes the quote's venue: only those can have changed.
@@ -266,6 +341,20 @@ class Listener:
         if lifecycle.dispatch(opportunity_id):
             self.stats.dispatched += 1
 
+    def warm_up(self) -> None:
+        """Connect to the broker and declare the trade queue now, so that the first dispatch pays
+        no connection cost. A broker that is not there yet is left to the first dispatch."""
+        started = time.perf_counter()
+        try:
+            with app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=3)
+                route = app.amqp.router.route({}, lifecycle.EXECUTE_TASK, (), {}, None)
+                producer.maybe_declare(route["queue"])
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            log.warning("the broker is not reachable yet (%s): the first dispatch will connect", exc)
+            return
+        log.info("dispatch warmed up in %.3fs", time.perf_counter() - started)
+
     def announce(self, row: Opportunity) -> None:
         pubsub.publish_event(
             self.client,
@@ -279,16 +368,17 @@ class Listener:
             },
         )
 
-    def on_price(self, raw: bytes | str, now: int) -> list[int]:
-        """One price event, end to end. Returns the ids of opportunities it opened."""
+    def on_price(self, raw: object, now: int, channel: bytes | str | None = None) -> list[int]:
+        """One price event, end to end, from any bytes at all. Returns the ids of opportunities it
+        opened. `channel` is the one it came on, when it came from a subscription."""
         quote = self.decode(raw)
-        if quote is None or not self.accept(quote):
+        if quote is None or not self.on_channel(quote, channel) or not self.accept(quote, now):
             return []
         self.stats.ticks += 1
         started = time.perf_counter()
         try:
             return self.record(quote, self.decide(quote, now), now)
-        except DatabaseError:
+        except DjangoDatabaseError:
             self.stats.errors += 1
             log.exception("could not record decisions for %s", quote.symbol)
             close_old_connections()
@@ -299,14 +389,29 @@ class Listener:
     # --- the loop ------------------------------------------------------------------------------
 
     def handle(self, message: dict[str, Any]) -> None:
-        if message["channel"] == self._control_channel:
+        if message.get("channel") == self._control_channel:
             log.info("strategy change announced: reloading")
             self.load_strategy()
             return
         if message["channel"] == self._events_channel:
             self.on_event(message["data"])
             return
-        self.on_price(message["data"], now_ms())
+        self.on_price(message.get("data"), now_ms(), message.get("channel"))
+
+    def handle_safely(self, message: dict[str, Any]) -> None:
+        """`handle`, except that a fault in the code for one message is counted and logged
+        instead of stopping the listener. A lost Redis connection still goes to the loop."""
+        try:
+            self.handle(message)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except DjangoDatabaseError:
+            self.stats.errors += 1
+            log.exception("database error while handling a message")
+            close_old_connections()
+        except Exception:
+            self.stats.errors += 1
+            log.exception("a message could not be handled")
 
     def on_event(self, raw: bytes) -> None:
         """An opportunity event: a settled one re-arms its crossing."""
@@ -324,7 +429,7 @@ class Listener:
         self._next_refresh = time.monotonic() + REFRESH_SECONDS
         try:
             self.refresh_venues()
-        except DatabaseError:
+        except DjangoDatabaseError:
             self.stats.errors += 1
             log.exception("could not refresh venues")
             close_old_connections()
@@ -341,10 +446,13 @@ class Listener:
         heartbeats.write(self.client, f"listener:{self.name}", beat, HEARTBEAT_TTL_SECONDS, self.names)
 
     def reconnect(self, should_stop: Callable[[], bool]) -> redis.client.PubSub | None:
-        """After a lost connection: forget books that may be stale, then resubscribe with back-off."""
+        """After a lost connection: forget books that may be stale, then resubscribe with back-off.
+
+        The streams' last numbers are kept, so the first book of each stream after the reconnect
+        counts what was published while the listener was away as missed.
+        """
         self.stats.reconnects += 1
         self.books.clear()
-        self.last_seq.clear()
         delay = 0.1
         while not should_stop():
             try:
@@ -357,18 +465,22 @@ class Listener:
 
     def run(self, should_stop: Callable[[], bool], on_ready: Callable[[], None] = lambda: None) -> None:
         self.load_strategy()
+        self.warm_up()
         channel: redis.client.PubSub | None = self.subscribe()
         on_ready()
         while channel is not None and not should_stop():
             try:
                 message = channel.get_message(timeout=0.2)
                 if message is not None:
-                    self.handle(message)
+                    self.handle_safely(message)
                 self.periodic()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("lost redis (%s): reconnecting", exc)
                 _close_quietly(channel)
                 channel = self.reconnect(should_stop)
+            except redis.RedisError:
+                self.stats.errors += 1
+                log.exception("redis refused a step; carrying on")
         if channel is not None:
             _close_quietly(channel)
         for key in list(self.open):

@@ -12,6 +12,10 @@ from django.db.models import Q
 
 MONEY = {"max_digits": 28, "decimal_places": 12}
 DEPLOYMENT_KEY_LENGTH = 6
+# An opportunity's figures come from books that passed validation (prices and amounts below 1e16,
+# down to 1e-12): its prices, fees and profit fit here (notionals up to 1e28), and its bps too.
+WIDE_MONEY = {"max_digits": 40, "decimal_places": 12}
+WIDE_BPS = {"max_digits": 38, "decimal_places": 4}
 
 
 class Venue(models.Model):
@@ -141,14 +145,14 @@ class Opportunity(models.Model):
     symbol = models.CharField(max_length=20)
     buy_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
     sell_venue = models.ForeignKey(Venue, on_delete=models.PROTECT, related_name="+")
-    amount = models.DecimalField(**MONEY, null=True, blank=True)
-    buy_price = models.DecimalField(**MONEY, null=True, blank=True)
-    sell_price = models.DecimalField(**MONEY, null=True, blank=True)
-    buy_worst_price = models.DecimalField(**MONEY, null=True, blank=True)
-    sell_worst_price = models.DecimalField(**MONEY, null=True, blank=True)
-    expected_fees = models.DecimalField(**MONEY, null=True, blank=True)
-    expected_profit = models.DecimalField(**MONEY, null=True, blank=True)
-    expected_bps = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    amount = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    buy_price = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    sell_price = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    buy_worst_price = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    sell_worst_price = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    expected_fees = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    expected_profit = models.DecimalField(**WIDE_MONEY, null=True, blank=True)
+    expected_bps = models.DecimalField(**WIDE_BPS, null=True, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, db_index=True)
     reason = models.CharField(max_length=200, blank=True)
     mode = models.CharField(

@@ -123,6 +123,23 @@ def new_rejections(client: redis.Redis, venue: str) -> int:
     return max(total - int(previous or 0), 0)
 
 
+def check_price_band(client: redis.Redis, now: int) -> list[Condition]:
+    """Venues whose books the collectors refused for straying off the price band since the
+    previous run: the venue is flagged until its books come back into the band."""
+    n = names()
+    found = []
+    for venue in Venue.objects.filter(enabled=True).values_list("name", flat=True):
+        total = int(client.hget(n.venue_key(venue, "rejections"), "price_band") or 0)
+        previous = int(client.set(n.venue_key(venue, "price_band_seen"), total, get=True) or 0)
+        if total > previous:
+            subject = (
+                f"Venue {venue} off the price band: {total - previous} book(s) refused, more than "
+                f"{settings.PRICE_BAND_BPS} bps from the market"
+            )
+            found.append(Condition(f"price_band:{venue}", WARNING, subject))
+    return found
+
+
 def check_listener(client: redis.Redis, now: int) -> list[Condition]:
     if alive(heartbeats.read_all(client, "listener"), now, HEARTBEAT_MAX_AGE_MS):
         return []
@@ -176,6 +193,7 @@ Check = Callable[[redis.Redis, int], list[Condition]]
 CHECKS: dict[str, Check] = {
     "venue_stale": check_venue_stale,
     "venue_errors": check_venue_errors,
+    "price_band": check_price_band,
     "listener_missing": check_listener,
     "workers_missing": check_workers,
     "queue_backlog": check_queue_backlog,

@@ -72,6 +72,15 @@ class Names:
         return f"{self.prefix}quotes:dead:reasons"
 
     @property
+    def unstored_quotes(self) -> str:
+        """Hash of books published but not queued for storage (the queue was full), by venue."""
+        return f"{self.prefix}quotes:unstored"
+
+    @property
+    def collection_plan(self) -> str:
+        return f"{self.prefix}collect:plan"
+
+    @property
     def store_lock(self) -> str:
         return f"{self.prefix}quotes:store-lock"
 
@@ -141,23 +150,58 @@ return 1
 """
 
 
+# Queue books for storage while the queue holds fewer than ARGV[1]; count the others by venue.
+# KEYS: pending queue, unstored counts. ARGV: the bound, then (venue, message) pairs.
+# Returns how many were not queued.
+BUFFER_SCRIPT = """
+local room = tonumber(ARGV[1]) - redis.call("llen", KEYS[1])
+local unstored = 0
+for i = 2, #ARGV, 2 do
+    if room > 0 then
+        redis.call("rpush", KEYS[1], ARGV[i + 1])
+        room = room - 1
+    else
+        redis.call("hincrby", KEYS[2], ARGV[i], 1)
+        unstored = unstored + 1
+    end
+end
+return unstored
+"""
+
+
 def publish_quotes(client: redis.Redis, quotes: Iterable[Quote], *, store: bool = True) -> int:
     """Publish each quote on its symbol's channel, keep it as the venue's latest book unless a
     newer one is kept already, and queue it for storage (unless `store` is off), all in one round
-    trip. Returns how many were sent."""
+    trip. Returns how many were sent.
+
+    The storage queue holds at most QUOTE_BUFFER_MAX books (while the database is away it only
+    grows): past that a book is still published, and counted for its venue in
+    `names().unstored_quotes` instead of being queued.
+    """
     n = names()
     keep = client.register_script(KEEP_IF_NEWER)
     pipe = client.pipeline(transaction=False)
+    queued: list[str | bytes] = []
     count = 0
     for quote in quotes:
         message = encode_quote(quote)
         pipe.publish(n.prices(quote.symbol), message)
         keys = [n.latest_books(quote.symbol), n.latest_book_times(quote.symbol)]
         keep(keys=keys, args=[quote.venue, quote.timestamp, message], client=pipe)
-        if store:
-            pipe.rpush(n.pending_quotes, message)
+        queued += [quote.venue, message]
         count += 1
-    pipe.execute()
+    if store and queued:
+        buffer = client.register_script(BUFFER_SCRIPT)
+        buffer(
+            keys=[n.pending_quotes, n.unstored_quotes], args=[settings.QUOTE_BUFFER_MAX, *queued], client=pipe
+        )
+    results = pipe.execute()
+    if store and queued and (unstored := int(results[-1])):
+        log.warning(
+            "storage queue full (%d): %d book(s) published but not stored",
+            settings.QUOTE_BUFFER_MAX,
+            unstored,
+        )
     return count
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import redis
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import postgres, pq, sql
 from psycopg.adapt import Dumper
@@ -313,7 +313,9 @@ def store_pending(batch: int = 5000, *, max_seconds: float = 20.0) -> int:
     call carries on). Each batch is committed before it is trimmed off the queue (see the module
     docstring for the trade-off). Entries that cannot be stored (bad JSON, an invalid quote, an
     unknown venue, a value too large for its column) move to `names().dead_quotes`, are counted per
-    reason in `names().dead_quote_reasons` and logged; the rest of their batch is stored.
+    reason in `names().dead_quote_reasons` and logged; the rest of their batch is stored. While the
+    database is away nothing is trimmed: the queue keeps the books (see QUOTE_BUFFER_MAX) and this
+    returns 0 with a warning.
     """
     with pubsub.connect() as client:
         lock = client.lock(pubsub.names().store_lock, timeout=STORE_LOCK_SECONDS)
@@ -322,6 +324,12 @@ def store_pending(batch: int = 5000, *, max_seconds: float = 20.0) -> int:
             return 0
         try:
             return drain(client, lock, batch, time.monotonic() + max_seconds)
+        except (OperationalError, InterfaceError) as exc:
+            waiting = client.llen(pubsub.names().pending_quotes)
+            log.warning(
+                "database unavailable, %d book(s) wait in the queue: %s", waiting, str(exc).strip()[:200]
+            )
+            return 0
         finally:
             release(lock)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.core.builders import quotes
 from trading.core.types import Quote
-from trading.core.validate import MAX_LEVELS, QuoteRejected, parse_quote, quote_to_payload
+from trading.core.validate import MAX_LEVELS, REASONS, QuoteRejected, parse_quote, quote_to_payload
 
 
 def payload(**changes: Any) -> dict[str, Any]:
@@ -111,6 +111,15 @@ def test_a_missing_field_is_named(field: str) -> None:
         pytest.param(payload(venue=10**5000), id="venue a 5000-digit int"),
         pytest.param(payload(asks=[["1e30", "1"]]), id="price out of range"),
         pytest.param(payload(bids=[["64999.90", "1e-30"]]), id="amount out of range"),
+        pytest.param(payload(asks=[["1E+16", "1"]]), id="price past the quote table's sixteen digits"),
+        pytest.param(payload(bids=[["64999.90", "1E-13"]]), id="amount past twelve decimal places"),
+        pytest.param(payload(asks=[["1e99999999999999999999", "1"]]), id="exponent past Decimal's range"),
+        pytest.param(payload(seq=2**63), id="seq past 64 bits"),
+        pytest.param(payload(received_ts=253_402_300_800_000), id="timestamp past the year 9999"),
+        pytest.param(payload(symbol="btc/usdt"), id="lower-case symbol"),
+        pytest.param(payload(symbol="BTC /USDT"), id="symbol with a space"),
+        pytest.param(payload(symbol="BTC/USDT" + "T" * 20), id="symbol longer than its column"),
+        pytest.param(payload(venue="bin ance"), id="venue with a space"),
     ],
 )
 def test_a_malformed_payload_is_named(message: Any) -> None:
@@ -127,6 +136,37 @@ def test_a_number_that_is_not_finite_is_named(bad: Any) -> None:
 def test_a_price_or_amount_that_is_not_positive_is_named(bad: Any) -> None:
     assert reason_for(payload(bids=[[bad, "1"]])) == "non_positive"
     assert reason_for(payload(asks=[["65000.10", bad]])) == "non_positive"
+
+
+@pytest.mark.parametrize(
+    "lenient",
+    [
+        " 64999.90",
+        "64999.90 ",
+        "64999.90\n",
+        "64_999.90",
+        "+64999.90",
+        "\uff16\uff14\uff19\uff19\uff19",  # full-width digits
+        "64999,90",
+        "0x10",
+        "1e",
+        "",
+    ],
+)
+def test_a_number_is_plain_ascii_decimal_text_or_nothing(lenient: str) -> None:
+    assert reason_for(payload(bids=[[lenient, "1"]])) == "malformed"
+    assert reason_for(payload(asks=[["65000.10", lenient]])) == "malformed"
+
+
+def test_numbers_as_decimal_exponents_and_decimals_are_read_exactly() -> None:
+    quote = parse_quote(payload(bids=[["6.49999E+4", "1E-7"]], asks=[[Decimal("65000.10"), Decimal("2")]]))
+
+    assert quote.bids == ((Decimal("64999.9"), Decimal("1E-7")),)
+    assert quote.asks == ((Decimal("65000.10"), Decimal("2")),)
+
+
+def test_a_field_the_schema_does_not_know_is_named() -> None:
+    assert reason_for(payload(note="hello")) == "unknown_field"
 
 
 def test_levels_out_of_order_are_named_unsorted() -> None:
@@ -185,15 +225,21 @@ def outcome(message: Any) -> Quote | str:
         return rejected.reason
 
 
-REASONS = {"missing_field", "malformed", "not_finite", "non_positive", "unsorted", "crossed"}
+def valid(quote: Quote) -> bool:
+    """What every Quote the validator lets through must be."""
+    return (
+        quote.best_bid < quote.best_ask
+        and all(
+            Decimal("1E-12") <= value < Decimal("1E+16")
+            for level in quote.bids + quote.asks
+            for value in level
+        )
+        and 0 <= quote.seq < 2**63
+    )
 
 
 @given(message=json_junk | damaged_payloads())
 def test_junk_is_rejected_by_name_and_never_raises_anything_else(message: Any) -> None:
     result = outcome(message)
 
-    if isinstance(result, str):
-        assert result in REASONS
-    else:
-        assert result.best_bid < result.best_ask
-        assert all(price > 0 and amount > 0 for price, amount in result.bids + result.asks)
+    assert result in REASONS if isinstance(result, str) else valid(result)

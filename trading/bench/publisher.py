@@ -36,14 +36,18 @@ def stream(count: int, seed: int = 1) -> list[bytes]:
     return [json.dumps(m, separators=(",", ":")).encode() for m in messages]
 
 
-def publish(url: str, channel: str, count: int, rate: float, ready: Any, drained: Any) -> None:
-    """Publisher process. With `rate` > 0: one event at a time at that pace, each stamped with its
-    send time (for latency). Otherwise in chunks: publish a chunk, signal `ready`, and wait until
-    the subscriber has `drained` it, so that draining is timed with nothing else competing."""
+def publish(
+    url: str, channel: str, count: int, rate: float, ready: Any, drained: Any, sent: Any = None
+) -> None:
+    """Publisher process. With `rate` > 0: one event at a time at that pace, the monotonic time each
+    was sent (ns) written to `sent[i]` (for latency; messages carry nothing but the quote, which
+    the listener's strict schema requires). Otherwise in chunks: publish a chunk, signal `ready`,
+    and wait until the subscriber has `drained` it, so that draining is timed with nothing else
+    competing."""
     client = redis.Redis.from_url(url)
     messages = stream(count)
     if rate > 0:
-        _paced(client, channel, messages, rate)
+        _paced(client, channel, messages, rate, sent)
         return
     for first in range(0, len(messages), CHUNK):
         pipe = client.pipeline(transaction=False)
@@ -55,8 +59,9 @@ def publish(url: str, channel: str, count: int, rate: float, ready: Any, drained
         drained.clear()
 
 
-def _paced(client: redis.Redis, channel: str, messages: list[bytes], rate: float) -> None:
+def _paced(client: redis.Redis, channel: str, messages: list[bytes], rate: float, sent: Any) -> None:
     start = time.monotonic()
     for i, message in enumerate(messages):
         time.sleep(max(0.0, start + i / rate - time.monotonic()))
-        client.publish(channel, message[:-1] + b',"sent_ns":' + str(time.monotonic_ns()).encode() + b"}")
+        sent[i] = time.monotonic_ns()
+        client.publish(channel, message)

@@ -101,7 +101,7 @@ def _decode(process: str, raw: bytes | str | None) -> dict[str, Any] | None:
         return None
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         log.warning("heartbeat of %s is not JSON: %r", process, raw[:200])
         return None
     if not isinstance(body, dict):

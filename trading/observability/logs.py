@@ -6,8 +6,9 @@ notification. The id lives in a context variable: it follows asyncio tasks, and 
 to the worker in a task header (see arbsite/celery.py).
 
 `RedactionFilter` masks secrets before a record is formatted: the values of settings and
-environment variables whose names contain KEY, SECRET, TOKEN or PASSWORD, and the password part
-of any URL (`redis://:pw@host`, `postgres://user:pw@host`).
+environment variables whose names contain KEY, SECRET, TOKEN or PASSWORD, the password part
+of any URL (`redis://:pw@host`, `postgres://user:pw@host`) and of a libpq connection string
+(`password=pw`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ CORRELATION_HEADER = "arb_correlation_id"
 SECRET_NAME = re.compile(r"(?:^|[_.-])[a-z]*(?:key|secret|token|password|passwd)s?(?:$|[_.-])", re.I)
 # scheme://[user]:password@ — the password stops at the last "@" before the host part.
 URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)[^\s/?#]*(?=@)")
+# A libpq connection string's password option: password=secret or password='se cret'.
+CONNINFO_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.I)
 # Shorter values (flags, "1", "on") would mask ordinary words in every message.
 MIN_SECRET_LENGTH = 4
 
@@ -107,6 +110,7 @@ def redact(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     text = URL_PASSWORD.sub(rf"\g<head>{MASK}", value)
+    text = CONNINFO_PASSWORD.sub(rf"\g<head>{MASK}", text)
     for secret in secret_values():
         if secret in text:
             text = text.replace(secret, MASK)

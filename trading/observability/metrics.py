@@ -13,7 +13,10 @@ another host is included too. Those series restart from zero when a listener res
 Prometheus counters may.
 
 Trades and realized PnL are read from the database at scrape time: they are the durable record,
-and a restart does not reset them.
+and a restart does not reset them. The storage queue's length and the books it could not take are
+read from Redis. A scrape answers with whatever it can reach: `arb_metrics_source_up{source}` is 1
+for each source (database, redis) that answered and 0 for one that did not, whose series are then
+left out rather than failing the scrape.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import redis
 from django.core.exceptions import ImproperlyConfigured
+from django.db import Error as DatabaseError
 from django.db.models import Count, Sum
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,7 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from trading.observability import heartbeats
-from trading.pubsub import connect
+from trading.pubsub import connect, names
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,11 @@ UNKNOWN_FEES = Counter(
     "arb_unknown_fees", "Orders whose fee could not be stated or valued in the quote currency", ["venue"]
 )
 RESUMED = Counter("arb_opportunities_resumed", "Opportunities in flight taken over from a worker that died")
+BOOKS_REJECTED = Counter(
+    "arb_books_rejected",
+    "Books a collector refused (invalid, or off the price band), by venue and reason",
+    ["venue", "reason"],
+)
 DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -96,8 +105,51 @@ class LocalHistogram:
         return {"buckets": list(self.buckets), "counts": list(self.counts), "sum": self.total}
 
 
+# The listener heartbeat's plain counters, each exported per listener: (field, metric, help).
+LISTENER_COUNTERS = (
+    ("ticks", "arb_ticks", "Price events that updated a book and ran the strategy"),
+    ("missed", "arb_sequence_gap_messages", "Price messages that sequence gaps say Pub/Sub never delivered"),
+    (
+        "restarts",
+        "arb_sequence_restarts",
+        "Streams followed anew after their next books confirmed a new numbering",
+    ),
+    ("ignored", "arb_listener_ignored", "Price events for symbols the listener does not own"),
+    ("opportunities", "arb_listener_opportunities", "Opportunities the listener opened"),
+    ("dispatched", "arb_listener_dispatched", "Opportunities sent for execution"),
+    ("errors", "arb_listener_errors", "Steps that failed (database, Redis, or a fault), each logged"),
+    ("reconnects", "arb_listener_reconnects", "Times the listener lost Redis and subscribed again"),
+)
+
+
+class Sources:
+    """Which sources one scrape reached: each collector says, `SourceStatus` reports."""
+
+    def __init__(self) -> None:
+        self.up: dict[str, bool] = {}
+
+    def reached(self, source: str, ok: bool) -> None:
+        self.up[source] = self.up.get(source, True) and ok
+
+
+class SourceStatus:
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "arb_metrics_source_up", "1 when this scrape could read the source, else 0", labels=["source"]
+        )
+        for source, ok in sorted(self.sources.up.items()):
+            gauge.add_metric([source], 1 if ok else 0)
+        yield gauge
+
+
 class ListenerStats:
     """Each live listener's counters and decision latency, from its heartbeat, labelled by name."""
+
+    def __init__(self, sources: Sources | None = None) -> None:
+        self.sources = sources or Sources()
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -105,17 +157,20 @@ class ListenerStats:
                 beats = heartbeats.read_all(client, "listener")
         except redis.RedisError as exc:
             log.warning("listener figures left out of /metrics: %s", exc)
+            self.sources.reached("redis", False)
             return
-        ticks = CounterMetricFamily(
-            "arb_ticks", "Price events that updated a book and ran the strategy", labels=["listener"]
-        )
-        gaps = CounterMetricFamily(
-            "arb_sequence_gap_messages",
-            "Price messages that sequence gaps say Pub/Sub never delivered",
-            labels=["listener"],
-        )
+        self.sources.reached("redis", True)
+        counters = {
+            field: CounterMetricFamily(name, text, labels=["listener"])
+            for field, name, text in LISTENER_COUNTERS
+        }
         rejected = CounterMetricFamily(
             "arb_price_events_rejected", "Price events refused, by reason", labels=["listener", "reason"]
+        )
+        by_venue = CounterMetricFamily(
+            "arb_venue_price_events_rejected",
+            "Decoded price events refused, by venue and reason",
+            labels=["listener", "venue", "reason"],
         )
         latency = HistogramMetricFamily(
             "arb_decision_seconds",
@@ -123,13 +178,53 @@ class ListenerStats:
             labels=["listener"],
         )
         for name, beat in sorted(beats.items()):
-            ticks.add_metric([name], beat.get("ticks", 0))
-            gaps.add_metric([name], beat.get("missed", 0))
+            for key, family in counters.items():
+                family.add_metric([name], beat.get(key, 0))
             for reason, count in beat.get("rejected", {}).items():
                 rejected.add_metric([name, reason], count)
+            for venue, reasons in beat.get("venue_rejected", {}).items():
+                for reason, count in reasons.items():
+                    by_venue.add_metric([name, venue, reason], count)
             if "decision_seconds" in beat:
                 latency.add_metric([name], *_histogram(beat["decision_seconds"]))
-        yield from (ticks, gaps, rejected, latency)
+        yield from (*counters.values(), rejected, by_venue, latency)
+
+
+class StorageQueue:
+    """Books waiting in Redis to be stored, and those the queue could not take, by venue."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        n = names()
+        try:
+            with connect() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.llen(n.pending_quotes)
+                pipe.hgetall(n.unstored_quotes)
+                pipe.hgetall(n.dead_quote_reasons)
+                waiting, unstored, dead = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("storage queue figures left out of /metrics: %s", exc)
+            self.sources.reached("redis", False)
+            return
+        self.sources.reached("redis", True)
+        yield GaugeMetricFamily("arb_quotes_buffered", "Books waiting in Redis to be stored", value=waiting)
+        lost = CounterMetricFamily(
+            "arb_quotes_unstored",
+            "Books published but not stored: the storage queue was full",
+            labels=["venue"],
+        )
+        for venue, count in sorted(unstored.items()):
+            lost.add_metric([venue.decode()], int(count))
+        yield lost
+        refused = CounterMetricFamily(
+            "arb_quotes_dead", "Queued books that could not be stored, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(dead.items()):
+            refused.add_metric([reason.decode()], int(count))
+        yield refused
 
 
 def _histogram(data: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
@@ -141,6 +236,9 @@ def _histogram(data: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
 class TradeTotals:
     """Trades and realized PnL by mode, from the trade table (one aggregate query per scrape)."""
 
+    def __init__(self, sources: Sources | None = None) -> None:
+        self.sources = sources or Sources()
+
     def collect(self) -> Iterator[Metric]:
         from trading.models import Trade  # metrics load before Django's app registry in Celery
 
@@ -148,7 +246,15 @@ class TradeTotals:
         pnl = GaugeMetricFamily(
             "arb_realized_pnl", "Sum of realized PnL (quote currency), by mode", labels=["mode"]
         )
-        rows = Trade.objects.values("mode").annotate(count=Count("pk"), pnl=Sum("realized_pnl")).order_by()
+        try:
+            rows = list(
+                Trade.objects.values("mode").annotate(count=Count("pk"), pnl=Sum("realized_pnl")).order_by()
+            )
+        except DatabaseError as exc:
+            log.warning("trade figures left out of /metrics: %s", str(exc).strip()[:200])
+            self.sources.reached("database", False)
+            return
+        self.sources.reached("database", True)
         for row in rows:
             trades.add_metric([row["mode"]], row["count"])
             pnl.add_metric([row["mode"]], float(row["pnl"] or 0))
@@ -157,12 +263,16 @@ class TradeTotals:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The Prometheus text of every process's metrics and the database totals, and its content type."""
+    """The Prometheus text of every process's metrics and of what the database and Redis hold,
+    and its content type. Never fails for a source that does not answer: it says so instead."""
     registry = CollectorRegistry()
     if multiprocess_dir():
         MultiProcessCollector(registry)
     else:
         registry.register(REGISTRY)  # a registry is a collector of its own metrics
-    registry.register(TradeTotals())
-    registry.register(ListenerStats())
+    sources = Sources()
+    registry.register(TradeTotals(sources))
+    registry.register(ListenerStats(sources))
+    registry.register(StorageQueue(sources))
+    registry.register(SourceStatus(sources))  # last: it reports what the others reached
     return generate_latest(registry), CONTENT_TYPE_LATEST

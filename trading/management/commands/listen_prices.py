@@ -9,9 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from trading import pubsub
 from trading.config import announce_trading_mode
-from trading.listener import Listener
+from trading.listener import Listener, connect
 
 
 class Command(BaseCommand):
@@ -34,7 +33,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        listener = Listener(pubsub.connect(), symbols=options["symbols"], name=options["name"])
+        listener = Listener(connect(), symbols=options["symbols"], name=options["name"])
         mode = announce_trading_mode()
         # The first dispatch would import the trade task and all it trades with (ccxt alone takes
         # seconds on a slow host) while the opportunity's books age: ready means ready to dispatch.
