@@ -132,14 +132,16 @@ class PrivateRedis:
         self.server = self._spawn(*self._args, name="redis")
         self.server.wait_for("Ready to accept connections", timeout=20)
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the server, saving its keys first when `keep_data` (so that the collectors'
+        sequence numbers go on after a restart), and wait until its process has exited."""
         # The server drops the connection as it stops: that is its answer.
         with contextlib.suppress(redis.ConnectionError):
-            self.client.shutdown(nosave=True)
+            self.client.shutdown(save=keep_data, nosave=not keep_data)
         self.server.proc.wait(scaled(10))  # the port is free once the old server has exited
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, keep_data: bool = False) -> None:
+        self.stop(keep_data)
         self.start()
 
 

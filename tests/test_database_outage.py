@@ -22,7 +22,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from arbsite.celery import app
-from tests.conftest import Child, child_env, start_worker, wait_until
+from tests.conftest import Child, child_env, start_worker
+from tests.deadlines import wait_until
 from tests.outage_servers import PrivatePostgres, free_port
 from trading.pubsub import Names
 

@@ -19,7 +19,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Child, child_env, make_venue, wait_until
+from tests.conftest import Child, child_env, make_venue
+from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book
 from trading import pubsub, storage
 from trading.core.validate import REASONS, quote_to_payload

@@ -229,6 +229,7 @@ import django
 django.setup()
 import redis.connection
 from trading.listener import Listener, connect
+TRADE_PATH = ("trading.tasks", "trading.execution", "trading.settlement")
 listener = Listener(connect(), name="warm")
 listener.warm_up()
 connects = []
@@ -241,7 +242,7 @@ listener.dispatch(12345)
 print(json.dumps({
     "connects": len(connects),
     "dispatched": listener.stats.dispatched,
-    "loaded": sorted(m for m in ("trading.tasks", "trading.execution", "ccxt") if m in sys.modules),
+    "loaded": sorted(m for m in TRADE_PATH if m in sys.modules),
 }))
 """
 

@@ -477,7 +477,6 @@ def test_after_a_database_reset_a_resumed_trade_never_adopts_an_old_order_as_its
     Order.objects.all().delete()
     Opportunity.objects.all().delete()
     Deployment.objects.all().delete()
-    Deployment.forget()
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT setval(pg_get_serial_sequence('trading_opportunity', 'id'), %s, false)", [first.pk]

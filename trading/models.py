@@ -417,18 +417,8 @@ class Deployment(models.Model):
 
     @classmethod
     def current_key(cls) -> str:
-        """The key, read once per process and database (it never changes once stored)."""
-        database = settings.DATABASES["default"]["NAME"]
-        if _deployment_keys.get(database) is None:
-            alphabet = string.ascii_lowercase + string.digits
-            fresh = "".join(secrets.choice(alphabet) for _ in range(DEPLOYMENT_KEY_LENGTH))
-            _deployment_keys[database] = cls.objects.get_or_create(pk=1, defaults={"key": fresh})[0].key
-        return _deployment_keys[database]
-
-    @classmethod
-    def forget(cls) -> None:
-        """Drop this process's copy of the key (the database was reset)."""
-        _deployment_keys.clear()
-
-
-_deployment_keys: dict[str, str] = {}
+        """The key, created with a fresh random value the first time (read each time: a database
+        reset must never leave a process naming orders with the old deployment's key)."""
+        alphabet = string.ascii_lowercase + string.digits
+        fresh = "".join(secrets.choice(alphabet) for _ in range(DEPLOYMENT_KEY_LENGTH))
+        return cls.objects.get_or_create(pk=1, defaults={"key": fresh})[0].key
