@@ -16,6 +16,7 @@ from celery.signals import (
     worker_shutdown,
 )
 from celery.worker.consumer import Consumer
+from django.db import close_old_connections
 
 from trading.observability import heartbeats
 from trading.observability.logs import CORRELATION_HEADER, current_correlation, set_correlation
@@ -49,6 +50,14 @@ def carry_correlation(headers: dict[str, Any], **_: Any) -> None:
 @task_prerun.connect
 def adopt_correlation(task: Task, **_: Any) -> None:
     set_correlation(getattr(task.request, CORRELATION_HEADER, None))
+
+
+@task_prerun.connect
+def drop_broken_connections(**_: Any) -> None:
+    """Connections live across tasks (CELERY_DB_REUSE_MAX): one that failed (the database went
+    away) or outlived CONN_MAX_AGE is closed here, and the task opens a fresh one."""
+
+    close_old_connections()
 
 
 @task_postrun.connect

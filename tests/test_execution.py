@@ -9,12 +9,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
 from django.utils import timezone
 
 from tests.conftest import client_id, next_message, orders_by_key
 from tests.quotes import FLAT, book, open_known_gap, publish
-from trading import execution, lifecycle
+from trading import execution
 from trading.core.ledger import Charge
 from trading.core.types import Side
 from trading.models import Alert, Balance, Opportunity, Order, Trade, Venue
@@ -127,11 +126,7 @@ def test_paper_orders_on_one_snapshot_never_fill_a_level_twice(redis_client) -> 
 def reserved_then_crashed(opportunity: Opportunity) -> None:
     """What a worker killed after recording the orders leaves: both orders recorded, funds
     reserved, nothing filled, the opportunity still executing."""
-    claimed = lifecycle.claim(opportunity.pk)
-    assert claimed is not None
-    with transaction.atomic():
-        plan = execution.recheck_and_record(claimed, claimed.strategy)
-    assert isinstance(plan, execution.Plan)
+    assert isinstance(execution.claim_and_record(opportunity.pk), execution.Plan)
 
 
 def test_a_paper_trade_left_executing_by_a_dead_worker_is_completed_on_redelivery(

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection
 
 from tests.conftest import (
     child_env,
@@ -28,7 +28,7 @@ from tests.conftest import (
 )
 from tests.deadlines import wait_until
 from tests.quotes import book, publish
-from trading import accounts, execution, legs, lifecycle, pubsub, reconcile, risk, settlement
+from trading import accounts, execution, legs, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms
 from trading.emulator import Emulator, emulate
 from trading.listener import Listener
@@ -279,9 +279,7 @@ def test_redelivery_after_a_crash_between_the_legs_sends_each_leg_exactly_once(
     """The state a worker killed between the legs leaves: both orders recorded, the buy placed on
     its venue, the sell never sent, the opportunity still executing."""
     opportunity = open_gap(redis_client)
-    claimed = lifecycle.claim(opportunity.pk)
-    assert claimed is not None
-    plan = execution.recheck_and_record(claimed, claimed.strategy)
+    plan = execution.claim_and_record(opportunity.pk)
     assert isinstance(plan, execution.Plan)
     request = settlement.as_request(plan.buy)
     legs.run_on(plan.buy.venue, "live", lambda gw: legs.confirmed(gw, request, look_first=False))
@@ -487,9 +485,7 @@ def test_after_a_database_reset_a_resumed_trade_never_adopts_an_old_order_as_its
 
     again = open_gap(redis_client)
     assert again.pk == first.pk
-    claimed = lifecycle.claim(again.pk)
-    assert claimed is not None
-    assert isinstance(execution.recheck_and_record(claimed, claimed.strategy), execution.Plan)
+    assert isinstance(execution.claim_and_record(again.pk), execution.Plan)
     assert execution.execute_opportunity(again.pk) == "executed"  # resumed: looked up first
 
     assert old_ids.isdisjoint(order.client_order_id for order in Order.objects.all())
@@ -528,10 +524,7 @@ def test_fills_a_database_error_kept_from_the_record_are_found_on_the_venue_when
     holds their funds. The trade stays executing with an alert, and its resumption records what
     the venue says, releasing the funds."""
     opportunity = open_gap(redis_client)
-    claimed = lifecycle.claim(opportunity.pk)
-    assert claimed is not None
-    with transaction.atomic():
-        assert isinstance(execution.recheck_and_record(claimed, claimed.strategy), execution.Plan)
+    assert isinstance(execution.claim_and_record(opportunity.pk), execution.Plan)
     db = settings_db()
     with psycopg.connect(**db) as blocker, blocker.transaction():
         blocker.execute("SELECT id FROM trading_order WHERE opportunity_id = %s FOR UPDATE", [opportunity.pk])

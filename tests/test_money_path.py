@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from tests.conftest import PrivateRedis, fund, make_strategy, make_venue, orders_by_key
 from tests.quotes import CHEAP, DEAR, FLAT, book, open_known_gap, publish
-from trading import execution, lifecycle, pubsub, risk, settlement
+from trading import execution, lifecycle, pubsub, risk, settlement, trade_store
 from trading.config import now_ms
 from trading.listener import Listener
 from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, RiskLimits, Trade
@@ -44,10 +44,7 @@ def set_limits(**fields: object) -> None:
 
 def reserved_then_crashed(opportunity: Opportunity) -> None:
     """A worker that recorded the orders and died before sending them."""
-    claimed = lifecycle.claim(opportunity.pk)
-    assert claimed is not None
-    with transaction.atomic():
-        assert isinstance(execution.recheck_and_record(claimed, claimed.strategy), execution.Plan)
+    assert isinstance(execution.claim_and_record(opportunity.pk), execution.Plan)
 
 
 # --- liquidity taken once -------------------------------------------------------------------------
@@ -187,15 +184,19 @@ def test_a_filled_leg_whose_partner_is_being_retried_counts_against_the_exposure
 # --- no path forgets a position -------------------------------------------------------------------
 
 
-def test_a_worker_gone_after_its_claim_leaves_nothing_claimed_for_good(
+def test_a_worker_gone_mid_re_check_leaves_the_opportunity_dispatched_for_its_redelivered_task(
     market: None, redis_client: redis.Redis
 ) -> None:
+    """The claim commits only with the orders (or the reason there are none): a worker that dies
+    before leaves nothing half done, and its task, delivered again, trades."""
     opportunity = open_known_gap(redis_client)
-    assert lifecycle.claim(opportunity.pk) is not None  # and then the worker died
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        assert trade_store.claim(opportunity.pk)
+        raise RuntimeError("the worker dies here")
 
-    assert lifecycle.abandoned() == [opportunity.pk]
-    assert execution.execute_opportunity(opportunity.pk) == "executed"
+    assert Opportunity.objects.get(pk=opportunity.pk).status == Status.DISPATCHED
     assert lifecycle.abandoned() == []
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
 
 
 def test_a_dispatched_opportunity_whose_task_was_lost_expires(

@@ -13,13 +13,14 @@ takes it over where that worker stopped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.db import transaction
 from redis.client import Pipeline
 
-from trading import balances, book_claims, lifecycle, orders, pubsub, risk, settlement
-from trading.config import active_strategy, load_venue_states, now_ms, strategy_params, to_ms
+from trading import balances, book_claims, lifecycle, orders, pubsub, risk, settlement, trade_store
+from trading.config import now_ms, strategy_params, to_ms, venue_state
 from trading.core import liquidity
 from trading.core.fills import fill
 from trading.core.liquidity import Claim
@@ -27,7 +28,7 @@ from trading.core.policy import Role
 from trading.core.strategy import evaluate_pair
 from trading.core.types import ZERO, Quote, Side, StrategyParams, VenueState
 from trading.core.types import Opportunity as Sized
-from trading.models import Deployment, Opportunity, Order, StrategyConfig
+from trading.models import Balance, Opportunity, Order, StrategyConfig
 from trading.observability import metrics
 from trading.observability.logs import correlation, opportunity_correlation
 from trading.venues.registry import tradeable
@@ -37,31 +38,35 @@ Status = Opportunity.Status
 
 
 def execute_opportunity(opportunity_id: int) -> str:
-    """Trade a dispatched opportunity at most once, or take over one in flight whose worker is
-    gone. Returns the opportunity's final status, or "not_claimed" when there was nothing for this
-    worker to do. Everything it logs, and every task it sends, carries the opportunity's
-    correlation id."""
+    """Trade a dispatched opportunity at most once, or take over one left executing by a worker
+    that is gone. Returns the opportunity's final status, or "not_claimed" when there was nothing
+    for this worker to do. Everything it logs, and every task it sends, carries the
+    opportunity's correlation id."""
     with correlation(opportunity_correlation(opportunity_id)), lifecycle.exclusive(opportunity_id) as held:
         if not held:
             log.info("opportunity %s is being executed by another worker", opportunity_id)
             return "not_claimed"
-        opportunity = lifecycle.claim(opportunity_id)
-        if opportunity is not None:
-            return _attempt(opportunity, resuming=False)
+        try:
+            plan = claim_and_record(opportunity_id)
+        except Exception as exc:
+            lifecycle.fail_unsent(opportunity_id, f"error before any order: {type(exc).__name__}: {exc}")
+            raise
+        if isinstance(plan, Plan):
+            return _settling(plan.opportunity, resuming=False, fresh=(plan.buy, plan.sell))
+        if isinstance(plan, Dropped):
+            return plan.status
         opportunity = lifecycle.take_over(opportunity_id)
         if opportunity is None:
             log.info("opportunity %s not claimable: already taken or not dispatched", opportunity_id)
             return "not_claimed"
-        log.warning("opportunity %s was left %s: resuming it", opportunity_id, opportunity.status)
+        log.warning("opportunity %s was left executing: resuming it", opportunity_id)
         metrics.RESUMED.inc()
-        return _attempt(opportunity, resuming=True)
+        return _settling(opportunity, resuming=True)
 
 
-def _attempt(opportunity: Opportunity, *, resuming: bool) -> str:
+def _settling(opportunity: Opportunity, *, resuming: bool, fresh: Sequence[Order] = ()) -> str:
     try:
-        if opportunity.status == Status.CLAIMED:
-            return _execute(opportunity)
-        return settlement.settle(opportunity, resuming=resuming)
+        return settlement.settle(opportunity, resuming=resuming, fresh=fresh)
     except Exception as exc:
         settlement.interrupted(opportunity, exc)
         raise
@@ -71,6 +76,7 @@ def _attempt(opportunity: Opportunity, *, resuming: bool) -> str:
 class Plan:
     """What the re-check decided to send: the sized opportunity and the orders recorded for it."""
 
+    opportunity: Opportunity
     sized: Sized
     buy: Order
     sell: Order
@@ -84,27 +90,34 @@ class Dropped:
     reason: str
 
 
-def _execute(opportunity: Opportunity) -> str:
-    config = opportunity.strategy or active_strategy()
+def claim_and_record(opportunity_id: int) -> Plan | Dropped | None:
+    """In one transaction: claim the dispatched opportunity, decide again, and either record its
+    orders with their funds held (the Plan to send) or finish it untraded (Dropped). None when it
+    was not dispatched. Only when this commits may its orders go out."""
     with transaction.atomic():
-        plan = recheck_and_record(opportunity, config)
-    if isinstance(plan, Dropped):
-        return lifecycle.finish(opportunity, plan.status, plan.reason)
-    return settlement.settle(opportunity, resuming=False, fresh=(plan.buy.pk, plan.sell.pk))
+        claimed = trade_store.claim(opportunity_id)
+        if claimed is None:
+            return None
+        plan = recheck_and_record(claimed)
+        if isinstance(plan, Dropped):
+            lifecycle.finish(claimed.opportunity, plan.status, plan.reason)
+    return plan
 
 
-def recheck_and_record(opportunity: Opportunity, config: StrategyConfig) -> Plan | Dropped:
+def recheck_and_record(claimed: trade_store.Claimed) -> Plan | Dropped:
     """Under the balance locks of both venues: decide again on the latest books less what other
     orders have taken from them, the ledger's balances and the limits, all read after the locks;
-    if still accepted, reserve the liquidity, record both orders, hold their funds and mark the
-    opportunity executing. Call inside a transaction."""
+    if still accepted, reserve the liquidity, record both orders and hold their funds. Call
+    inside the claim's transaction."""
+    opportunity, config = claimed.opportunity, claimed.strategy
     buy_venue, sell_venue = opportunity.buy_venue, opportunity.sell_venue
-    balances.lock(buy_venue, sell_venue)
+    rows = trade_store.lock_balances(buy_venue, sell_venue)
     params, now = strategy_params(config), now_ms()
     age = now - to_ms(opportunity.detected_at)
     if age > params.ttl_ms:
         return Dropped(Status.EXPIRED, f"ttl_exceeded: {age} ms old, ttl {params.ttl_ms} ms")
-    halted = risk.halt_reason()
+    guards = trade_store.guards()
+    halted = risk.halt_reason(guards)
     if halted is not None:
         return Dropped(Status.REJECTED, halted)
     names = (buy_venue.name, sell_venue.name)
@@ -112,19 +125,33 @@ def recheck_and_record(opportunity: Opportunity, config: StrategyConfig) -> Plan
     missing = [name for name in names if name not in books]
     if missing:
         return Dropped(Status.REJECTED, f"no_longer_profitable: no current book for {', '.join(missing)}")
-    venues = load_venue_states(config, lambda venue: tradeable(venue, opportunity.mode), names)
-    if set(venues) != set(names) or not all(venue.tradeable for venue in venues.values()):
+    venues = _venue_states(opportunity, config, rows)
+    if venues is None:
         return Dropped(
             Status.REJECTED, f"venue_unavailable: {', '.join(names)} must both trade {opportunity.mode}"
         )
 
     def decide(pipe: Pipeline, claims: list[book_claims.Claims]) -> Sized | str:
-        return _decide_and_reserve(pipe, opportunity, books, claims, venues, params, now)
+        return _decide_and_reserve(pipe, opportunity, books, claims, venues, params, now, guards)
 
     sized = book_claims.transact(pubsub.shared(), [books[names[0]], books[names[1]]], decide)
     if isinstance(sized, str):
         return Dropped(Status.REJECTED, sized)
-    return _record_orders(opportunity, sized)
+    return _record_orders(claimed, sized, rows)
+
+
+def _venue_states(
+    opportunity: Opportunity, config: StrategyConfig, rows: dict[tuple[int, str], Balance]
+) -> dict[str, VenueState] | None:
+    """Both venues as the strategy sees them, with the ledger's free balances; None unless both
+    are enabled and can trade in the opportunity's mode."""
+    states = {}
+    for venue in (opportunity.buy_venue, opportunity.sell_venue):
+        if not venue.enabled or not tradeable(venue, opportunity.mode):
+            return None
+        free = {asset: row.free for (venue_id, asset), row in rows.items() if venue_id == venue.pk}
+        states[venue.name] = venue_state(venue, config, free)
+    return states
 
 
 def _decide_and_reserve(
@@ -135,6 +162,7 @@ def _decide_and_reserve(
     venues: dict[str, VenueState],
     params: StrategyParams,
     now: int,
+    guards: trade_store.Guards,
 ) -> Sized | str:
     """The re-check's decision on what is left of the books (queueing the reservation of what it
     takes on `pipe`), or the reason it is no longer traded."""
@@ -152,7 +180,7 @@ def _decide_and_reserve(
     if not decision.accepted or decision.opportunity is None:
         return f"no_longer_profitable: {decision.reason}"
     sized = decision.opportunity
-    violation = risk.limit_violation(opportunity, sized, now)
+    violation = risk.limit_violation(opportunity, sized, now, guards)
     if violation is not None:
         return violation
     pipe.multi()
@@ -168,15 +196,14 @@ def _decide_and_reserve(
     return sized
 
 
-def _record_orders(opportunity: Opportunity, sized: Sized) -> Plan:
-    """Both legs' orders (in one statement) and the holds on their funds; from here the
-    opportunity is executing."""
-    deployment = Deployment.current_key()
+def _record_orders(claimed: trade_store.Claimed, sized: Sized, rows: dict[tuple[int, str], Balance]) -> Plan:
+    """Both legs' orders (in one statement) and the holds on their funds (in another)."""
+    opportunity = claimed.opportunity
     legs = ((Role.BUY, opportunity.buy_venue, sized.buy), (Role.SELL, opportunity.sell_venue, sized.sell))
     made = [
         orders.new(
             opportunity,
-            deployment,
+            claimed.deployment,
             role=role,
             attempt=0,
             venue=venue,
@@ -186,7 +213,9 @@ def _record_orders(opportunity: Opportunity, sized: Sized) -> Plan:
         )
         for role, venue, leg in legs
     ]
-    buy, sell = Order.objects.bulk_create([order for order, _ in made])
-    balances.apply([held for _, held in made], [opportunity.buy_venue, opportunity.sell_venue])
-    lifecycle.start_executing(opportunity)
-    return Plan(sized, buy, sell)
+    trade_store.insert([order for order, _ in made])
+    holds = [held for _, held in made]
+    venues = {venue.name: venue for _, venue, _ in legs}
+    if not trade_store.hold(rows, venues, holds):
+        balances.apply(holds, venues.values())
+    return Plan(opportunity, sized, made[0][0], made[1][0])

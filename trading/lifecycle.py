@@ -1,17 +1,17 @@
 """An opportunity's life, in one place: every change of its status is made here.
 
-    listener: open ─> dispatched ─> claimed ──orders recorded──> executing ─> executed
-                 └─> rejected        │  (one worker,               │       └─> failed (flat)
-                                     │   re-checking)              └─> attention (a position
-                                     └─> rejected | expired                 is left open)
+    listener: open ─> dispatched ──claimed, re-checked, orders recorded──> executing ─> executed
+                 └─> rejected        └─> rejected | expired (nothing sent)     │    └─> failed (flat)
+                                                                                └─> attention
 
 `open` records the listener's decision (its mode, paper or live, is fixed then); `dispatch`
-hands an accepted one to the trade queue; one worker `claim`s it; the re-check either drops it
-(rejected, expired) or records its orders and `start_executing`; settlement then `finish`es it.
-Claimed and executing opportunities are in flight. One whose worker died (an exception, a time
-limit, a killed process) stays in flight: `abandoned` finds it and the trade task resumes it, so
-no state with a position is ever forgotten. Attention is settlement giving up on a position it
-could not close; an open alert names it.
+hands an accepted one to the trade queue. One worker claims it, re-checks it and records its
+orders in one transaction (trading.execution): it commits executing with the orders, or rejected
+or expired without any, so no other state is ever seen in between. Settlement then `finish`es
+it. An executing opportunity has a position, or may: one whose worker died (an exception, a time
+limit, a killed process) stays executing, `abandoned` finds it and the trade task takes it over,
+so no position is ever forgotten. Attention is settlement giving up on a position it could not
+close; an open alert names it.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from arbsite.celery import app
-from trading import pubsub
+from trading import pubsub, trade_store
 from trading.config import from_ms
 from trading.core.types import Decision
 from trading.models import Opportunity, StrategyConfig
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 Status = Opportunity.Status
 
 EXECUTE_TASK = "trade.execute_opportunity"
-IN_FLIGHT = (Status.CLAIMED, Status.EXECUTING)
+IN_FLIGHT = (Status.EXECUTING,)
 DONE = (Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.ATTENTION)
 ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
 # Without PostgreSQL's locks an opportunity in flight counts as abandoned once it has been left
@@ -51,9 +51,11 @@ LEASE_MARGIN_SECONDS = 5
 def open_opportunity(
     decision: Decision, now: int, *, venue_ids: dict[str, int], strategy: StrategyConfig | None, mode: str
 ) -> Opportunity:
-    """Record the listener's decision: dispatched when accepted, else rejected with its reason."""
+    """Record the listener's decision: dispatched when accepted, else rejected with its reason.
+    Its commit does not wait for the disk: lost in a database crash, an opportunity is one that
+    never traded (its task, if dispatched, finds no row to claim)."""
     status = Status.DISPATCHED if decision.accepted else Status.REJECTED
-    row = Opportunity.objects.create(
+    row = Opportunity(
         symbol=decision.symbol,
         buy_venue_id=venue_ids[decision.buy_venue],
         sell_venue_id=venue_ids[decision.sell_venue],
@@ -65,6 +67,9 @@ def open_opportunity(
         last_seen_at=from_ms(now),
         **_expected(decision),
     )
+    with transaction.atomic():
+        trade_store.defer_flush()
+        trade_store.insert([row])
     metrics.OPPORTUNITIES.labels(status=status).inc()
     return row
 
@@ -94,16 +99,22 @@ def dispatch_failed(opportunity_id: int, error: Exception) -> None:
     metrics.OPPORTUNITIES.labels(status=Status.FAILED).inc(failed)
 
 
-def claim(opportunity_id: int) -> Opportunity | None:
-    """Move a dispatched opportunity to claimed; None when it is not (or no longer) dispatched."""
-    claimed = Opportunity.objects.filter(pk=opportunity_id, status=Status.DISPATCHED).update(
-        status=Status.CLAIMED, updated_at=timezone.now()
-    )
-    return _load(opportunity_id) if claimed else None
+def fail_unsent(opportunity_id: int, reason: str) -> None:
+    """The re-check failed before recording any order (its transaction rolled back, so the
+    opportunity is still dispatched): nothing was sent, it fails flat. Best effort: if the
+    database itself is what failed, the lost-dispatch sweep expires it later."""
+    try:
+        failed = Opportunity.objects.filter(pk=opportunity_id, status=Status.DISPATCHED).update(
+            status=Status.FAILED, reason=reason[:200], updated_at=timezone.now()
+        )
+    except DatabaseError:
+        log.exception("opportunity %s could not be marked failed", opportunity_id)
+        return
+    metrics.OPPORTUNITIES.labels(status=Status.FAILED).inc(failed)
 
 
 def take_over(opportunity_id: int) -> Opportunity | None:
-    """The opportunity, if it is in flight and no worker is on it any more (call holding its
+    """The opportunity, if it is executing and no worker is on it any more (call holding its
     lock: `exclusive`), touched so that it is not handed out again meanwhile; else None."""
     opportunity = _load(opportunity_id)
     if opportunity is None or opportunity.status not in IN_FLIGHT:
@@ -117,14 +128,6 @@ def take_over(opportunity_id: int) -> Opportunity | None:
 def _load(opportunity_id: int) -> Opportunity | None:
     related = Opportunity.objects.select_related("buy_venue", "sell_venue", "strategy")
     return related.filter(pk=opportunity_id).first()
-
-
-def start_executing(opportunity: Opportunity) -> None:
-    """Its orders are recorded (call in the same transaction): from here a position may exist."""
-    Opportunity.objects.filter(pk=opportunity.pk, status=Status.CLAIMED).update(
-        status=Status.EXECUTING, updated_at=timezone.now()
-    )
-    opportunity.status = Status.EXECUTING
 
 
 def finish(opportunity: Opportunity, status: str, reason: str) -> str:

@@ -131,7 +131,6 @@ class Opportunity(models.Model):
         DETECTED = "detected"
         REJECTED = "rejected"
         DISPATCHED = "dispatched"
-        CLAIMED = "claimed", "claimed (re-checking)"
         EXECUTING = "executing"
         EXECUTED = "executed"
         EXPIRED = "expired"

@@ -95,12 +95,12 @@ def cost(order: Order) -> Decimal:
     return order.filled * (order.average_price or ZERO)
 
 
-def placed(order: Order) -> Placed:
-    """The order as the settlement policy reads it."""
+def placed(order: Order, venue_name: str | None = None) -> Placed:
+    """The order as the settlement policy reads it (`venue_name` spares reading its venue)."""
     return Placed(
         role=Role(order.role),
         attempt=order.attempt,
-        venue=order.venue.name,
+        venue=venue_name or order.venue.name,
         side=Side(order.side),
         amount=order.amount,
         limit=order.price,

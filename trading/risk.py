@@ -12,16 +12,15 @@ import logging
 from collections import defaultdict
 from decimal import Decimal
 
-from django.db import connection, transaction
-from django.db.models import Q
+from django.db import transaction
 from django.utils import timezone
 
-from trading import alerts, orders
-from trading.config import to_ms
+from trading import alerts, orders, trade_store
+from trading.config import from_ms, to_ms
 from trading.core import risk as core_risk
 from trading.core.types import Opportunity as Sized
 from trading.core.types import split_symbol
-from trading.models import KillSwitch, Opportunity, Order, RiskLimits, Trade, Venue
+from trading.models import KillSwitch, Opportunity, Order, RiskLimits, Trade
 
 log = logging.getLogger(__name__)
 
@@ -57,39 +56,40 @@ def kill_switch() -> KillSwitch:
 # --- before a trade -------------------------------------------------------------------------------
 
 
-def halt_reason() -> str | None:
+def halt_reason(guards: trade_store.Guards) -> str | None:
     """The rejection for every trade while the kill switch is tripped ("kill_switch: <why>"),
-    else None. Read from the database each time: no process keeps a copy that could go stale.
-
-    Call inside the transaction that records the trade's orders. On PostgreSQL the switch's row
-    is read under a share lock held to the end of that transaction: a trip waits for the trades
-    already past this check to be recorded, and a trade checking while a trip is being written
-    waits for it and sees it tripped. No trade passes the check once `trip` has returned.
-    (SQLite runs one writing transaction at a time, which orders them the same way.)
-    """
-    shared = " FOR SHARE" if connection.vendor == "postgresql" else ""
-    table = KillSwitch._meta.db_table
-    found = list(KillSwitch.objects.raw(f"SELECT * FROM {table} WHERE id = %s{shared}", [SWITCH]))
-    if not found:
-        kill_switch()
-        return halt_reason()
-    return f"kill_switch: {found[0].reason}" if found[0].tripped else None
+    else None. `guards` are read in the transaction that records the trade's orders, the switch
+    under a share lock held to its end: a trip waits for the trades already past this check to be
+    recorded, and a trade checking while a trip is being written waits for it and sees it
+    tripped. No trade passes once `trip` has returned. (SQLite runs one writing transaction at a
+    time, which orders them the same way.)"""
+    return f"kill_switch: {guards.reason}" if guards.tripped else None
 
 
-def limit_violation(opportunity: Opportunity, sized: Sized, now: int) -> str | None:
+def limit_violation(
+    opportunity: Opportunity, sized: Sized, now: int, guards: trade_store.Guards
+) -> str | None:
     """The limit trading `sized` would break, as a reason starting "risk: ", or None to go ahead.
 
     Call under the balance row locks of both venues, before the orders are recorded: trades on
     the same venues are then serialised, so the exposure and last trade it reads stay current.
     """
-    base, _ = split_symbol(sized.symbol)
     venues = (opportunity.buy_venue, opportunity.sell_venue)
-    state = core_risk.RiskState(open_exposure(base), last_pair_trade_ms(venues, exclude=opportunity))
-    return core_risk.trade_violation(sized, limits(), state, now)
+    limits = core_risk.Limits(
+        max_trade_notional=guards.max_trade_notional,
+        max_open_exposure=guards.max_open_exposure,
+        daily_loss_limit=guards.daily_loss_limit,
+        pair_cooldown_ms=guards.pair_cooldown_seconds * 1000,
+        paused_venues=frozenset(venue.name for venue in venues if venue.pk in guards.paused),
+    )
+    base, _ = split_symbol(sized.symbol)
+    exposure = open_exposure(base) if limits.max_open_exposure is not None else {}
+    last = last_pair_trade_ms(opportunity, limits.pair_cooldown_ms, now) if limits.pair_cooldown_ms else None
+    return core_risk.trade_violation(sized, limits, core_risk.RiskState(exposure, last), now)
 
 
 # Opportunities whose orders may hold a position: in flight, or left open for a person.
-MAY_HOLD = (Opportunity.Status.CLAIMED, Opportunity.Status.EXECUTING, Opportunity.Status.ATTENTION)
+MAY_HOLD = (Opportunity.Status.EXECUTING, Opportunity.Status.ATTENTION)
 
 
 def open_exposure(base: str) -> dict[tuple[str, str], Decimal]:
@@ -97,24 +97,22 @@ def open_exposure(base: str) -> dict[tuple[str, str], Decimal]:
     leg whose partner is being retried counts in full), plus what positions left open hold.
     Legs that matched, hedged or not, count nothing."""
     by_opportunity: defaultdict[int, list[Order]] = defaultdict(list)
-    rows = Order.objects.filter(symbol__startswith=f"{base}/", opportunity__status__in=MAY_HOLD)
-    for order in rows.select_related("venue"):
+    for order in trade_store.orders_that_may_hold(base, MAY_HOLD):
         by_opportunity[order.opportunity_id].append(order)
     exposure: defaultdict[tuple[str, str], Decimal] = defaultdict(Decimal)
     for placed in by_opportunity.values():
-        for venue, amount in core_risk.exposure(orders.placed(order) for order in placed).items():
+        named = (orders.placed(order, order.venue_name) for order in placed)
+        for venue, amount in core_risk.exposure(named).items():
             exposure[(venue, base)] += amount
     return dict(exposure)
 
 
-def last_pair_trade_ms(venues: tuple[Venue, Venue], exclude: Opportunity) -> int | None:
-    """When orders were last recorded for a trade between the two venues, either way round."""
-    a, b = venues
-    pair = Q(opportunity__buy_venue=a, opportunity__sell_venue=b) | Q(
-        opportunity__buy_venue=b, opportunity__sell_venue=a
-    )
-    last = Order.objects.filter(pair).exclude(opportunity=exclude).order_by("-created_at").first()
-    return None if last is None else to_ms(last.created_at)
+def last_pair_trade_ms(opportunity: Opportunity, cooldown_ms: int, now: int) -> int | None:
+    """When orders were last recorded, within the cooldown, for another trade between the
+    opportunity's two venues either way round."""
+    since = from_ms(now - cooldown_ms - 1000)  # a second early: clocks of processes differ
+    last = trade_store.last_pair_trade(opportunity.buy_venue, opportunity.sell_venue, opportunity.pk, since)
+    return None if last is None else to_ms(last)
 
 
 # --- after a trade, and on the monitoring beat ----------------------------------------------------

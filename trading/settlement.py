@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from decimal import Decimal
 
 from django.conf import settings
@@ -41,21 +41,23 @@ class SettlementPending(Exception):
     """An order is still open on its venue (a cancel not yet done): the trade resumes later."""
 
 
-def settle(opportunity: Opportunity, *, resuming: bool, fresh: Collection[int] = ()) -> str:
+def settle(opportunity: Opportunity, *, resuming: bool, fresh: Sequence[Order] = ()) -> str:
     """Carry `opportunity`'s orders through the settlement policy to its end; returns its final
-    status. `fresh` are orders this run recorded and has not sent yet; every other unfinished
-    order may have reached its venue, and is looked up there before anything is sent (all of them
-    when `resuming`). Raises when what an order did is unknown; the opportunity stays executing."""
+    status. `fresh` are its orders just recorded and not sent yet (their rows in hand); every
+    other unfinished order may have reached its venue, and is looked up there before anything is
+    sent (all of them when `resuming`). Raises when what an order did is unknown; the
+    opportunity stays executing."""
     rules = policy_rules(opportunity)
-    unsent = set() if resuming else set(fresh)
-    deployment = Deployment.current_key()
+    unsent = set() if resuming else {order.pk for order in fresh}
+    known: list[Order] | None = list(fresh) or None
     for _ in range(MAX_STEPS):
-        rows = orders.of(opportunity)
+        rows = known if known is not None else orders.of(opportunity)
+        known = None
         step = policy.next_step([orders.placed(order) for order in rows], rules)
         if isinstance(step, Done):
             return _done(opportunity, rows, step)
         if isinstance(step, Send):
-            unsent.add(_record(opportunity, deployment, step).pk)
+            unsent.add(_record(opportunity, step).pk)
             continue
         pending = [order for order in rows if not order.finished]
         confirm(opportunity, pending, look_first={o.pk for o in pending if o.pk not in unsent})
@@ -78,13 +80,13 @@ def venue_of(opportunity: Opportunity, name: str) -> Venue:
     return opportunity.buy_venue if opportunity.buy_venue.name == name else opportunity.sell_venue
 
 
-def _record(opportunity: Opportunity, deployment: str, step: Send) -> Order:
+def _record(opportunity: Opportunity, step: Send) -> Order:
     """Record the policy's next order and hold its funds; alert on the first retry of a leg."""
     venue = venue_of(opportunity, step.venue)
     with transaction.atomic():
         order, holds = orders.record(
             opportunity,
-            deployment,
+            Deployment.current_key(),
             role=step.role,
             attempt=step.attempt,
             venue=venue,

@@ -140,6 +140,9 @@ def _child_env(prefix: str, keys: dict[str, str]) -> dict[str, str]:
         TRADING_MODE="live",
         LIVE_RATE_LIMITED="0",
         PYTHONUNBUFFERED="1",
+        # As in production: debug mode keeps every query's SQL and wraps every cursor.
+        DEBUG="0",
+        SECRET_KEY=os.environ.get("SECRET_KEY") or uuid.uuid4().hex,
     )
     return env
 

@@ -103,7 +103,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='opportunity',
             name='status',
-            field=models.CharField(choices=[('detected', 'Detected'), ('rejected', 'Rejected'), ('dispatched', 'Dispatched'), ('claimed', 'claimed (re-checking)'), ('executing', 'Executing'), ('executed', 'Executed'), ('expired', 'Expired'), ('failed', 'failed (flat)'), ('attention', 'needs attention (position open)')], db_index=True, max_length=12),
+            field=models.CharField(choices=[('detected', 'Detected'), ('rejected', 'Rejected'), ('dispatched', 'Dispatched'), ('executing', 'Executing'), ('executed', 'Executed'), ('expired', 'Expired'), ('failed', 'failed (flat)'), ('attention', 'needs attention (position open)')], db_index=True, max_length=12),
         ),
         migrations.AlterField(
             model_name='order',
