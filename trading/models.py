@@ -201,6 +201,9 @@ class Order(models.Model):
     amount = models.DecimalField(**MONEY)
     filled = models.DecimalField(**MONEY, default=Decimal(0))
     average_price = models.DecimalField(**MONEY, null=True, blank=True)
+    cost = models.DecimalField(
+        **MONEY, default=Decimal(0), help_text="What the fills came to in the quote currency (before fees)"
+    )
     fee = models.DecimalField(
         **MONEY,
         null=True,

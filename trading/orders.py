@@ -92,7 +92,9 @@ def base_fee(order: Order) -> Decimal:
 
 
 def cost(order: Order) -> Decimal:
-    return order.filled * (order.average_price or ZERO)
+    """What the order's fills came to, as the venue said (orders recorded before that was kept:
+    their filled amount at their average)."""
+    return order.cost if order.cost or not order.filled else order.filled * (order.average_price or ZERO)
 
 
 def placed(order: Order, venue_name: str | None = None) -> Placed:

@@ -177,6 +177,7 @@ def _take(order: Order, result: OrderResult) -> None:
     order.status = result.status
     order.filled = result.filled
     order.average_price = result.average_price
+    order.cost = result.notional
     order.fees = [[charge.asset, str(charge.amount)] for charge in result.charges]
     order.fee = fee_value(order, result)
     order.raw = result.raw

@@ -46,6 +46,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='order',
+            name='cost',
+            field=models.DecimalField(decimal_places=12, default=Decimal('0'), help_text='What the fills came to in the quote currency (before fees)', max_digits=28),
+        ),
+        migrations.AddField(
+            model_name='order',
             name='fees',
             field=models.JSONField(blank=True, default=list, help_text='The fees as the venue charged them: [["BNB", "0.0021"], ...]'),
         ),

@@ -55,10 +55,18 @@ class OrderResult:
     amount: Decimal
     filled: Decimal
     average_price: Decimal | None
+    cost: Decimal | None = None  # the fills' notional, where the venue states it (else filled x average)
     charges: tuple[Charge, ...] = ()
     fee_stated: bool = True
     fills: tuple[Fill, ...] = ()  # the executions, where the venue's answer lists them
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def notional(self) -> Decimal:
+        """What the fills came to in the quote currency, as exactly as the venue said it."""
+        if self.cost is not None:
+            return self.cost
+        return self.filled * (self.average_price or Decimal(0))
 
     @property
     def finished(self) -> bool:

@@ -540,6 +540,7 @@ class CcxtGateway(QuotesOnly):
             amount=amount,
             filled=filled,
             average_price=order_average(order, filled),
+            cost=decimal(order.get("cost")) if filled else None,
             charges=charges,
             fee_stated=stated,
             fills=order_fills(order, symbol),

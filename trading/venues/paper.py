@@ -19,7 +19,7 @@ from redis.client import Pipeline
 
 from trading import book_claims
 from trading.core import liquidity
-from trading.core.fills import average_price, fees_paid, fill, filled_amount
+from trading.core.fills import average_price, fees_paid, fill, filled_amount, notional
 from trading.core.ledger import Charge
 from trading.core.liquidity import Claim
 from trading.core.types import ZERO, Fill, MarketRules, Quote, Side, split_symbol
@@ -92,11 +92,13 @@ class PaperGateway:
             amount=request.amount,
             filled=filled,
             average_price=average_price(fills) if fills else None,
+            cost=notional(fills),
             charges=(Charge(quote, fees_paid(fills)),) if fills else (),
             fills=tuple(fills),
             raw={
                 "paper": True,
                 "book_seq": book.seq,
+                "side": request.side.value,
                 "fills": [[str(f.price), str(f.amount)] for f in fills],
             },
         )
@@ -128,10 +130,6 @@ class PaperGateway:
         return None
 
 
-def _levels(fills: list[Fill]) -> list[list[str]]:
-    return [[str(f.price), str(f.amount)] for f in fills]
-
-
 def _status(filled: Decimal, amount: Decimal) -> str:
     if filled <= ZERO:
         return "canceled"
@@ -147,6 +145,7 @@ def _dumps(result: OrderResult) -> str:
             "amount": str(result.amount),
             "filled": str(result.filled),
             "average_price": None if result.average_price is None else str(result.average_price),
+            "cost": str(result.notional),
             "charges": [[charge.asset, str(charge.amount)] for charge in result.charges],
             "fills": [[str(f.price), str(f.amount), str(f.fee)] for f in result.fills],
             "raw": result.raw,
@@ -165,6 +164,7 @@ def _loads(raw: bytes | str) -> OrderResult:
         amount=Decimal(data["amount"]),
         filled=Decimal(data["filled"]),
         average_price=None if average is None else Decimal(average),
+        cost=Decimal(data["cost"]),
         charges=tuple(Charge(asset, Decimal(amount)) for asset, amount in data["charges"]),
         fills=fills,
         raw=data["raw"],
