@@ -53,11 +53,12 @@ def adopt_correlation(task: Task, **_: Any) -> None:
 
 
 @task_prerun.connect
-def drop_broken_connections(**_: Any) -> None:
+def drop_broken_connections(task: Task, **_: Any) -> None:
     """Connections live across tasks (CELERY_DB_REUSE_MAX): one that failed (the database went
-    away) or outlived CONN_MAX_AGE is closed here, and the task opens a fresh one."""
-
-    close_old_connections()
+    away) or outlived CONN_MAX_AGE is closed here, and the task opens a fresh one. A task run
+    eagerly runs inside its caller's work, whose connection is left alone."""
+    if not getattr(task.request, "is_eager", False):
+        close_old_connections()
 
 
 @task_postrun.connect
