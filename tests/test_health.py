@@ -56,6 +56,17 @@ def test_heartbeats_are_read_by_kind_and_expire(redis_client: redis.Redis, names
     assert heartbeats.read_all(redis_client, "listener") == {}
 
 
+def test_a_worker_is_seen_alive_as_soon_as_its_heartbeat_starts(redis_client: redis.Redis) -> None:
+    beater = heartbeats.worker_beater("w9@host")
+
+    beater.start()  # a monitoring task the worker runs next must not report it missing
+    try:
+        assert set(heartbeats.read_all(redis_client, "worker")) == {"w9@host"}
+    finally:
+        beater.stop()
+    assert heartbeats.read_all(redis_client, "worker") == {}
+
+
 def test_the_listener_heartbeat_is_readable_with_its_counters(redis_client: redis.Redis) -> None:
     make_strategy()
     listener = Listener(redis_client, name="edge")

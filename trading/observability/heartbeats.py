@@ -112,7 +112,8 @@ def _decode(process: str, raw: bytes | str | None) -> dict[str, Any] | None:
 
 class Beater:
     """A daemon thread that writes `body()` as the heartbeat of `process` every `interval` seconds
-    with a `ttl`, until `stop()` removes it. Redis trouble is logged and retried on the next beat."""
+    with a `ttl`, until `stop()` removes it. Redis trouble is logged and retried on the next beat.
+    `start()` returns once the first beat was tried, so the process is seen alive from then on."""
 
     def __init__(self, process: str, body: Callable[[], dict[str, Any]], interval: float, ttl: int) -> None:
         self.process = process
@@ -120,10 +121,12 @@ class Beater:
         self.interval = interval
         self.ttl = ttl
         self._stopping = threading.Event()
+        self._first_beat = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat {process}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._first_beat.wait(timeout=self.interval)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -133,6 +136,7 @@ class Beater:
         with connect() as client:
             while not self._stopping.is_set():
                 self.beat(client)
+                self._first_beat.set()
                 self._stopping.wait(self.interval)
             try:
                 remove(client, self.process)
