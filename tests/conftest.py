@@ -20,7 +20,7 @@ from tests.deadlines import Deadline, scale_source, scaled, timeout_scale
 from trading import orders
 from trading.core.policy import Role
 from trading.emulator import Emulator
-from trading.models import Balance, Deployment, Opportunity, Order, StrategyConfig, Venue
+from trading.models import Balance, Deployment, Opportunity, Order, RiskLimits, StrategyConfig, Venue
 from trading.pubsub import Names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +197,12 @@ def market() -> None:
     fund(make_venue("alpha"), BTC="0", USDT="100000")
     fund(make_venue("bravo"), BTC="2", USDT="0")
     make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"), ttl_ms=60_000)
+
+
+def set_limits(**fields: object) -> None:
+    """The risk limits row with these fields changed."""
+    RiskLimits.current()
+    RiskLimits.objects.filter(pk=1).update(**fields)
 
 
 def emulated_venues(emulator: Emulator) -> dict[str, Venue]:

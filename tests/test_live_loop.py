@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 import redis
 
-from tests.conftest import Child, PrivateRedis, child_env
+from tests.conftest import Child, PrivateRedis, child_env, set_limits
 from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading import pubsub
@@ -42,9 +42,11 @@ def listener(market: None, spawn: Callable[..., Child]) -> Child:
 
 
 def test_a_known_gap_gives_one_trade_with_the_hand_computed_pnl(
-    listener: Child, celery_worker: Child, redis_client: redis.Redis
+    market: None, spawn: Callable[..., Child], celery_worker: Child, redis_client: redis.Redis
 ) -> None:
-    for _ in range(3):  # the gap persists for three ticks: still one opportunity
+    set_limits(pair_cooldown_seconds=3600)
+    start_listener(spawn)
+    for _ in range(3):  # the gap persists for three ticks: one opportunity, then the pair cools down
         publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
         time.sleep(0.05)
 

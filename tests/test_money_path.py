@@ -15,12 +15,12 @@ import redis
 from django.db import transaction
 from django.utils import timezone
 
-from tests.conftest import PrivateRedis, fund, make_strategy, make_venue, orders_by_key
+from tests.conftest import PrivateRedis, fund, make_strategy, make_venue, orders_by_key, set_limits
 from tests.quotes import CHEAP, DEAR, FLAT, book, open_known_gap, publish
 from trading import execution, lifecycle, pubsub, risk, settlement, trade_store
 from trading.config import now_ms
 from trading.listener import Listener
-from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, RiskLimits, Trade
+from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, Trade
 from trading.notify import rules
 
 pytestmark = pytest.mark.django_db
@@ -35,11 +35,6 @@ def tick(listener: Listener, client: redis.Redis, *venues: str) -> list[int]:
 
 def ledger() -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
     return {(b.venue.name, b.asset): (b.free, b.locked) for b in Balance.objects.select_related("venue")}
-
-
-def set_limits(**fields: object) -> None:
-    RiskLimits.current()
-    RiskLimits.objects.filter(pk=1).update(**fields)
 
 
 def reserved_then_crashed(opportunity: Opportunity) -> None:

@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.chat_servers import Chat, chat_fixture, eager_tasks_fixture  # noqa: F401
-from tests.conftest import ROOT, child_env
+from tests.conftest import ROOT, child_env, set_limits
 from tests.deadlines import scaled
 from tests.quotes import open_known_gap
 from trading import execution, monitoring, risk
@@ -37,11 +37,6 @@ KILL_SWITCH_ADMIN = reverse("admin:trading_killswitch_changelist")
 def detected(market: None, redis_client: redis.Redis) -> Opportunity:
     """The known gap: buy 0.5 BTC on alpha at 30000, sell it on bravo at 30100 (15,050 at stake)."""
     return open_known_gap(redis_client)
-
-
-def set_limits(**fields: object) -> None:
-    RiskLimits.current()
-    RiskLimits.objects.filter(pk=1).update(**fields)
 
 
 def balances() -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
