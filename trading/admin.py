@@ -169,25 +169,9 @@ class TradeAdmin(admin.ModelAdmin):
         ("Legs", {"fields": ("legs",)}),
         ("Review", {"fields": ("reviewed",)}),
     )
-    readonly_fields = (
-        "opportunity",
-        "outcome",
-        "symbol",
-        "buy_venue",
-        "sell_venue",
-        "amount",
-        "mode",
-        "created_at",
-        "expected_pnl",
-        "realized_pnl",
-        "slippage",
-        "fees",
-        "base_flow",
-        "quote_flow",
-        "other_flows",
-        "mark_price",
-        "unvalued",
-        "legs",
+    # Everything on the page but `reviewed` is the record's, not the reviewer's.
+    readonly_fields = tuple(
+        name for _, options in fieldsets for name in options["fields"] if name != "reviewed"
     )
     actions = ("mark_reviewed",)
 
