@@ -14,6 +14,7 @@ This module uses only the standard library, so it runs in a test process or a co
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -27,7 +28,7 @@ from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from trading.emulator.fees import QUOTE, FeePrice, valid_asset
-from trading.emulator.matching import Account, OrderFault, land_due_cancels
+from trading.emulator.matching import Account, Order, OrderFault, land_due_cancels
 from trading.emulator.venue import (
     DEFAULT_MARKETS,
     Arrival,
@@ -314,6 +315,12 @@ class Emulator:
         hosted = self._venue(venue)
         with hosted.ledger:
             return dict(hosted.accounts[key].balances)
+
+    def orders(self, venue: str, key: str) -> list[Order]:
+        """The account's orders, oldest first, as they are now (copies)."""
+        hosted = self._venue(venue)
+        with hosted.ledger:
+            return copy.deepcopy(hosted.accounts[key].orders)
 
     def set_taker_fee(self, venue: str, rate: Decimal | str) -> None:
         """Charge `rate` (a fraction of notional) on every fill from now on, in the asset each
