@@ -36,13 +36,19 @@ def pytest_report_header() -> str:
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    """A client of the test Redis; every key under this run's prefix is removed afterwards."""
+    """A client of the test Redis. Every key under this run's prefix is removed before (a test that
+    did not ask for this client may have left tasks in the queues) and after."""
     client = redis.Redis.from_url(settings.REDIS_URL)
+    clear_prefix(client)
     yield client
+    clear_prefix(client)
+    client.close()
+
+
+def clear_prefix(client: redis.Redis) -> None:
     keys = list(client.scan_iter(match=f"{settings.ARB_PREFIX}*", count=1000))
     if keys:
         client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
