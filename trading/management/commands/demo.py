@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from datetime import datetime
+from decimal import Decimal
 from types import FrameType
 from typing import Any
 
@@ -25,6 +26,7 @@ from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from trading.core.types import split_symbol
 from trading.demo.environment import (
     DemoConfig,
     child_environment,
@@ -39,7 +41,16 @@ from trading.demo.environment import (
     wait_for_redis,
 )
 from trading.demo.setup import setup_demo
-from trading.demo.status import Counts, counts_since, status_line, summary
+from trading.demo.status import (
+    Counts,
+    HoldingsChange,
+    counts_since,
+    holdings,
+    holdings_change,
+    holdings_line,
+    status_line,
+    summary,
+)
 from trading.demo.supervisor import Supervisor
 
 TICK_S = 0.5
@@ -80,11 +91,14 @@ class Command(BaseCommand):
         stop = StopRequest.install()
         supervisor = Supervisor(config.log_dir, settings.BASE_DIR, report=self.say)
         started_at, started = timezone.now(), time.monotonic()
+        before: dict[str, Decimal] | None = None
+        currency = ""
         try:
             env = child_environment(os.environ, self.start_redis(supervisor))
             traders = live_environment(env) if config.live else None
             emulator_root = self.start_emulator(supervisor, traders) if traders is not None else None
-            self.prepare_database(config, emulator_root)
+            currency = self.prepare_database(config, emulator_root)
+            before = holdings()
             for spec in process_specs(env, config, settings.BASE_DIR, traders):
                 supervisor.start(spec)
             self.print_access(config)
@@ -92,7 +106,8 @@ class Command(BaseCommand):
         finally:
             self.say("stopping every demo process...")
             supervisor.stop_all(STOP_GRACE_S, last=("emulator", "redis"))
-        self.print_summary(counts_since(started_at), time.monotonic() - started, supervisor)
+        held = holdings_change(before, started_at, currency) if before is not None else None
+        self.print_summary(counts_since(started_at), held, time.monotonic() - started, supervisor)
 
     def start_redis(self, supervisor: Supervisor) -> str | None:
         """The Redis URL the children must use: None to keep REDIS_URL, else the demo's own server."""
@@ -114,7 +129,8 @@ class Command(BaseCommand):
         self.say(f"exchange emulator: binance and kraken on http://127.0.0.1:{port}, trading LIVE")
         return f"http://127.0.0.1:{port}"
 
-    def prepare_database(self, config: DemoConfig, emulator_root: str | None) -> None:
+    def prepare_database(self, config: DemoConfig, emulator_root: str | None) -> str:
+        """Migrate and set the demo up; the currency its strategy counts money in."""
         db = settings.DATABASES["default"]
         self.say(f"database: {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}; migrating...")
         config.log_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +139,7 @@ class Command(BaseCommand):
         setup = setup_demo(config.admin.user, config.admin.password, emulator_root)
         venues = ", ".join(venue.name for venue in setup.venues)
         self.say(f"venues: {venues}; strategy {setup.strategy} on {', '.join(setup.strategy.symbols)}")
+        return split_symbol(setup.strategy.symbols[0])[1]
 
     def print_access(self, config: DemoConfig) -> None:
         self.say("")
@@ -164,13 +181,18 @@ class Command(BaseCommand):
         self.say(status_line(elapsed_s, counts, before, interval_s))
         return counts
 
-    def print_summary(self, counts: Counts, seconds: float, supervisor: Supervisor) -> None:
+    def print_summary(
+        self, counts: Counts, held: HoldingsChange | None, seconds: float, supervisor: Supervisor
+    ) -> None:
         restarts = supervisor.restart_counts
         restarted = ", ".join(f"{name} x{n}" for name, n in restarts.items() if n) or "none"
         self.say("")
         self.say(f"demo ran {seconds:.0f}s; restarts: {restarted}")
         self.say(
             f"quotes {counts.quotes}, opportunities {counts.opportunities} "
-            f"({counts.rejected} rejected), trades {counts.trades}, pnl {counts.pnl:+.2f}"
+            f"({counts.rejected} rejected), trades {counts.trades} ({counts.below_expected} below "
+            f"expected), pnl {counts.pnl:+.2f}"
         )
-        self.say(summary(counts, seconds, restarts))
+        if held is not None:
+            self.say(holdings_line(held))
+        self.say(summary(counts, held, seconds, restarts))
