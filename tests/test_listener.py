@@ -9,10 +9,13 @@ import sys
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.db.backends.signals import connection_created
+from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import ROOT, child_env, fund, make_strategy, make_venue
 from tests.quotes import CHEAP, DEAR, FLAT, book
-from trading import pubsub
+from trading import pubsub, trade_store
 from trading.config import now_ms
 from trading.core.types import Quote
 from trading.listener import Listener
@@ -274,3 +277,33 @@ def test_a_gap_as_wide_as_validation_allows_is_recorded_when_the_band_is_off(lis
     row = Opportunity.objects.get()
     assert row.expected_bps is not None
     assert row.expected_bps > Decimal("1E+12")  # past the old numeric(12, 4)
+
+
+def synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        (value,) = cursor.fetchone()
+    return str(value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_listeners_commits_never_wait_for_the_disk_on_any_session_it_opens() -> None:
+    assert synchronous_commit() == "on"
+    trade_store.defer_flushes()  # what listen_prices does first
+    try:
+        assert synchronous_commit() == "off"
+        connection.close()
+        assert synchronous_commit() == "off"  # a session opened after a lost connection too
+    finally:
+        connection_created.disconnect(dispatch_uid="trade_store.defer_flushes")
+        connection.close()
+
+
+def test_a_decision_is_recorded_in_one_statement(listener: Listener) -> None:
+    listener.on_price(message(book("alpha", *CHEAP), 1), now_ms())
+
+    with CaptureQueriesContext(connection) as queries:
+        [opened] = listener.on_price(message(book("bravo", *DEAR), 1), now_ms())
+
+    assert [q["sql"].split(" INTO ")[0] for q in queries.captured_queries] == ["INSERT"]
+    assert Opportunity.objects.get(pk=opened).status == "dispatched"

@@ -51,9 +51,9 @@ LEASE_MARGIN_SECONDS = 5
 def open_opportunity(
     decision: Decision, now: int, *, venue_ids: dict[str, int], strategy: StrategyConfig | None, mode: str
 ) -> Opportunity:
-    """Record the listener's decision: dispatched when accepted, else rejected with its reason.
-    Its commit does not wait for the disk: lost in a database crash, an opportunity is one that
-    never traded (its task, if dispatched, finds no row to claim)."""
+    """Record the listener's decision, in one statement: dispatched when accepted, else rejected
+    with its reason. The listener's commits do not wait for the disk: lost in a database crash,
+    an opportunity is one that never traded (its task, if dispatched, finds no row to claim)."""
     status = Status.DISPATCHED if decision.accepted else Status.REJECTED
     row = Opportunity(
         symbol=decision.symbol,
@@ -67,9 +67,7 @@ def open_opportunity(
         last_seen_at=from_ms(now),
         **_expected(decision),
     )
-    with transaction.atomic():
-        trade_store.defer_flush()
-        trade_store.insert([row])
+    trade_store.insert([row])
     metrics.OPPORTUNITIES.labels(status=status).inc()
     return row
 

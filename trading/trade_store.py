@@ -17,6 +17,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from django.db.models import Model
 from django.utils import timezone
 
@@ -176,12 +178,20 @@ def insert(rows: Sequence[Model]) -> None:
             row._state.adding, row._state.db = False, connection.alias
 
 
-def defer_flush() -> None:
-    """Let this transaction's commit return before its record is flushed to disk (PostgreSQL).
-    Only for records whose loss in a database crash costs nothing: a later durable commit, such
-    as the one that records a trade's orders, flushes them all the same."""
+def defer_flushes() -> None:
+    """Let every commit of this process, on the database sessions it has and will open, return
+    before its records are flushed to disk (PostgreSQL). Only for a process whose records cost
+    nothing if a database crash loses them: a later durable commit, such as the one that records
+    a trade's orders, flushes them all the same."""
+    connection_created.connect(_defer_session_flushes, dispatch_uid="trade_store.defer_flushes")
+    if connection.connection is not None:
+        _defer_session_flushes(connection)
+
+
+def _defer_session_flushes(connection: BaseDatabaseWrapper, **_: object) -> None:
     if connection.vendor == "postgresql":
-        _execute("SET LOCAL synchronous_commit TO OFF", [])
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO OFF")
 
 
 def hold(

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from trading import trade_store
 from trading.config import announce_trading_mode
 from trading.listener import Listener, connect
 
@@ -33,6 +34,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        trade_store.defer_flushes()  # an opportunity lost in a crash is one that never traded
         listener = Listener(connect(), symbols=options["symbols"], name=options["name"])
         mode = announce_trading_mode()
         # The first dispatch would import the trade task and all it trades with (ccxt alone takes
