@@ -41,13 +41,13 @@ def replay(setup: Setup, quotes: list[Quote], exact: bool = True) -> Result:
 
 
 def test_a_hand_computed_trade_gives_the_exact_pnl_fees_and_balances() -> None:
-    # Given a's ask of 100 under b's bid of 101, 1 BTC at each
+    # Given a's ask of 100 under b's bid of 101, 1 BTC at each, and orders that take 5 ms to land
     quotes = [at(0, "a", "99", "100"), at(1, "b", "101", "102"), at(2, "a", "99", "100")]
 
-    result = replay(two_venues(), quotes)
+    result = replay(two_venues(latency={"a": 5, "b": 5}), quotes)
 
     # Then 0.5 BTC is bought on a for 50 (fee 0.05) and sold on b for 50.5 (fee 0.101), once:
-    # the gap persisting over a's second quote is the same opportunity.
+    # the gap persisting over a's second quote, while the trade is on its way, is the same one.
     [trade] = result.trades
     assert (trade.amount, trade.gross_pnl, trade.fees, trade.net_pnl) == (
         Decimal("0.5"),
@@ -65,6 +65,22 @@ def test_a_hand_computed_trade_gives_the_exact_pnl_fees_and_balances() -> None:
         Decimal("0.151"),
         1,
     )
+
+
+def test_a_settled_crossing_trades_again_on_a_newer_book_that_still_clears_the_bar() -> None:
+    quotes = [
+        at(0, "a", "99", "100"),
+        at(1, "b", "101", "102"),
+        at(2, "a", "99", "100"),
+        at(3, "a", "99", "101"),
+    ]
+
+    result = replay(two_venues(), quotes)
+
+    # Then the first trade has settled by a's next book, which trades the crossing again; a's
+    # third book closes it
+    assert [(t.decided_ms - T0, t.filled) for t in result.trades] == [(1, True), (2, True)]
+    assert [(o.first_ms - T0, o.last_ms - T0) for o in result.opportunities] == [(1, 1), (2, 2)]
 
 
 def test_latency_makes_a_known_trade_miss_its_sell_leg() -> None:
@@ -213,6 +229,63 @@ def test_both_paths_agree_on_recorded_depth_with_short_balances() -> None:
     exact = Replay(setup, "BTC/USDT").run([data], exact=True)
 
     assert len(exact.trades) >= 3
+    assert fast.trades == exact.trades
+    assert fast.opportunities == exact.opportunities
+    assert fast.balances == exact.balances
+
+
+# --- quotes of one moment -----------------------------------------------------------------------
+
+
+def minute_bars(first: str) -> list[Quote]:
+    """Both venues' bars at the same moments, `first`'s recorded first at each. a's ask dips under
+    b's bid at minute 2 and again at minute 4, both venues moving each time."""
+    bars = {
+        "a": [("99", "100"), ("99", "100"), ("102", "103"), ("99", "100"), ("99.5", "100.2")],
+        "b": [("99.5", "100.5"), ("99.5", "100.5"), ("104", "105"), ("99.5", "100.5"), ("101", "102")],
+    }
+    second = "b" if first == "a" else "a"
+    return [at(minute * 60_000, name, *bars[name][minute]) for minute in range(5) for name in (first, second)]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_quotes_of_one_moment_are_decided_together_whatever_order_they_were_recorded_in(exact: bool) -> None:
+    a_first = replay(two_venues(), minute_bars("a"), exact=exact)
+    b_first = replay(two_venues(), minute_bars("b"), exact=exact)
+
+    # Then at minute 2 the trade buys at a's new ask and sells at b's new bid, never against a
+    # book the moment had already replaced; at zero latency no leg misses
+    assert [(t.decided_ms - T0, t.buy_price, t.sell_price) for t in a_first.trades] == [
+        (120_000, Decimal(103), Decimal(104)),
+        (240_000, Decimal("100.2"), Decimal(101)),
+    ]
+    assert all(trade.filled for trade in a_first.trades)
+    assert b_first.trades == a_first.trades
+    assert b_first.opportunities == a_first.opportunities
+    assert b_first.balances == a_first.balances
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7])
+def test_a_moment_split_across_chunks_is_still_one_moment(chunk_rows: int) -> None:
+    data = from_quotes(minute_bars("b"), VENUES)
+
+    split = Replay(two_venues(), "BTC/USDT").run(data.chunks(chunk_rows))
+    whole = Replay(two_venues(), "BTC/USDT").run([data], exact=True)
+
+    assert len(whole.trades) == 2
+    assert split.trades == whole.trades
+    assert split.opportunities == whole.opportunities
+
+
+def test_the_vectorized_replay_decides_moments_exactly_as_the_quote_by_quote_one() -> None:
+    # Given generated quotes stamped to the 100 ms, so that many moments hold several venues
+    generated = synthetic_quotes(60_000, seed=5, jump_rate=0.002)
+    data = dataclasses.replace(generated, ts=generated.ts // 100 * 100)
+
+    fast = Replay(bench_setup(), data.symbol).run(data.chunks(997))
+    exact = Replay(bench_setup(), data.symbol).run(data.chunks(4_999), exact=True)
+
+    assert len(exact.trades) > 20
     assert fast.trades == exact.trades
     assert fast.opportunities == exact.opportunities
     assert fast.balances == exact.balances

@@ -256,11 +256,11 @@ class Listener:
         if self.params is None:
             return []
         books = self.books[quote.symbol]
-        decisions = find_decisions(books, self.venues, self.params, now, involving=quote.venue)
+        decisions = find_decisions(books, self.venues, self.params, now, involving=frozenset((quote.venue,)))
         if not decisions:
             return decisions
         return find_decisions(
-            self.untaken(books, decisions), self.venues, self.params, now, involving=quote.venue
+            self.untaken(books, decisions), self.venues, self.params, now, involving=frozenset((quote.venue,))
         )
 
     def untaken(self, books: dict[str, Quote], decisions: list[Decision]) -> dict[str, Quote]:
@@ -287,7 +287,7 @@ class Listener:
         if not decisions and not self.open:
             return []  # the usual tick: nothing crosses and nothing was open
         states = {key: self.gap_state(gap, now) for key, gap in self.open.items()}
-        changes = track_gaps(states, decisions, quote.symbol, quote.venue)
+        changes = track_gaps(states, decisions, quote.symbol, frozenset((quote.venue,)))
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_seen_ms = now

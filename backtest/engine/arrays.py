@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +92,30 @@ class QuoteArrays:
             seq=None if self.seq is None else self.seq[part],
             depth=None if self.depth is None else self.depth[part],
             depth_json=None if self.depth_json is None else self.depth_json[part],
+        )
+
+    def then(self, later: QuoteArrays) -> QuoteArrays:
+        """This chunk's rows followed by `later`'s, as one chunk (of the same replay)."""
+
+        def joined(mine: npt.NDArray[Any] | None, theirs: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
+            return None if mine is None or theirs is None else np.concatenate((mine, theirs))
+
+        def listed(mine: Sequence[Any] | None, theirs: Sequence[Any] | None) -> list[Any] | None:
+            return None if mine is None or theirs is None else [*mine, *theirs]
+
+        return QuoteArrays(
+            symbol=self.symbol,
+            venues=self.venues,
+            ts=np.concatenate((self.ts, later.ts)),
+            venue=np.concatenate((self.venue, later.venue)),
+            bid=np.concatenate((self.bid, later.bid)),
+            ask=np.concatenate((self.ask, later.ask)),
+            bid_size=np.concatenate((self.bid_size, later.bid_size)),
+            ask_size=np.concatenate((self.ask_size, later.ask_size)),
+            venue_ts=joined(self.venue_ts, later.venue_ts),
+            seq=joined(self.seq, later.seq),
+            depth=listed(self.depth, later.depth),
+            depth_json=listed(self.depth_json, later.depth_json),
         )
 
     def chunks(self, size: int) -> list[QuoteArrays]:

@@ -10,6 +10,10 @@ venue's latency), not as it stood at the decision. Balances are pre-funded per v
 transferred, so inventory drifts and a side that runs out stops trading.
 
 Time is the quote's received time; nothing at a decision looks at a quote received after it.
+Quotes received at the same moment are applied together before any decision (as the listener
+would see them if they came in one breath), so the result does not depend on the order in which
+they were recorded, and a leg that arrives at its decision's moment fills against the books the
+decision saw.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -61,6 +65,17 @@ class SeenOpportunity:
     amount: Decimal | None
     expected_net: Decimal | None
     ticks: int = 1
+    trade: SimTrade | None = field(default=None, repr=False, compare=False)  # when it was taken
+
+    @property
+    def state(self) -> GapState:
+        """Rejected; in flight while its trade has a leg on the way; else settled, and re-armed:
+        a newer book that still clears the bar trades the crossing again."""
+        if not self.accepted:
+            return GapState.REJECTED
+        if self.trade is not None and self.trade.legs_open > 0:
+            return GapState.IN_FLIGHT
+        return GapState.REARMED
 
     @property
     def lifetime_ms(self) -> int:
@@ -176,16 +191,14 @@ class Replay:
         exact: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> Result:
-        for chunk in chunks:
-            if len(chunk) == 0:
-                continue
+        for chunk in whole_moments(chunks):
             self._venue_order = chunk.venues
             latest = scan.latest_rows(chunk)
             bids = scan.book_prices(chunk.bid, latest, self._carried_prices("bid"))
             asks = scan.book_prices(chunk.ask, latest, self._carried_prices("ask"))
             self._note_chunk(chunk, bids, asks)
             if exact:
-                self._every_row(chunk)
+                self._every_moment(chunk)
             else:
                 self._crossing_rows(chunk, latest, bids, asks)
             if progress is not None:
@@ -219,12 +232,15 @@ class Replay:
                 prices[index] = float(book.best_bid if side == "bid" else book.best_ask)
         return prices
 
-    def _every_row(self, chunk: QuoteArrays) -> None:
-        for row in range(len(chunk)):
-            quote = chunk.quote(row)
-            self._settle_due(quote.received_ts, lambda venue, _ms: self.books.get(venue))
-            self._put_book(quote)
-            self._step(quote, self.books, quote.received_ts)
+    def _every_moment(self, chunk: QuoteArrays) -> None:
+        start = 0
+        for end in scan.moment_ends(chunk.ts).tolist():
+            now = int(chunk.ts[end])
+            self._settle_due(now, lambda venue, _ms: self.books.get(venue))
+            for row in range(start, end + 1):
+                self._put_book(chunk.quote(row))
+            self._step(_changed(chunk, start, end), self.books, now)
+            start = end + 1
 
     def _put_book(self, quote: Quote) -> None:
         known = quote.venue in self.books
@@ -236,12 +252,15 @@ class Replay:
     def _crossing_rows(
         self, chunk: QuoteArrays, latest: scan.Ints, bids: scan.Floats, asks: scan.Floats
     ) -> None:
-        crossed = scan.crossing_rows(bids, asks)
+        ends = scan.moment_ends(chunk.ts)
+        starts = np.r_[0, ends[:-1] + 1]
+        crossed = scan.crossing_rows(bids[:, ends], asks[:, ends])  # as each moment leaves the books
         lookup = _ChunkBooks(chunk, latest, dict(self.books))
-        for row in scan.rows_to_decide(crossed, self._crossed_before).tolist():
-            now = int(chunk.ts[row])
+        for moment in scan.rows_to_decide(crossed, self._crossed_before).tolist():
+            end = int(ends[moment])
+            now = int(chunk.ts[end])
             self._settle_due(now, lookup.book_at)
-            self._step(chunk.quote(row), lookup.books_at(row), now)
+            self._step(_changed(chunk, int(starts[moment]), end), lookup.books_at(end), now)
         self._crossed_before = bool(crossed[-1])
         # Legs arriving before the chunk's last quote would settle at a quote of this chunk that
         # decides nothing: settle them now, while their arrival books are at hand.
@@ -250,15 +269,16 @@ class Replay:
 
     # --- one decision --------------------------------------------------------------------------
 
-    def _step(self, quote: Quote, books: Mapping[str, Quote], now: int) -> None:
-        decisions = find_decisions(books, self.venues, self.params, now, involving=quote.venue)
-        self._record(quote, decisions, now)
+    def _step(self, changed: frozenset[str], books: Mapping[str, Quote], now: int) -> None:
+        """Decide on the pairs of the venues whose books changed at `now`."""
+        decisions = find_decisions(books, self.venues, self.params, now, involving=changed)
+        self._record(changed, decisions, now)
 
-    def _record(self, quote: Quote, decisions: list[Decision], now: int) -> None:
+    def _record(self, changed: frozenset[str], decisions: list[Decision], now: int) -> None:
         """The listener's bookkeeping: persisting crossings are one opportunity; crossings of the
-        quote's venue that are gone close."""
-        open_gaps = {key: _state(gap) for key, gap in self.open.items()}
-        changes = track_gaps(open_gaps, decisions, quote.symbol, quote.venue)
+        changed venues that are gone close."""
+        open_gaps = {key: gap.state for key, gap in self.open.items()}
+        changes = track_gaps(open_gaps, decisions, self.result.symbol, changed)
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_ms = now
@@ -280,7 +300,7 @@ class Replay:
             expected_net=None if sized is None else sized.net_profit,
         )
         if decision.accepted:
-            self._take(decision, now)
+            seen.trade = self._take(decision, now)
         else:
             self.result.rejected[decision.reason] += 1
         return seen
@@ -290,14 +310,15 @@ class Replay:
 
     # --- trading -------------------------------------------------------------------------------
 
-    def _take(self, decision: Decision, now: int) -> None:
+    def _take(self, decision: Decision, now: int) -> SimTrade | None:
+        """Send both legs of an accepted decision; the trade, or None when it is dropped."""
         sized = decision.opportunity
         assert sized is not None  # an accepted decision is always sized
         slowest = max(self.setup.latency(sized.buy.venue), self.setup.latency(sized.sell.venue))
         if slowest > self.params.ttl_ms:
             # The trade worker drops an opportunity older than its TTL: this one would be.
             self.result.rejected[TTL_EXCEEDED] += 1
-            return
+            return None
         buy_state = self.venues[sized.buy.venue]
         reserve = sized.buy.amount * sized.buy.worst_price * (1 + buy_state.fees.taker)
         self._move(sized.buy.venue, self.quote_asset, -reserve)
@@ -315,6 +336,7 @@ class Replay:
             arrival = now + self.setup.latency(leg.venue)
             pending = PendingLeg(arrival, next(self._orders), trade, leg.venue, leg.side, leg.worst_price)
             heapq.heappush(self.pending, pending)
+        return trade
 
     def _settle_due(self, now: int, book_at: BookAt) -> None:
         """Fill every leg that arrived before `now`, against its venue's book at arrival."""
@@ -350,8 +372,25 @@ class Replay:
         return {name: state.free(self.base) for name, state in self.venues.items()}
 
 
-def _state(gap: SeenOpportunity) -> GapState:
-    return GapState.IN_FLIGHT if gap.accepted else GapState.REJECTED
+def whole_moments(chunks: Iterable[QuoteArrays]) -> Iterator[QuoteArrays]:
+    """The same rows in chunks that never split a moment: the rows of a chunk's last moment are
+    held back and lead the next chunk (the last chunk keeps them)."""
+    held: QuoteArrays | None = None
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        whole = chunk if held is None else held.then(chunk)
+        cut = int(np.searchsorted(whole.ts, whole.ts[-1], side="left"))
+        held = whole.slice(cut, len(whole))
+        if cut > 0:
+            yield whole.slice(0, cut)
+    if held is not None:
+        yield held
+
+
+def _changed(chunk: QuoteArrays, start: int, end: int) -> frozenset[str]:
+    """The venues that quoted in rows [start, end] of `chunk`."""
+    return frozenset(chunk.venues[index] for index in np.unique(chunk.venue[start : end + 1]).tolist())
 
 
 class _ChunkBooks:

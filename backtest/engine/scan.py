@@ -20,6 +20,11 @@ Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 
 
+def moment_ends(ts: Ints) -> Ints:
+    """The last row of each run of rows received at the same moment (`ts` non-decreasing)."""
+    return np.flatnonzero(np.r_[ts[1:] != ts[:-1], True]).astype(np.int64)
+
+
 def latest_rows(chunk: QuoteArrays) -> Ints:
     """For each venue (axis 0) and row (axis 1): the chunk row holding the venue's latest book at
     that row, or -1 when the venue has not quoted in this chunk yet."""

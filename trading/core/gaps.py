@@ -43,10 +43,14 @@ class GapChanges:
 
 
 def track_gaps(
-    open_gaps: Mapping[GapKey, GapState], decisions: Sequence[Decision], symbol: str, venue: str
+    open_gaps: Mapping[GapKey, GapState],
+    decisions: Sequence[Decision],
+    symbol: str,
+    changed: frozenset[str],
 ) -> GapChanges:
-    """The changes a tick of `venue`'s `symbol` book makes, given the open crossings and their
-    states, and the tick's decisions (all on pairs involving `venue`)."""
+    """The changes a tick makes, given the open crossings and their states, and the tick's
+    decisions: those on the pairs involving the venues whose `symbol` books changed together
+    (one venue's, or every venue that quoted at the same moment)."""
     opened: list[Decision] = []
     persisting: list[GapKey] = []
     closed: list[GapKey] = []
@@ -62,9 +66,9 @@ def track_gaps(
             continue
         opened.append(decision)
     seen = {decision.key for decision in decisions}
-    closed += [key for key in open_gaps if _involves(key, symbol, venue) and key not in seen]
+    closed += [key for key in open_gaps if _involves(key, symbol, changed) and key not in seen]
     return GapChanges(tuple(opened), tuple(persisting), tuple(closed), crossings)
 
 
-def _involves(key: GapKey, symbol: str, venue: str) -> bool:
-    return key[0] == symbol and venue in key[1:]
+def _involves(key: GapKey, symbol: str, changed: frozenset[str]) -> bool:
+    return key[0] == symbol and not changed.isdisjoint(key[1:])

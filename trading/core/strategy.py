@@ -332,17 +332,23 @@ def evaluate_pair(
     return Decision(buy.symbol, buy.venue, sell.venue, True, Reason.ACCEPTED, opportunity)
 
 
-def _pairs(books: Mapping[str, Quote], involving: str | None) -> list[tuple[Quote, Quote]]:
-    """(buy, sell) book pairs worth a closer look: the buy's ask is below the sell's bid."""
+def _pairs(books: Mapping[str, Quote], involving: frozenset[str] | None) -> list[tuple[Quote, Quote]]:
+    """(buy, sell) book pairs worth a closer look, each once: the buy's ask is below the sell's
+    bid. With `involving`, only pairs with one of those venues, taken in the books' order."""
     if involving is None:
         return [
             (buy, sell) for buy, sell in permutations(books.values(), 2) if buy.asks[0][0] < sell.bids[0][0]
         ]
-    mine = books[involving]
-    ask, bid = mine.asks[0][0], mine.bids[0][0]
-    pairs = []
-    for name, other in books.items():
-        if name != involving:
+    pairs: list[tuple[Quote, Quote]] = []
+    taken: set[str] = set()  # changed venues whose pairs are in already
+    for name, mine in books.items():
+        if name not in involving:
+            continue
+        taken.add(name)
+        ask, bid = mine.asks[0][0], mine.bids[0][0]
+        for other_name, other in books.items():
+            if other_name in taken:
+                continue
             if ask < other.bids[0][0]:
                 pairs.append((mine, other))
             if other.asks[0][0] < bid:
@@ -355,10 +361,10 @@ def find_decisions(
     venues: Mapping[str, VenueState],
     params: StrategyParams,
     now_ms: int,
-    involving: str | None = None,
+    involving: frozenset[str] | None = None,
 ) -> list[Decision]:
     """Evaluate every ordered pair of the venues in `books` (one symbol's latest book per venue),
-    or only the pairs that include the venue `involving` (the one whose book just changed).
+    or only the pairs that include a venue of `involving` (those whose books just changed).
 
     The scan compares best prices only; pairs whose books cross are decided exactly. Books from
     venues missing in `venues` are ignored. Returns one Decision per crossing pair.
