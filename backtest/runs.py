@@ -90,6 +90,11 @@ def build_setup(spec: RunSpec) -> Setup:
     params = with_overrides(strategy_params(config), spec.overrides)
     params = replace(params, symbols=(spec.data.symbol,))
     states = venue_states(config, spec.data.venues, spec.fees, starting_funds(spec))
+    if "max_quote_age_ms" in spec.overrides:
+        # The run's own choice (minute bars want a minute) is every replayed venue's limit too.
+        states = {
+            name: replace(state, max_quote_age_ms=params.max_quote_age_ms) for name, state in states.items()
+        }
     return Setup(params, states, dict(spec.latency_ms))
 
 
@@ -104,6 +109,7 @@ def describe(spec: RunSpec, setup: Setup) -> dict[str, Any]:
         "min_profit_bps": str(params.min_profit_bps),
         "trade_size": str(params.trade_size),
         "max_quote_age_ms": params.max_quote_age_ms,
+        "venue_quote_age_ms": {name: state.max_quote_age_ms for name, state in setup.venues.items()},
         "ttl_ms": params.ttl_ms,
         "slippage_bps": str(params.slippage_bps),
         "taker_fees": {name: str(state.fees.taker) for name, state in setup.venues.items()},

@@ -227,6 +227,9 @@ class Numbering:
 
 
 def ensure_venue(name: str) -> Venue:
-    """The venue named `name`, created as a ccxt venue if missing, locked until the transaction ends."""
-    Venue.objects.get_or_create(name=name, defaults={"kind": Venue.Kind.CCXT, "ccxt_id": name})
+    """The venue named `name`, locked until the transaction ends. One missing is created as a
+    disabled ccxt venue: history is no reason to collect from (or trade on) the exchange."""
+    Venue.objects.get_or_create(
+        name=name, defaults={"kind": Venue.Kind.CCXT, "ccxt_id": name, "enabled": False}
+    )
     return Venue.objects.select_for_update().get(name=name)

@@ -21,6 +21,7 @@ from backtest.metrics import RANKABLE
 from backtest.models import BacktestRun
 from backtest.runs import RunSpec, build_setup, run_backtest
 from backtest.sweep import SweepPlan, parse_grid, rolling_windows, run_sweep, split_window
+from trading.models import Quote as QuoteRow
 from trading.models import Venue
 
 BAR_WIDTH = 30
@@ -100,7 +101,9 @@ class Command(BaseCommand):
         parser.add_argument("--from", dest="start", help="ISO date/time of the first quote (UTC)")
         parser.add_argument("--to", dest="end", help="ISO date/time before which quotes end (UTC)")
         parser.add_argument("--symbol", help="Default: the active strategy's first symbol")
-        parser.add_argument("--venues", help="Comma-separated venue names (default: every enabled venue)")
+        parser.add_argument(
+            "--venues", help="Comma-separated venue names (default: every venue with quotes of the symbol)"
+        )
         parser.add_argument(
             "--param", action="append", default=[], help="Strategy override, e.g. min_profit_bps=10"
         )
@@ -141,7 +144,7 @@ class Command(BaseCommand):
         symbol = options["symbol"] or next(iter(base_config().symbols), None)
         if not symbol:
             raise CommandError("--symbol is required when no active strategy names one")
-        venues = self.venues(options["venues"])
+        venues = self.venues(options["venues"], symbol)
         data = Slice(symbol, venues, moment(options["start"], "--from"), moment(options["end"], "--to"))
         if data.start and data.end and data.end <= data.start:
             raise CommandError("--to must be later than --from")
@@ -164,9 +167,11 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         return spec
 
-    def venues(self, raw: str | None) -> tuple[str, ...]:
-        enabled = list(Venue.objects.filter(enabled=True).values_list("name", flat=True))
-        names = tuple(name.strip() for name in raw.split(",") if name.strip()) if raw else tuple(enabled)
+    def venues(self, raw: str | None, symbol: str) -> tuple[str, ...]:
+        """The named venues, else every venue with recorded quotes of `symbol`."""
+        recorded = QuoteRow.objects.filter(symbol=symbol).values("venue").distinct()
+        every = tuple(Venue.objects.filter(pk__in=recorded).values_list("name", flat=True))
+        names = tuple(name.strip() for name in raw.split(",") if name.strip()) if raw else every
         unknown = set(names) - set(Venue.objects.values_list("name", flat=True))
         if unknown:
             raise CommandError(f"unknown venues: {', '.join(sorted(unknown))}")
