@@ -1,6 +1,11 @@
 """Parameter sweeps: every combination of a grid replayed in parallel, ranked by one metric, and
 walk-forward windows (choose on a training window, score on the window after it) so that a
 choice that only fits the past shows up as a poor test score.
+
+Each combination's results on the training windows (in sample) and on the test windows (out of
+sample) stand side by side. The winner is chosen by its out-of-sample results alone, and it is
+promoted only when it traded out of sample and made money there: a combination that wins only
+in sample is never promoted.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 Combo = dict[str, str]
 # The figures kept for each replay of a sweep.
 KEPT = ("trades", "net_pnl", "gross_pnl", "fees", "win_rate", "max_drawdown", "sharpe_hourly")
+# Figures that add up across windows; the others are averaged, but the drawdown is the worst.
+ADDITIVE = ("trades", "net_pnl", "gross_pnl", "fees")
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,50 @@ def walk_forward(
     return report
 
 
+def combined(results: Sequence[dict[str, Any]], metric: str) -> Any:
+    """`metric` over several windows' results: summed, averaged, or the worst drawdown; None when
+    no window has it."""
+    values = [Decimal(str(r[metric])) for r in results if r.get(metric) is not None]
+    if not values:
+        return None
+    if metric == "trades":
+        return int(sum(values))
+    if metric in ADDITIVE:
+        return str(sum(values))
+    if metric == "max_drawdown":
+        return str(max(values))
+    return float(sum(values) / len(values))
+
+
+def in_and_out_of_sample(
+    combos: Sequence[Combo], train: Sequence[dict[str, Any]], test: Sequence[dict[str, Any]], metric: str
+) -> list[dict[str, Any]]:
+    """Each combination's `metric` over the training windows and over the test windows, with its
+    out-of-sample trades and net PnL; best out of sample first."""
+    n, rows = len(combos), []
+    for i, combo in enumerate(combos):
+        trained, tested = train[i::n], test[i::n]
+        rows.append(
+            {
+                "params": combo,
+                f"in_sample_{metric}": combined(trained, metric),
+                f"out_of_sample_{metric}": combined(tested, metric),
+                "out_of_sample_trades": combined(tested, "trades") or 0,
+                "out_of_sample_net_pnl": combined(tested, "net_pnl") or "0",
+            }
+        )
+    return sorted(rows, key=lambda row: score({metric: row[f"out_of_sample_{metric}"]}, metric), reverse=True)
+
+
+def refusal(best: dict[str, Any]) -> str | None:
+    """Why the out-of-sample winner `best` must not be promoted, or None."""
+    if best["out_of_sample_trades"] == 0:
+        return "the winner made no trades out of sample"
+    if Decimal(best["out_of_sample_net_pnl"]) <= 0:
+        return f"the winner lost money out of sample (net {best['out_of_sample_net_pnl']})"
+    return None
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     spec: RunSpec
@@ -134,8 +185,8 @@ class SweepPlan:
 
 def run_sweep(plan: SweepPlan, promote: bool = False) -> BacktestRun:
     """Replay every combination over the whole slice and over every window, rank them, and record
-    the sweep. With `promote`, the top-ranked combination becomes a new active strategy version,
-    unless it made no trades (there is nothing to learn from it)."""
+    the sweep. The winner is the best out of sample; with `promote` it becomes a new active
+    strategy version unless `refusal` names a reason not to (recorded as `not_promoted`)."""
     combos = combinations(plan.grid)
     spec = plan.spec
     jobs = [(spec, combo) for combo in combos]
@@ -147,6 +198,8 @@ def run_sweep(plan: SweepPlan, promote: bool = False) -> BacktestRun:
     train = [r for i, r in enumerate(rest) if (i // len(combos)) % 2 == 0]
     test = [r for i, r in enumerate(rest) if (i // len(combos)) % 2 == 1]
     ranking = rank(combos, whole, plan.metric)
+    samples = in_and_out_of_sample(combos, train, test, plan.metric)
+    best = samples[0]
     run = BacktestRun.objects.create(
         kind=BacktestRun.Kind.SWEEP,
         status=BacktestRun.Status.DONE,
@@ -160,16 +213,21 @@ def run_sweep(plan: SweepPlan, promote: bool = False) -> BacktestRun:
             "metric": plan.metric,
             "ranking": ranking,
             "walk_forward": walk_forward(combos, plan.windows, train, test, plan.metric),
-            "winner": ranking[0]["params"],
+            "in_and_out_of_sample": samples,
+            "winner": best["params"],
+            "chosen_by": f"out-of-sample {plan.metric}",
         },
         finished_at=timezone.now(),
     )
-    if promote and ranking[0]["trades"] == 0:
-        log.warning("sweep #%s: the winner made no trades; nothing promoted", run.pk)
+    why_not = refusal(best) if promote else None
+    if why_not:
+        log.warning("sweep #%s: nothing promoted: %s", run.pk, why_not)
+        run.metrics["not_promoted"] = why_not
+        run.save(update_fields=["metrics"])
     elif promote:
-        winner = {name: _typed(name, value) for name, value in ranking[0]["params"].items()}
-        config = strategies.promote(winner, note=f"winner of backtest sweep #{run.pk} by {plan.metric}")
-        run.promoted_version = config.version
+        winner = {name: _typed(name, value) for name, value in best["params"].items()}
+        note = f"winner of backtest sweep #{run.pk} by out-of-sample {plan.metric}"
+        run.promoted_version = strategies.promote(winner, note=note).version
         run.save(update_fields=["promoted_version"])
     return run
 

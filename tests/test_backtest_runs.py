@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import Client
 
+from backtest import sweep
 from backtest.engine import QuoteArrays, Replay
 from backtest.engine.source import Slice
 from backtest.metrics import summarize
@@ -349,3 +350,30 @@ def test_every_profitable_minute_a_simple_loop_finds_on_the_shipped_bars_is_trad
     assert must <= traded
     assert all(nets[key] >= MIN_PROFIT_BPS - MARGIN_BPS for key in traded)
     assert all(trade.filled for trade in result.trades)
+
+
+# --- honest selection -----------------------------------------------------------------------------
+
+
+def window(net: str, trades: int) -> dict:
+    return {"net_pnl": net, "trades": trades}
+
+
+def test_the_winner_is_chosen_out_of_sample_and_one_that_wins_only_in_sample_is_not_it() -> None:
+    wide, tight = {"min_profit_bps": "20"}, {"min_profit_bps": "2"}
+    # Two windows; per window the results of (wide, tight). tight shines on the training windows
+    # and loses on the test windows after them: it fits the past only.
+    train = [window("5", 3), window("40", 30), window("4", 2), window("35", 25)]
+    test = [window("6", 2), window("-10", 20), window("3", 1), window("-8", 18)]
+
+    [best, second] = sweep.in_and_out_of_sample([wide, tight], train, test, "net_pnl")
+
+    assert (best["params"], best["in_sample_net_pnl"], best["out_of_sample_net_pnl"]) == (wide, "9", "9")
+    assert (second["params"], second["in_sample_net_pnl"], second["out_of_sample_net_pnl"]) == (
+        tight,
+        "75",
+        "-18",
+    )
+    assert sweep.refusal(best) is None
+    assert sweep.refusal(second) == "the winner lost money out of sample (net -18)"
+    assert sweep.refusal({**best, "out_of_sample_trades": 0}) == "the winner made no trades out of sample"

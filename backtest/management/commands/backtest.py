@@ -268,6 +268,12 @@ def sweep_lines(run: BacktestRun, promoted_requested: bool) -> list[str]:
     metric = m["metric"]
     lines = [f"sweep #{run.pk}: ranked by {metric} over the whole slice"]
     lines += [f"  {row[metric]!s:>16}  trades {row['trades']:>5}  {row['params']}" for row in m["ranking"]]
+    lines.append(f"in sample (training windows) and out of sample (test windows), by {metric}:")
+    lines += [
+        f"  in {row[f'in_sample_{metric}']!s:>16}  out {row[f'out_of_sample_{metric}']!s:>16}  "
+        f"trades out {row['out_of_sample_trades']:>5}  {row['params']}"
+        for row in m["in_and_out_of_sample"]
+    ]
     lines.append("walk-forward (chosen on train, scored on the window after):")
     for window in m["walk_forward"]:
         lines.append(
@@ -275,8 +281,9 @@ def sweep_lines(run: BacktestRun, promoted_requested: bool) -> list[str]:
             f"train {window[f'train_{metric}']}, test {window[f'test_{metric}']}, "
             f"best possible {window[f'best_test_{metric}']}"
         )
+    lines.append(f"winner, chosen by {m['chosen_by']} only: {m['winner']}")
     if run.promoted_version:
         lines.append(f"promoted {m['winner']} as strategy version {run.promoted_version}")
     elif promoted_requested:
-        lines.append("nothing promoted: the winner made no trades")
+        lines.append(f"nothing promoted: {m['not_promoted']}")
     return lines
