@@ -13,6 +13,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from backtest.engine import Result, SimTrade
+from trading.core.strategy import Reason
 from trading.core.types import ZERO
 
 HOUR_MS = 3_600_000
@@ -67,7 +68,9 @@ def summarize(result: Result) -> dict[str, Any]:
     trades = result.trades
     curve = equity_curve(trades)
     net = sum((t.net_pnl for t in trades), ZERO)
-    lifetimes = [o.lifetime_ms for o in result.opportunities]
+    # An opportunity clears the profit bar after fees; a crossing only has an ask under a bid.
+    opportunities = [o for o in result.opportunities if o.reason != Reason.BELOW_MIN_PROFIT]
+    lifetimes = [o.lifetime_ms for o in opportunities]
     hours = hourly_pnl(trades, result.first_ms or 0, result.last_ms or 0) if result.rows else []
     ratio = sharpe(hours)
     return {
@@ -80,7 +83,8 @@ def summarize(result: Result) -> dict[str, Any]:
         "win_rate": round(sum(1 for t in trades if t.net_pnl > 0) / len(trades), 4) if trades else None,
         "max_drawdown": str(max_drawdown(curve)),
         "sharpe_hourly": None if ratio is None else round(ratio, 4),
-        "opportunities_seen": len(result.opportunities),
+        "crossings": result.crossings,
+        "opportunities_seen": len(opportunities),
         "opportunities_taken": len(trades),
         "rejected": dict(sorted(result.rejected.items())),
         "avg_opportunity_ms": round(fmean(lifetimes), 1) if lifetimes else None,

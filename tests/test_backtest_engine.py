@@ -289,3 +289,18 @@ def test_the_vectorized_replay_decides_moments_exactly_as_the_quote_by_quote_one
     assert fast.trades == exact.trades
     assert fast.opportunities == exact.opportunities
     assert fast.balances == exact.balances
+
+
+def test_crossings_before_fees_are_counted_apart_from_opportunities_past_fees() -> None:
+    # Given a crossing too thin to pay a's and b's fees, then one wide enough
+    quotes = [
+        at(0, "a", "99", "100"),
+        at(1, "b", "100.1", "102"),
+        at(2, "b", "99", "102"),
+        at(3, "b", "101", "102"),
+    ]
+
+    metrics = summarize(replay(two_venues(), quotes))
+
+    assert (metrics["crossings"], metrics["opportunities_seen"], metrics["trades"]) == (2, 1, 1)
+    assert metrics["rejected"] == {"below_min_profit": 1}

@@ -148,6 +148,7 @@ class Result:
     trades: list[SimTrade] = field(default_factory=list)
     opportunities: list[SeenOpportunity] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
+    crossings: int = 0  # books crossing before fees, each counted once while it lasts
     balances: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     inventory: list[tuple[int, dict[str, Decimal]]] = field(default_factory=list)  # base per venue
     gap_minutes: list[npt.NDArray[np.int64]] = field(default_factory=list)
@@ -279,6 +280,7 @@ class Replay:
         changed venues that are gone close."""
         open_gaps = {key: gap.state for key, gap in self.open.items()}
         changes = track_gaps(open_gaps, decisions, self.result.symbol, changed)
+        self.result.crossings += changes.crossings
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_ms = now

@@ -251,7 +251,8 @@ def summary_lines(run: BacktestRun) -> list[str]:
         f"  PnL         gross {money(m['gross_pnl'])}, fees {money(m['fees'])}, net {money(m['net_pnl'])}",
         f"  risk        max drawdown {money(m['max_drawdown'])}, "
         f"hourly Sharpe (annualized) {m['sharpe_hourly']}",
-        f"  opportunities seen {m['opportunities_seen']}, taken {m['opportunities_taken']}, "
+        f"  crossings   {m['crossings']} (ask under bid before fees); opportunities (past fees) "
+        f"seen {m['opportunities_seen']}, taken {m['opportunities_taken']}, "
         f"average lifetime {m['avg_opportunity_ms']} ms",
         f"  rejected    {m['rejected'] or 'none'}",
     ]
