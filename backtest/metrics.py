@@ -7,6 +7,7 @@ counts are integers, ratios floats.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from statistics import fmean, stdev
@@ -77,6 +78,7 @@ def summarize(result: Result) -> dict[str, Any]:
         "quotes": result.rows,
         "trades": len(trades),
         "trades_missed": sum(1 for t in trades if not t.filled),
+        "outcomes": dict(sorted(Counter(str(t.outcome) for t in trades).items())),
         "gross_pnl": str(sum((t.gross_pnl for t in trades), ZERO)),
         "fees": str(sum((t.fees for t in trades), ZERO)),
         "net_pnl": str(net),

@@ -95,7 +95,14 @@ def build_setup(spec: RunSpec) -> Setup:
         states = {
             name: replace(state, max_quote_age_ms=params.max_quote_age_ms) for name, state in states.items()
         }
-    return Setup(params, states, dict(spec.latency_ms))
+    return Setup(
+        params,
+        states,
+        dict(spec.latency_ms),
+        retries=settings.LEG_RETRIES,
+        hedge_attempts=settings.HEDGE_ATTEMPTS,
+        hedge_max_loss_bps=Decimal(settings.HEDGE_MAX_LOSS_BPS),
+    )
 
 
 def replay(spec: RunSpec, progress: Callable[[int], None] | None = None) -> Result:
@@ -114,6 +121,11 @@ def describe(spec: RunSpec, setup: Setup) -> dict[str, Any]:
         "slippage_bps": str(params.slippage_bps),
         "taker_fees": {name: str(state.fees.taker) for name, state in setup.venues.items()},
         "latency_ms": {name: setup.latency(name) for name in setup.venues},
+        "settlement": {
+            "retries": setup.retries,
+            "hedge_attempts": setup.hedge_attempts,
+            "hedge_max_loss_bps": str(setup.hedge_max_loss_bps),
+        },
         "funds": {
             name: {asset: str(amount) for asset, amount in state.balances.items()}
             for name, state in setup.venues.items()

@@ -9,10 +9,11 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from backtest.engine import QuoteArrays, Replay, Result, Setup, from_quotes
+from backtest.engine import QuoteArrays, Replay, Result, Setup, SimTrade, from_quotes
 from backtest.metrics import summarize
 from tests.core.builders import levels, params, quote, venue
 from trading.bench.backtest import bench_setup, synthetic_quotes
+from trading.core.policy import Outcome
 from trading.core.strategy import Reason
 from trading.core.types import Quote
 
@@ -304,3 +305,62 @@ def test_crossings_before_fees_are_counted_apart_from_opportunities_past_fees() 
 
     assert (metrics["crossings"], metrics["opportunities_seen"], metrics["trades"]) == (2, 1, 1)
     assert metrics["rejected"] == {"below_min_profit": 1}
+
+
+# --- settled like live: retries, hedges, and what is left open ----------------------------------
+
+
+def roles(trade: SimTrade) -> list[tuple[str, int, Decimal]]:
+    return [(order.role.value, order.attempt, order.filled) for order in trade.orders]
+
+
+def test_a_missed_leg_is_retried_within_its_guard_and_caught_when_the_book_comes_back() -> None:
+    # Given b's bid under the sale's guard when the sale lands (8 ms), and back at 101 before the
+    # retry sent then lands, 8 ms later
+    quotes = [
+        at(0, "a", "99", "100"),
+        at(10, "b", "101", "102"),
+        at(15, "b", "100.5", "102"),
+        at(20, "b", "101", "102"),
+    ]
+
+    [trade] = replay(two_venues(latency={"b": 8}), quotes).trades
+
+    assert roles(trade) == [("buy", 0, Decimal("0.5")), ("sell", 0, 0), ("sell", 1, Decimal("0.5"))]
+    assert (trade.outcome, trade.settled_ms - T0, trade.net_pnl) == (Outcome.MATCHED, 26, Decimal("0.349"))
+
+
+def test_what_stays_one_sided_is_hedged_back_where_it_filled_within_the_loss_limit() -> None:
+    # Given b's bid gone for good after the decision, and a's bid 20 bps under the price paid
+    quotes = [at(0, "a", "99.81", "100.01"), at(10, "b", "101", "102"), at(15, "b", "100.5", "102")]
+
+    result = replay(two_venues(latency={"b": 8}), quotes)
+
+    [trade] = result.trades
+    assert roles(trade) == [
+        ("buy", 0, Decimal("0.5")),
+        ("sell", 0, 0),
+        ("sell", 1, 0),
+        ("sell", 2, 0),
+        ("hedge", 0, Decimal("0.5")),
+    ]
+    # bought 0.5 at 100.01 (fee 0.050005), sold back on a at 99.81 (fee 0.049905): a loss, flat
+    assert (trade.outcome, trade.unhedged, trade.net_pnl) == (Outcome.HEDGED, 0, Decimal("-0.19991"))
+    assert result.balances["a"]["BTC"] == Decimal(1)
+    assert summarize(result)["win_rate"] == 0
+
+
+def test_a_position_the_hedges_cannot_close_is_marked_at_its_venues_market_when_the_run_ends() -> None:
+    # Given a's bid 100 bps under the price paid: past the hedge's 50 bps loss limit; both
+    # markets fall later, without crossing
+    quotes = [
+        *(at(0, "a", "99", "100"), at(10, "b", "101", "102"), at(15, "b", "100.5", "102")),
+        *(at(40, "a", "97", "98"), at(40, "b", "96", "97")),
+    ]
+
+    [trade] = replay(two_venues(latency={"b": 8}), quotes).trades
+
+    assert trade.outcome is Outcome.OPEN
+    assert [role for role, _, filled in roles(trade) if filled] == ["buy"]
+    # 0.5 BTC paid 50 (fee 0.05) is worth 0.5 x 97.5 at a's last mid: a loss of 1.3, not a gain
+    assert (trade.mark, trade.net_pnl) == (Decimal("97.5"), Decimal("-1.30"))

@@ -6,8 +6,11 @@ that becomes tradeable opens a new, accepted one). An accepted opportunity is ta
 trade worker takes it: dropped when its slower leg would arrive after the strategy's TTL, else funds
 are reserved on both venues and each leg is sent with its guard price. A leg fills through the one
 fill model against its venue's book as it stands when the leg arrives (decision time plus the
-venue's latency), not as it stood at the decision. Balances are pre-funded per venue and never
-transferred, so inventory drifts and a side that runs out stops trading.
+venue's latency), not as it stood at the decision. Once both legs have landed, the one settlement
+policy of live trading (trading.core.policy) says what follows: a retry of what a leg missed within
+its guard, or a hedge of what stays one-sided, each landing its venue's latency later; a position
+the policy leaves open is marked at its venue's market when the run ends. Balances are pre-funded
+per venue and never transferred, so inventory drifts and a side that runs out stops trading.
 
 Time is the quote's received time; nothing at a decision looks at a quote received after it.
 Quotes received at the same moment are applied together before any decision (as the listener
@@ -32,6 +35,7 @@ from backtest.engine import scan
 from backtest.engine.arrays import QuoteArrays
 from trading.core.fills import fees_paid, fill, filled_amount, notional
 from trading.core.gaps import GapKey, GapState, track_gaps
+from trading.core.policy import Done, Outcome, Placed, Role, Rules, Send, next_step
 from trading.core.strategy import find_decisions
 from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
 
@@ -41,15 +45,28 @@ TTL_EXCEEDED = "ttl_exceeded"
 
 @dataclass(frozen=True)
 class Setup:
-    """What a replay models: the strategy, each venue (fees, rules, starting balances) and each
-    venue's decision-to-arrival latency in ms (zero when not given)."""
+    """What a replay models: the strategy, each venue (fees, rules, starting balances), each
+    venue's decision-to-arrival latency in ms (zero when not given), and the settlement policy's
+    retries, hedge attempts and hedge loss limit (live trading's defaults unless given)."""
 
     params: StrategyParams
     venues: Mapping[str, VenueState]
     latency_ms: Mapping[str, int] = field(default_factory=dict)
+    retries: int = 2
+    hedge_attempts: int = 2
+    hedge_max_loss_bps: Decimal = Decimal(50)
 
     def latency(self, venue: str) -> int:
         return self.latency_ms.get(venue, 0)
+
+    def rules(self) -> Rules:
+        return Rules(
+            retries=self.retries,
+            hedge_attempts=self.hedge_attempts,
+            hedge_max_loss_bps=self.hedge_max_loss_bps,
+            steps={name: state.rules.amount_step for name, state in self.venues.items()},
+            ticks={name: state.rules.price_tick for name, state in self.venues.items()},
+        )
 
 
 @dataclass
@@ -84,7 +101,8 @@ class SeenOpportunity:
 
 @dataclass
 class SimTrade:
-    """Both legs of one taken opportunity, as they filled."""
+    """One taken opportunity: its orders (both legs, then any retries and hedges) as they filled,
+    their totals, and the policy's outcome once it is done."""
 
     decided_ms: int
     buy_venue: str
@@ -93,18 +111,22 @@ class SimTrade:
     buy_price: Decimal  # expected at the decision
     sell_price: Decimal
     expected_net: Decimal
-    bought: Decimal = ZERO
+    bought: Decimal = ZERO  # every buy of the trade: legs, retries and hedges
     cost: Decimal = ZERO
     buy_fee: Decimal = ZERO
     sold: Decimal = ZERO
     proceeds: Decimal = ZERO
     sell_fee: Decimal = ZERO
     settled_ms: int = 0
-    legs_open: int = 2
+    legs_open: int = 2  # orders on their way
+    orders: list[Placed] = field(default_factory=list, repr=False)
+    outcome: Outcome | None = None
+    mark: Decimal | None = None  # what a position left open is worth a unit, at the run's end
 
     @property
     def filled(self) -> bool:
-        return self.bought == self.amount and self.sold == self.amount
+        """Both legs filled in full (retries included)."""
+        return self.outcome is Outcome.MATCHED
 
     @property
     def fees(self) -> Decimal:
@@ -117,9 +139,11 @@ class SimTrade:
 
     @property
     def gross_pnl(self) -> Decimal:
-        """Sale proceeds less purchase cost, with any unhedged base marked halfway between the
-        two expected prices: a missed leg leaves inventory, not a gain or loss the replay knows."""
-        mark = (self.buy_price + self.sell_price) / 2
+        """Sale proceeds less purchase cost, with any base left one-sided valued at its venue's
+        market when the run ended."""
+        if not self.unhedged:
+            return self.proceeds - self.cost
+        mark = self.mark if self.mark is not None else (self.buy_price + self.sell_price) / 2
         return self.proceeds - self.cost + self.unhedged * mark
 
     @property
@@ -129,12 +153,12 @@ class SimTrade:
 
 @dataclass(order=True)
 class PendingLeg:
+    """An order on its way to its venue: a leg, a retry of one, or a hedge."""
+
     arrival_ms: int
     order: int
     trade: SimTrade = field(compare=False)
-    venue: str = field(compare=False)
-    side: Side = field(compare=False)
-    limit: Decimal = field(compare=False)
+    send: Send = field(compare=False)
 
 
 @dataclass
@@ -180,6 +204,7 @@ class Replay:
         self.open: dict[GapKey, SeenOpportunity] = {}
         self.pending: list[PendingLeg] = []
         self._orders = itertools.count()
+        self.rules = setup.rules()
         self._crossed_before = False
         self._venue_order: tuple[str, ...] = ()
 
@@ -207,9 +232,13 @@ class Replay:
         return self.finish()
 
     def finish(self) -> Result:
-        """Settle legs still in flight against the last books, close open crossings."""
+        """Settle orders still in flight against the last books, mark what the trades left open
+        at their venues' last mids, close open crossings."""
         while self.pending:
             self._settle(heapq.heappop(self.pending), lambda venue, _ms: self.books.get(venue))
+        for trade in self.result.trades:
+            if trade.unhedged:
+                trade.mark = self._mid(trade)
         for key in list(self.open):
             self._close(key)
         self.result.balances = {name: dict(state.balances) for name, state in self.venues.items()}
@@ -255,7 +284,9 @@ class Replay:
     ) -> None:
         ends = scan.moment_ends(chunk.ts)
         starts = np.r_[0, ends[:-1] + 1]
-        crossed = scan.crossing_rows(bids[:, ends], asks[:, ends])  # as each moment leaves the books
+        if len(ends) < len(chunk):  # as each moment leaves the books
+            bids, asks = bids[:, ends], asks[:, ends]
+        crossed = scan.crossing_rows(bids, asks)
         lookup = _ChunkBooks(chunk, latest, dict(self.books))
         for moment in scan.rows_to_decide(crossed, self._crossed_before).tolist():
             end = int(ends[moment])
@@ -321,10 +352,6 @@ class Replay:
             # The trade worker drops an opportunity older than its TTL: this one would be.
             self.result.rejected[TTL_EXCEEDED] += 1
             return None
-        buy_state = self.venues[sized.buy.venue]
-        reserve = sized.buy.amount * sized.buy.worst_price * (1 + buy_state.fees.taker)
-        self._move(sized.buy.venue, self.quote_asset, -reserve)
-        self._move(sized.sell.venue, self.base, -sized.sell.amount)
         trade = SimTrade(
             decided_ms=now,
             buy_venue=sized.buy.venue,
@@ -334,11 +361,23 @@ class Replay:
             sell_price=sized.sell.price,
             expected_net=sized.net_profit,
         )
-        for leg in (sized.buy, sized.sell):
-            arrival = now + self.setup.latency(leg.venue)
-            pending = PendingLeg(arrival, next(self._orders), trade, leg.venue, leg.side, leg.worst_price)
-            heapq.heappush(self.pending, pending)
+        for role, leg in ((Role.BUY, sized.buy), (Role.SELL, sized.sell)):
+            self._send(trade, Send(role, 0, leg.venue, leg.side, leg.amount, leg.worst_price), now)
         return trade
+
+    def _send(self, trade: SimTrade, send: Send, now: int) -> None:
+        """Hold the order's funds and put it on its way; it lands its venue's latency later."""
+        self._move(send.venue, *self._held(send))
+        arrival = now + self.setup.latency(send.venue)
+        heapq.heappush(self.pending, PendingLeg(arrival, next(self._orders), trade, send))
+
+    def _held(self, send: Send) -> tuple[str, Decimal]:
+        """What an order holds back until it lands: a buy its cost at the limit with the fee, a
+        sale its base (as a negative move of that asset)."""
+        if send.side is Side.BUY:
+            fee_rate = self.venues[send.venue].fees.taker
+            return self.quote_asset, -(send.amount * send.limit * (1 + fee_rate))
+        return self.base, -send.amount
 
     def _settle_due(self, now: int, book_at: BookAt) -> None:
         """Fill every leg that arrived before `now`, against its venue's book at arrival."""
@@ -346,25 +385,58 @@ class Replay:
             self._settle(heapq.heappop(self.pending), book_at)
 
     def _settle(self, leg: PendingLeg, book_at: BookAt) -> None:
-        trade, fee_rate = leg.trade, self.venues[leg.venue].fees.taker
-        book = book_at(leg.venue, leg.arrival_ms)
-        levels = () if book is None else (book.asks if leg.side is Side.BUY else book.bids)
-        fills = fill(levels, leg.side, trade.amount, fee_rate, limit=leg.limit)
+        """Fill an order that landed against its venue's book then, release what it held, and
+        once none of its trade's orders is on its way, take the policy's next step."""
+        trade, send = leg.trade, leg.send
+        fee_rate = self.venues[send.venue].fees.taker
+        book = book_at(send.venue, leg.arrival_ms)
+        levels = () if book is None else (book.asks if send.side is Side.BUY else book.bids)
+        fills = fill(levels, send.side, send.amount, fee_rate, limit=send.limit)
         amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
-        if leg.side is Side.BUY:
-            reserved = trade.amount * leg.limit * (1 + fee_rate)
-            trade.bought, trade.cost, trade.buy_fee = amount, value, fee
-            self._move(leg.venue, self.quote_asset, reserved - value - fee)
-            self._move(leg.venue, self.base, amount)
+        asset, held = self._held(send)
+        self._move(send.venue, asset, -held)
+        if send.side is Side.BUY:
+            trade.bought, trade.cost, trade.buy_fee = (
+                trade.bought + amount,
+                trade.cost + value,
+                trade.buy_fee + fee,
+            )
+            self._move(send.venue, self.quote_asset, -value - fee)
+            self._move(send.venue, self.base, amount)
         else:
-            trade.sold, trade.proceeds, trade.sell_fee = amount, value, fee
-            self._move(leg.venue, self.base, trade.amount - amount)
-            self._move(leg.venue, self.quote_asset, value - fee)
+            trade.sold, trade.proceeds, trade.sell_fee = (
+                trade.sold + amount,
+                trade.proceeds + value,
+                trade.sell_fee + fee,
+            )
+            self._move(send.venue, self.base, -amount)
+            self._move(send.venue, self.quote_asset, value - fee)
+        trade.orders.append(
+            Placed(send.role, send.attempt, send.venue, send.side, send.amount, send.limit, amount, value)
+        )
         trade.legs_open -= 1
         trade.settled_ms = max(trade.settled_ms, leg.arrival_ms)
         if trade.legs_open == 0:
+            self._next_step(trade, leg.arrival_ms)
+
+    def _next_step(self, trade: SimTrade, now: int) -> None:
+        step = next_step(trade.orders, self.rules)
+        if isinstance(step, Send):
+            trade.legs_open += 1
+            self._send(trade, step, now)
+        elif isinstance(step, Done):
+            trade.outcome = step.outcome
             self.result.trades.append(trade)
             self.result.inventory.append((trade.settled_ms, self._inventory()))
+
+    def _mid(self, trade: SimTrade) -> Decimal:
+        """The market of the venue where `trade` left its position, as the run ended (the two
+        prices expected at its decision when that venue has no book)."""
+        venue = trade.buy_venue if trade.unhedged > ZERO else trade.sell_venue
+        book = self.books.get(venue)
+        if book is None:
+            return (trade.buy_price + trade.sell_price) / 2
+        return (book.best_bid + book.best_ask) / 2
 
     def _move(self, venue: str, asset: str, amount: Decimal) -> None:
         balances = self.venues[venue].balances
@@ -381,6 +453,9 @@ def whole_moments(chunks: Iterable[QuoteArrays]) -> Iterator[QuoteArrays]:
     for chunk in chunks:
         if len(chunk) == 0:
             continue
+        if held is not None and held.ts[-1] != chunk.ts[0]:
+            yield held  # a whole moment by itself: no need to copy the chunk behind it
+            held = None
         whole = chunk if held is None else held.then(chunk)
         cut = int(np.searchsorted(whole.ts, whole.ts[-1], side="left"))
         held = whole.slice(cut, len(whole))

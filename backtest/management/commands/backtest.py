@@ -248,6 +248,7 @@ def summary_lines(run: BacktestRun) -> list[str]:
         f"backtest #{run.pk} {run.symbol} on {', '.join(run.venues)} ({run.code_version})",
         f"  data        {run.data_from} .. {run.data_to}, {m['quotes']:,} quotes",
         f"  trades      {m['trades']} ({m['trades_missed']} with a missed leg), win rate {m['win_rate']}",
+        f"  outcomes    {m['outcomes'] or 'none'} (after retries and hedges, as live settles)",
         f"  PnL         gross {money(m['gross_pnl'])}, fees {money(m['fees'])}, net {money(m['net_pnl'])}",
         f"  risk        max drawdown {money(m['max_drawdown'])}, "
         f"hourly Sharpe (annualized) {m['sharpe_hourly']}",
