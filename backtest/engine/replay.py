@@ -467,7 +467,7 @@ def whole_moments(chunks: Iterable[QuoteArrays]) -> Iterator[QuoteArrays]:
 
 def _changed(chunk: QuoteArrays, start: int, end: int) -> frozenset[str]:
     """The venues that quoted in rows [start, end] of `chunk`."""
-    return frozenset(chunk.venues[index] for index in np.unique(chunk.venue[start : end + 1]).tolist())
+    return frozenset([chunk.venues[index] for index in chunk.venue[start : end + 1].tolist()])
 
 
 class _ChunkBooks:
