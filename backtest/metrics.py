@@ -14,6 +14,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from backtest.engine import Result, SimTrade
+from trading.core.risk import max_drawdown
 from trading.core.strategy import Reason
 from trading.core.types import ZERO
 
@@ -31,15 +32,6 @@ def equity_curve(trades: Sequence[SimTrade]) -> list[tuple[int, Decimal]]:
         equity += trade.net_pnl
         curve.append((trade.settled_ms, equity))
     return curve
-
-
-def max_drawdown(curve: Sequence[tuple[int, Decimal]]) -> Decimal:
-    """The deepest fall of equity from its running peak (starting from zero), as a positive amount."""
-    peak = deepest = ZERO
-    for _, equity in curve:
-        peak = max(peak, equity)
-        deepest = max(deepest, peak - equity)
-    return deepest
 
 
 def hourly_pnl(trades: Sequence[SimTrade], first_ms: int, last_ms: int) -> list[Decimal]:
@@ -67,7 +59,6 @@ def sharpe(period_pnl: Sequence[Decimal], periods_per_year: int = HOURS_PER_YEAR
 def summarize(result: Result) -> dict[str, Any]:
     """Every metric of the run, JSON-ready."""
     trades = result.trades
-    curve = equity_curve(trades)
     net = sum((t.net_pnl for t in trades), ZERO)
     # An opportunity clears the profit bar after fees; a crossing only has an ask under a bid.
     opportunities = [o for o in result.opportunities if o.reason != Reason.BELOW_MIN_PROFIT]
@@ -83,7 +74,7 @@ def summarize(result: Result) -> dict[str, Any]:
         "fees": str(sum((t.fees for t in trades), ZERO)),
         "net_pnl": str(net),
         "win_rate": round(sum(1 for t in trades if t.net_pnl > 0) / len(trades), 4) if trades else None,
-        "max_drawdown": str(max_drawdown(curve)),
+        "max_drawdown": str(max_drawdown(t.net_pnl for t in sorted(trades, key=lambda t: t.settled_ms))),
         "sharpe_hourly": None if ratio is None else round(ratio, 4),
         "crossings": result.crossings,
         "opportunities_seen": len(opportunities),

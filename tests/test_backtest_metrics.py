@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from backtest.engine import SimTrade
-from backtest.metrics import equity_curve, hourly_pnl, max_drawdown, sharpe
+from backtest.engine import Result, SimTrade
+from backtest.metrics import equity_curve, hourly_pnl, sharpe, summarize
 from backtest.sweep import combinations, parse_grid, rolling_windows, split_window
 
 HOUR = 3_600_000
@@ -41,11 +41,11 @@ def test_max_drawdown_is_the_deepest_fall_from_a_running_peak() -> None:
     curve = equity_curve(trades)
 
     assert [equity for _, equity in curve] == [3, 1, -3, 2, 1]
-    assert max_drawdown(curve) == Decimal(6)
+    assert Decimal(summarize(Result("BTC/USDT", trades=trades))["max_drawdown"]) == 6
 
 
 def test_a_curve_that_only_rises_has_no_drawdown() -> None:
-    assert max_drawdown(equity_curve([trade(0, "1"), trade(1, "2")])) == 0
+    assert Decimal(summarize(Result("BTC/USDT", trades=[trade(0, "1"), trade(1, "2")]))["max_drawdown"]) == 0
 
 
 def test_sharpe_uses_every_hour_of_the_replay_quiet_ones_included() -> None:

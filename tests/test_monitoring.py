@@ -18,9 +18,10 @@ from tests.conftest import Child, child_env, make_strategy, make_venue
 from tests.deadlines import scaled, wait_until
 from trading import alerts, collector, monitoring
 from trading.config import now_ms
+from trading.core.risk import max_drawdown
 from trading.emulator import Emulator, emulate
 from trading.models import Alert, Opportunity, Trade, Venue
-from trading.monitoring import alive, max_drawdown, stale_symbols
+from trading.monitoring import alive, stale_symbols
 from trading.observability import heartbeats
 from trading.pubsub import Names, latest_books
 from trading.tasks import monitor_check

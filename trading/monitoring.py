@@ -9,7 +9,7 @@ its alerts are neither bumped nor resolved while their state is unknown.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -21,6 +21,7 @@ from django.utils import timezone
 from trading import alerts, risk
 from trading.alerts import CRITICAL, WARNING, Condition, Transitions
 from trading.config import NoActiveStrategy, active_strategy, now_ms
+from trading.core import risk as core_risk
 from trading.models import KillSwitch, RiskLimits, Venue
 from trading.observability import heartbeats
 from trading.pubsub import connect, latest_books, names
@@ -44,16 +45,6 @@ def stale_symbols(ages_ms: Mapping[str, int | None], limit_ms: int) -> list[str]
 def alive(bodies: Mapping[str, Mapping[str, object]], now: int, max_age_ms: int) -> list[str]:
     """Names whose heartbeat is no older than `max_age_ms`."""
     return sorted(name for name, body in bodies.items() if now - int(str(body.get("at_ms", 0))) <= max_age_ms)
-
-
-def max_drawdown(pnls: Iterable[Decimal]) -> Decimal:
-    """Largest fall of the running PnL total from its previous peak (the start counts as 0)."""
-    total = peak = worst = Decimal(0)
-    for pnl in pnls:
-        total += pnl
-        peak = max(peak, total)
-        worst = max(worst, peak - total)
-    return worst
 
 
 # --- the checks -----------------------------------------------------------------------------------
@@ -177,7 +168,7 @@ def check_daily_loss(client: redis.Redis, now: int) -> list[Condition]:
 
 
 def check_drawdown(client: redis.Redis, now: int) -> list[Condition]:
-    drawdown, limit = max_drawdown(risk.todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
+    drawdown, limit = core_risk.max_drawdown(risk.todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
     if drawdown <= limit:
         return []
     return [Condition("drawdown", CRITICAL, f"Drawdown {drawdown:,.2f} today past the limit of {limit:,.2f}")]

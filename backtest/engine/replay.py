@@ -33,8 +33,10 @@ import numpy.typing as npt
 
 from backtest.engine import scan
 from backtest.engine.arrays import QuoteArrays
+from trading.core import ledger
 from trading.core.fills import fees_paid, fill, filled_amount, notional
 from trading.core.gaps import GapKey, GapState, track_gaps
+from trading.core.ledger import Charge, Execution, Movement
 from trading.core.policy import Done, Outcome, Placed, Role, Rules, Send, next_step
 from trading.core.strategy import find_decisions
 from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
@@ -367,17 +369,17 @@ class Replay:
 
     def _send(self, trade: SimTrade, send: Send, now: int) -> None:
         """Hold the order's funds and put it on its way; it lands its venue's latency later."""
-        self._move(send.venue, *self._held(send))
+        self._apply([self._hold(send)])
         arrival = now + self.setup.latency(send.venue)
         heapq.heappush(self.pending, PendingLeg(arrival, next(self._orders), trade, send))
 
-    def _held(self, send: Send) -> tuple[str, Decimal]:
-        """What an order holds back until it lands: a buy its cost at the limit with the fee, a
-        sale its base (as a negative move of that asset)."""
-        if send.side is Side.BUY:
-            fee_rate = self.venues[send.venue].fees.taker
-            return self.quote_asset, -(send.amount * send.limit * (1 + fee_rate))
-        return self.base, -send.amount
+    def _hold(self, send: Send) -> Movement:
+        """What an order sets aside until it lands, as the live ledger holds it."""
+        fee_rate = self.venues[send.venue].fees.taker
+        asset = ledger.held_asset(self.result.symbol, send.side)
+        return ledger.hold(
+            send.venue, asset, ledger.hold_amount(send.side, send.amount, send.limit, fee_rate)
+        )
 
     def _settle_due(self, now: int, book_at: BookAt) -> None:
         """Fill every leg that arrived before `now`, against its venue's book at arrival."""
@@ -393,24 +395,22 @@ class Replay:
         levels = () if book is None else (book.asks if send.side is Side.BUY else book.bids)
         fills = fill(levels, send.side, send.amount, fee_rate, limit=send.limit)
         amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
-        asset, held = self._held(send)
-        self._move(send.venue, asset, -held)
+        held = self._hold(send)
+        charges = (Charge(self.quote_asset, fee),) if fee else ()
+        done = Execution(send.venue, self.result.symbol, send.side, amount, value, charges)
+        self._apply([ledger.release(send.venue, held.asset, held.locked), *ledger.executed(done)])
         if send.side is Side.BUY:
             trade.bought, trade.cost, trade.buy_fee = (
                 trade.bought + amount,
                 trade.cost + value,
                 trade.buy_fee + fee,
             )
-            self._move(send.venue, self.quote_asset, -value - fee)
-            self._move(send.venue, self.base, amount)
         else:
             trade.sold, trade.proceeds, trade.sell_fee = (
                 trade.sold + amount,
                 trade.proceeds + value,
                 trade.sell_fee + fee,
             )
-            self._move(send.venue, self.base, -amount)
-            self._move(send.venue, self.quote_asset, value - fee)
         trade.orders.append(
             Placed(send.role, send.attempt, send.venue, send.side, send.amount, send.limit, amount, value)
         )
@@ -438,9 +438,11 @@ class Replay:
             return (trade.buy_price + trade.sell_price) / 2
         return (book.best_bid + book.best_ask) / 2
 
-    def _move(self, venue: str, asset: str, amount: Decimal) -> None:
-        balances = self.venues[venue].balances
-        balances[asset] = balances.get(asset, ZERO) + amount
+    def _apply(self, movements: Iterable[Movement]) -> None:
+        """The ledger's movements on the replay's free balances (what is held is simply not free)."""
+        for movement in movements:
+            balances = self.venues[movement.venue].balances
+            balances[movement.asset] = balances.get(movement.asset, ZERO) + movement.free
 
     def _inventory(self) -> dict[str, Decimal]:
         return {name: state.free(self.base) for name, state in self.venues.items()}

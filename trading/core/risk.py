@@ -118,3 +118,13 @@ def is_over(amount: Decimal, limit: Decimal | None) -> bool:
 def plain(amount: Decimal | None) -> str:
     """An amount as people write it: no exponent and no trailing zeros ("15050", "0.5")."""
     return "none" if amount is None else f"{amount.normalize():f}"
+
+
+def max_drawdown(pnls: Iterable[Decimal]) -> Decimal:
+    """Largest fall of the running PnL total from its previous peak (the start counts as 0)."""
+    total = peak = worst = Decimal(0)
+    for pnl in pnls:
+        total += pnl
+        peak = max(peak, total)
+        worst = max(worst, peak - total)
+    return worst
