@@ -33,10 +33,11 @@ import numpy.typing as npt
 
 from backtest.engine import scan
 from backtest.engine.arrays import QuoteArrays
-from trading.core import ledger
+from trading.core import ledger, liquidity
 from trading.core.fills import fees_paid, fill, filled_amount, notional
 from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.ledger import Charge, Execution, Movement
+from trading.core.liquidity import Claim
 from trading.core.policy import Done, Outcome, Placed, Role, Rules, Send, next_step
 from trading.core.strategy import find_decisions
 from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
@@ -121,6 +122,7 @@ class SimTrade:
     sell_fee: Decimal = ZERO
     settled_ms: int = 0
     legs_open: int = 2  # orders on their way
+    claimant: str = ""  # whose claims on book snapshots are the trade's
     orders: list[Placed] = field(default_factory=list, repr=False)
     outcome: Outcome | None = None
     mark: Decimal | None = None  # what a position left open is worth a unit, at the run's end
@@ -205,6 +207,8 @@ class Replay:
         self.books: dict[str, Quote] = {}
         self.open: dict[GapKey, SeenOpportunity] = {}
         self.pending: list[PendingLeg] = []
+        # Per venue: its latest snapshot's (received, seq) and what each trade took of it.
+        self.taken: dict[str, tuple[tuple[int, int], dict[str, Claim]]] = {}
         self._orders = itertools.count()
         self.rules = setup.rules()
         self._crossed_before = False
@@ -304,11 +308,40 @@ class Replay:
     # --- one decision --------------------------------------------------------------------------
 
     def _step(self, changed: frozenset[str], books: Mapping[str, Quote], now: int) -> None:
-        """Decide on the pairs of the venues whose books changed at `now`."""
+        """Decide on the pairs of the venues whose books changed at `now`; where books cross, on
+        what other orders have not already taken from them (as the listener does)."""
         decisions = find_decisions(books, self.venues, self.params, now, involving=changed)
-        self._record(changed, decisions, now)
+        if decisions:
+            books = self._untaken(books, decisions)
+            decisions = find_decisions(books, self.venues, self.params, now, involving=changed)
+        self._record(changed, decisions, now, books)
 
-    def _record(self, changed: frozenset[str], decisions: list[Decision], now: int) -> None:
+    def _untaken(self, books: Mapping[str, Quote], decisions: list[Decision]) -> dict[str, Quote]:
+        """The books of the decisions' venues less what is taken from them; a book taken whole is
+        left out."""
+        left = dict(books)
+        for name in {venue for d in decisions for venue in (d.buy_venue, d.sell_venue)}:
+            book = liquidity.book_less(books[name], liquidity.total(self._claims(books[name]).values()))
+            if book is None:
+                del left[name]
+            else:
+                left[name] = book
+        return left
+
+    def _claims(self, book: Quote) -> dict[str, Claim]:
+        """What trades took of `book`, by trade: kept for each venue's latest snapshot only, as a
+        newer one starts afresh."""
+        snapshot = (book.received_ts, book.seq)
+        kept = self.taken.get(book.venue)
+        if kept is None or kept[0] != snapshot:
+            if kept is not None and kept[0] > snapshot:
+                return {}  # an order landing on a book already replaced takes from nothing kept
+            kept = self.taken[book.venue] = (snapshot, {})
+        return kept[1]
+
+    def _record(
+        self, changed: frozenset[str], decisions: list[Decision], now: int, books: Mapping[str, Quote]
+    ) -> None:
         """The listener's bookkeeping: persisting crossings are one opportunity; crossings of the
         changed venues that are gone close."""
         open_gaps = {key: gap.state for key, gap in self.open.items()}
@@ -320,9 +353,9 @@ class Replay:
         for key in changes.closed:
             self._close(key)
         for decision in changes.opened:
-            self.open[decision.key] = self._open(decision, now)
+            self.open[decision.key] = self._open(decision, now, books)
 
-    def _open(self, decision: Decision, now: int) -> SeenOpportunity:
+    def _open(self, decision: Decision, now: int, books: Mapping[str, Quote]) -> SeenOpportunity:
         sized = decision.opportunity
         seen = SeenOpportunity(
             buy_venue=decision.buy_venue,
@@ -335,7 +368,7 @@ class Replay:
             expected_net=None if sized is None else sized.net_profit,
         )
         if decision.accepted:
-            seen.trade = self._take(decision, now)
+            seen.trade = self._take(decision, now, books)
         else:
             self.result.rejected[decision.reason] += 1
         return seen
@@ -345,8 +378,9 @@ class Replay:
 
     # --- trading -------------------------------------------------------------------------------
 
-    def _take(self, decision: Decision, now: int) -> SimTrade | None:
-        """Send both legs of an accepted decision; the trade, or None when it is dropped."""
+    def _take(self, decision: Decision, now: int, books: Mapping[str, Quote]) -> SimTrade | None:
+        """Reserve what both legs of an accepted decision take from the books it saw and send
+        them; the trade, or None when it is dropped."""
         sized = decision.opportunity
         assert sized is not None  # an accepted decision is always sized
         slowest = max(self.setup.latency(sized.buy.venue), self.setup.latency(sized.sell.venue))
@@ -355,6 +389,7 @@ class Replay:
             self.result.rejected[TTL_EXCEEDED] += 1
             return None
         trade = SimTrade(
+            claimant=str(next(self._orders)),
             decided_ms=now,
             buy_venue=sized.buy.venue,
             sell_venue=sized.sell.venue,
@@ -364,6 +399,10 @@ class Replay:
             expected_net=sized.net_profit,
         )
         for role, leg in ((Role.BUY, sized.buy), (Role.SELL, sized.sell)):
+            book = books[leg.venue]
+            levels = book.asks if leg.side is Side.BUY else book.bids
+            took = liquidity.taking(leg.side, fill(levels, leg.side, leg.amount, ZERO, limit=leg.worst_price))
+            self._claims(book)[trade.claimant] = Claim(reserved=took)
             self._send(trade, Send(role, 0, leg.venue, leg.side, leg.amount, leg.worst_price), now)
         return trade
 
@@ -392,8 +431,16 @@ class Replay:
         trade, send = leg.trade, leg.send
         fee_rate = self.venues[send.venue].fees.taker
         book = book_at(send.venue, leg.arrival_ms)
-        levels = () if book is None else (book.asks if send.side is Side.BUY else book.bids)
+        claims = {} if book is None else self._claims(book)
+        left = None if book is None else liquidity.book_less(book, liquidity.others(claims, trade.claimant))
+        levels = () if left is None else (left.asks if send.side is Side.BUY else left.bids)
         fills = fill(levels, send.side, send.amount, fee_rate, limit=send.limit)
+        mine = claims.get(trade.claimant, Claim())
+        filled = dict(mine.filled)
+        for key, amount in liquidity.taking(send.side, fills).items():
+            filled[key] = filled.get(key, ZERO) + amount
+        if book is not None:
+            claims[trade.claimant] = Claim(filled=filled)
         amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
         held = self._hold(send)
         charges = (Charge(self.quote_asset, fee),) if fee else ()
