@@ -163,6 +163,7 @@ class PendingLeg:
     order: int
     trade: SimTrade = field(compare=False)
     send: Send = field(compare=False)
+    held: Movement = field(compare=False)  # what it set aside until it lands
 
 
 @dataclass
@@ -311,22 +312,25 @@ class Replay:
         """Decide on the pairs of the venues whose books changed at `now`; where books cross, on
         what other orders have not already taken from them (as the listener does)."""
         decisions = find_decisions(books, self.venues, self.params, now, involving=changed)
-        if decisions:
-            books = self._untaken(books, decisions)
-            decisions = find_decisions(books, self.venues, self.params, now, involving=changed)
-        self._record(changed, decisions, now, books)
+        left = self._untaken(books, decisions) if decisions else books
+        if left is not books:
+            decisions = find_decisions(left, self.venues, self.params, now, involving=changed)
+        self._record(changed, decisions, now, left)
 
-    def _untaken(self, books: Mapping[str, Quote], decisions: list[Decision]) -> dict[str, Quote]:
-        """The books of the decisions' venues less what is taken from them; a book taken whole is
-        left out."""
+    def _untaken(self, books: Mapping[str, Quote], decisions: list[Decision]) -> Mapping[str, Quote]:
+        """The books of the decisions' venues less what is taken from them (a book taken whole is
+        left out); `books` itself when nothing is taken from them."""
         left = dict(books)
         for name in {venue for d in decisions for venue in (d.buy_venue, d.sell_venue)}:
-            book = liquidity.book_less(books[name], liquidity.total(self._claims(books[name]).values()))
+            taken = liquidity.total(self._claims(books[name]).values())
+            if not taken:
+                continue
+            book = liquidity.book_less(books[name], taken)
             if book is None:
                 del left[name]
             else:
                 left[name] = book
-        return left
+        return left if left != books else books
 
     def _claims(self, book: Quote) -> dict[str, Claim]:
         """What trades took of `book`, by trade: kept for each venue's latest snapshot only, as a
@@ -408,9 +412,10 @@ class Replay:
 
     def _send(self, trade: SimTrade, send: Send, now: int) -> None:
         """Hold the order's funds and put it on its way; it lands its venue's latency later."""
-        self._apply([self._hold(send)])
+        held = self._hold(send)
+        self._apply([held])
         arrival = now + self.setup.latency(send.venue)
-        heapq.heappush(self.pending, PendingLeg(arrival, next(self._orders), trade, send))
+        heapq.heappush(self.pending, PendingLeg(arrival, next(self._orders), trade, send, held))
 
     def _hold(self, send: Send) -> Movement:
         """What an order sets aside until it lands, as the live ledger holds it."""
@@ -442,7 +447,7 @@ class Replay:
         if book is not None:
             claims[trade.claimant] = Claim(filled=filled)
         amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
-        held = self._hold(send)
+        held = leg.held
         charges = (Charge(self.quote_asset, fee),) if fee else ()
         done = Execution(send.venue, self.result.symbol, send.side, amount, value, charges)
         self._apply([ledger.release(send.venue, held.asset, held.locked), *ledger.executed(done)])
