@@ -469,3 +469,15 @@ def test_orders_need_credentials_and_an_order_dialect(emulator: Emulator) -> Non
 )
 def test_ccxt_statuses_map_to_ours(ccxt_status: str, filled: str, ours: str) -> None:
     assert order_status(ccxt_status, Decimal("1"), Decimal(filled)) == ours
+
+
+def test_private_calls_made_together_on_kraken_all_pass_its_nonce_check(emulator: Emulator) -> None:
+    """Kraken refuses a nonce not above the last one it saw for the key; calls signed in the same
+    millisecond would share one."""
+
+    async def together(gateway: CcxtGateway) -> list[dict[str, Decimal]]:
+        return await asyncio.gather(*(gateway.fetch_balance() for _ in range(20)))
+
+    balances = trade(emulator, "kraken", together)
+
+    assert [b["BTC"] for b in balances] == [Decimal(1)] * 20

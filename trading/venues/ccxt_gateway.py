@@ -8,6 +8,7 @@ found again by those ids. The key and secret never appear in a log line, an exce
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import functools
 import logging
@@ -136,6 +137,33 @@ def _overloads_are_temporary(exchange: Any) -> None:
     exchange.on_rest_response = on_rest_response
 
 
+# Venues that refuse a private call whose nonce is not above the last one they saw for the key.
+NONCE_ORDERED = frozenset({"kraken"})
+
+
+def _private_calls_take_turns(exchange: Any) -> None:
+    """Kraken refuses a private call whose nonce is not above the last it saw for the API key, and
+    ccxt's nonce is the millisecond: two calls signed in the same millisecond (a balance and a fee
+    tier read together, say) carry the same one, and concurrent calls may land in either order. So
+    a client's private calls take turns, each with a nonce above the one before. (Processes sharing
+    a key are the key's nonce window's business: set one on the venue.)"""
+    last = [0]
+    default_nonce, default_fetch2 = exchange.nonce, exchange.fetch2
+    turn = asyncio.Lock()
+
+    def nonce() -> int:
+        last[0] = max(int(default_nonce()), last[0] + 1)
+        return last[0]
+
+    async def fetch2(path: str, api: Any = "public", *args: Any, **kwargs: Any) -> Any:
+        if "private" not in (api if isinstance(api, list) else [api]):
+            return await default_fetch2(path, api, *args, **kwargs)
+        async with turn:
+            return await default_fetch2(path, api, *args, **kwargs)
+
+    exchange.nonce, exchange.fetch2 = nonce, fetch2
+
+
 def open_exchange(
     ccxt_id: str,
     api_url: str,
@@ -161,6 +189,8 @@ def open_exchange(
     if api_url:
         exchange.urls = {**exchange.urls, "api": rewrite_api_urls(exchange.urls["api"], api_url)}
     _overloads_are_temporary(exchange)
+    if ccxt_id in NONCE_ORDERED:
+        _private_calls_take_turns(exchange)
     return exchange
 
 
