@@ -291,9 +291,7 @@ class Replay:
     ) -> None:
         ends = scan.moment_ends(chunk.ts)
         starts = np.r_[0, ends[:-1] + 1]
-        if len(ends) < len(chunk):  # as each moment leaves the books
-            bids, asks = bids[:, ends], asks[:, ends]
-        crossed = scan.crossing_rows(bids, asks)
+        crossed = scan.crossing_rows(bids, asks)[ends]  # as each moment leaves the books
         lookup = _ChunkBooks(chunk, latest, dict(self.books))
         for moment in scan.rows_to_decide(crossed, self._crossed_before).tolist():
             end = int(ends[moment])
