@@ -13,7 +13,8 @@ import redis
 from django.conf import settings
 
 from backtest.engine import Replay, Result, Setup, from_quotes
-from tests.conftest import fund, make_strategy, make_venue
+from tests.conftest import fund, make_venue
+from tests.money_rules import make_rules_strategy
 from tests.quotes import book, publish
 from trading import execution, pubsub
 from trading.config import now_ms, strategy_params, venue_state
@@ -53,7 +54,8 @@ def stream(count: int, seed: int) -> list[tuple[str, Levels, Levels]]:
 def trade_live(client: redis.Redis, books: list[tuple[str, Levels, Levels]]) -> list[Quote]:
     """Each book published as a collector does, a moment of its own (a millisecond at least after
     the one before), and taken by the listener then; each opportunity it dispatches is executed
-    on paper at once, and its settlement announced. Returns the books as published."""
+    on paper at once, its settlement announced, and the listener reads the balances it left (as it
+    does every second) before the next book. Returns the books as published."""
     listener = Listener(client)
     listener.load_strategy()
     quotes, last = [], 0
@@ -70,6 +72,7 @@ def trade_live(client: redis.Redis, books: list[tuple[str, Levels, Levels]]) -> 
             if Opportunity.objects.get(pk=opened).status == Opportunity.Status.DISPATCHED:
                 status = execution.execute_opportunity(opened)
                 listener.on_event(pubsub.encode({"opportunity": opened, "status": status, "settled": True}))
+                listener.refresh_venues()  # its once-a-second look at the ledger, before the next book
     return quotes
 
 
@@ -119,13 +122,7 @@ def test_live_paper_trading_and_the_backtest_agree_on_one_stream(redis_client: r
     venues = [make_venue(name, max_quote_age_ms=600_000, taker_fee=Decimal("0.0002")) for name in VENUES]
     for venue in venues:
         fund(venue, **FUNDS)
-    make_strategy(
-        min_profit_bps=Decimal(2),
-        trade_size=Decimal("0.3"),
-        ttl_ms=600_000,
-        max_quote_age_ms=600_000,
-        max_book_skew_ms=600_000,
-    )
+    make_rules_strategy()
     config = StrategyConfig.objects.get(active=True)
     setup = Setup(
         strategy_params(config),
