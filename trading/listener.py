@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -255,27 +255,22 @@ class Listener:
         Where books cross, they are decided on what other orders have not already taken."""
         if self.params is None:
             return []
-        books = self.books[quote.symbol]
-        decisions = find_decisions(books, self.venues, self.params, now, involving=frozenset((quote.venue,)))
+        books, changed = self.books[quote.symbol], frozenset((quote.venue,))
+        decisions = find_decisions(books, self.venues, self.params, now, involving=changed)
         if not decisions:
             return decisions
-        return find_decisions(
-            self.untaken(books, decisions), self.venues, self.params, now, involving=frozenset((quote.venue,))
-        )
+        left = self.untaken(books, decisions)
+        if left is books:
+            return decisions
+        return find_decisions(left, self.venues, self.params, now, involving=changed)
 
-    def untaken(self, books: dict[str, Quote], decisions: list[Decision]) -> dict[str, Quote]:
+    def untaken(self, books: dict[str, Quote], decisions: list[Decision]) -> Mapping[str, Quote]:
         """The books of the decisions' venues less what is taken from them (reserved or filled by
         trades in flight); a book taken whole is left out."""
-        involved = sorted({name for d in decisions for name in (d.buy_venue, d.sell_venue)})
-        taken = book_claims.read(self.client, [books[name] for name in involved])
-        left = dict(books)
-        for name, claims in zip(involved, taken, strict=True):
-            book = liquidity.book_less(books[name], liquidity.total(claims.values()))
-            if book is None:
-                del left[name]
-            else:
-                left[name] = book
-        return left
+        names = liquidity.involved(decisions)
+        claims = book_claims.read(self.client, [books[name] for name in names])
+        taken = {name: liquidity.total(c.values()) for name, c in zip(names, claims, strict=True)}
+        return liquidity.books_less(books, taken)
 
     def record(self, quote: Quote, decisions: list[Decision], now: int) -> list[int]:
         """Open one Opportunity per new crossing, keep persisting ones, close those that are gone

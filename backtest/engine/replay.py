@@ -318,17 +318,10 @@ class Replay:
     def _untaken(self, books: Mapping[str, Quote], decisions: list[Decision]) -> Mapping[str, Quote]:
         """The books of the decisions' venues less what is taken from them (a book taken whole is
         left out); `books` itself when nothing is taken from them."""
-        left = dict(books)
-        for name in {venue for d in decisions for venue in (d.buy_venue, d.sell_venue)}:
-            taken = liquidity.total(self._claims(books[name]).values())
-            if not taken:
-                continue
-            book = liquidity.book_less(books[name], taken)
-            if book is None:
-                del left[name]
-            else:
-                left[name] = book
-        return left if left != books else books
+        names = liquidity.involved(decisions)
+        return liquidity.books_less(
+            books, {n: liquidity.total(self._claims(books[n]).values()) for n in names}
+        )
 
     def _claims(self, book: Quote) -> dict[str, Claim]:
         """What trades took of `book`, by trade: kept for each venue's latest snapshot only, as a

@@ -76,3 +76,19 @@ def test_however_many_orders_take_from_a_snapshot_no_level_is_filled_twice(amoun
         claims[str(index)] = Claim(filled=liquidity.taking(Side.BUY, fills))
 
     assert liquidity.overbooked(BOOK.asks, BookSide.ASKS, liquidity.total(claims.values())) == []
+
+
+def test_books_less_what_is_taken_leave_out_a_book_taken_whole_and_are_the_same_books_when_nothing_is() -> (
+    None
+):
+    books = {
+        "a": quote("a", levels(("99", "1")), levels(("100", "1"))),
+        "b": quote("b", levels(("101", "1")), levels(("102", "1"))),
+    }
+
+    assert liquidity.books_less(books, {"a": {}, "b": {}}) is books
+    left = liquidity.books_less(books, {"a": {(BookSide.ASKS, Decimal(100)): Decimal(1)}, "b": {}})
+    assert set(left) == {"b"}  # a's only ask is gone: nothing to buy there
+    left = liquidity.books_less(books, {"b": {(BookSide.BIDS, Decimal(101)): Decimal("0.4")}})
+    assert left["b"].bids == ((Decimal(101), Decimal("0.6")),)
+    assert left["a"] is books["a"]

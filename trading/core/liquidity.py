@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 
-from trading.core.types import ZERO, Fill, Level, Quote, Side
+from trading.core.types import ZERO, Decision, Fill, Level, Quote, Side
 
 
 class BookSide(StrEnum):
@@ -77,6 +77,26 @@ def book_less(book: Quote, taken: Taken) -> Quote | None:
     if not bids or not asks:
         return None
     return replace(book, bids=bids, asks=asks)
+
+
+def books_less(books: Mapping[str, Quote], taken: Mapping[str, Taken]) -> Mapping[str, Quote]:
+    """`books` (venue to snapshot) with what is `taken` from some of them (venue to what was taken)
+    removed; a book taken whole is left out. `books` itself when nothing is taken."""
+    if not any(taken.values()):
+        return books
+    left = dict(books)
+    for name, took in taken.items():
+        book = book_less(books[name], took)
+        if book is None:
+            del left[name]
+        else:
+            left[name] = book
+    return left
+
+
+def involved(decisions: Iterable[Decision]) -> list[str]:
+    """The venues of `decisions`, each once, sorted."""
+    return sorted({name for d in decisions for name in (d.buy_venue, d.sell_venue)})
 
 
 def taking(side: Side, fills: Iterable[Fill]) -> dict[tuple[BookSide, Decimal], Decimal]:
