@@ -14,9 +14,11 @@ This module uses only the standard library, so it runs in a test process or a co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -104,12 +106,36 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
         super().__init__(address, _RequestHandler)
         self.emulator = emulator
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """End every connection still open (kept alive between requests), as a venue that goes
+        away does: its clients see the connection close and must connect again."""
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _HTTPServer
-    # One request per connection: a client that gave up on a delayed answer leaves nothing open.
-    protocol_version = "HTTP/1.0"
+    # Connections are kept alive between requests, as the venues keep them: a client pays for
+    # connecting once, not on every order. A client that gave up on a delayed answer closes its
+    # connection, and the handler's late answer finds it closed.
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # an answer's headers and body go out without waiting for an ack
 
     def do_GET(self) -> None:
         self._answer()
@@ -128,6 +154,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.command, url.path, dict(parse_qsl(url.query)), dict(self.headers.items()), body, url.query
         )
         if reply is None:
+            self.close_connection = True  # nothing to answer: the client sees the connection close
             return
         try:
             self._send(reply)
@@ -195,6 +222,7 @@ class Emulator:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.drop_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._httpd = self._thread = None
