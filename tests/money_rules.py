@@ -57,12 +57,10 @@ FAULTS: dict[str, Callable[[], BaseException]] = {
 }
 # Where a fault can strike: (module, function) looked up at call time on the trade path.
 STEPS = {
-    "claim": (trade_store, "claim"),
-    "balance locks": (trade_store, "lock_balances"),
-    "limits": (trade_store, "guards"),
+    "claim, balance locks and limits": (trade_store, "claim"),
     "liquidity": (book_claims, "transact"),
     "orders recorded": (trade_store, "insert"),
-    "funds held": (trade_store, "hold"),
+    "funds held": (trade_store, "holding"),
     "sending": (legs, "run"),
     "recording an answer": (settlement, "_save"),
     "a retry or hedge": (settlement, "_record"),

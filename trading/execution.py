@@ -109,18 +109,16 @@ def recheck_and_record(claimed: trade_store.Claimed) -> Plan | Dropped:
     orders have taken from them, the ledger's balances and the limits, all read after the locks;
     if still accepted, reserve the liquidity, record both orders and hold their funds. Call
     inside the claim's transaction."""
-    opportunity, config = claimed.opportunity, claimed.strategy
-    buy_venue, sell_venue = opportunity.buy_venue, opportunity.sell_venue
-    rows = trade_store.lock_balances(buy_venue, sell_venue)
+    opportunity, config, guards = claimed.opportunity, claimed.strategy, claimed.guards
+    rows = claimed.balances
     params, now = strategy_params(config), now_ms()
     age = now - to_ms(opportunity.detected_at)
     if age > params.ttl_ms:
         return Dropped(Status.EXPIRED, f"ttl_exceeded: {age} ms old, ttl {params.ttl_ms} ms")
-    guards = trade_store.guards()
     halted = risk.halt_reason(guards)
     if halted is not None:
         return Dropped(Status.REJECTED, halted)
-    names = (buy_venue.name, sell_venue.name)
+    names = (opportunity.buy_venue.name, opportunity.sell_venue.name)
     books = pubsub.latest_of(pubsub.shared(), opportunity.symbol, names)
     missing = [name for name in names if name not in books]
     if missing:
@@ -197,7 +195,8 @@ def _decide_and_reserve(
 
 
 def _record_orders(claimed: trade_store.Claimed, sized: Sized, rows: dict[tuple[int, str], Balance]) -> Plan:
-    """Both legs' orders (in one statement) and the holds on their funds (in another)."""
+    """Both legs' orders (in one statement) and the holds on their funds (in another, in the same
+    round trip)."""
     opportunity = claimed.opportunity
     legs = ((Role.BUY, opportunity.buy_venue, sized.buy), (Role.SELL, opportunity.sell_venue, sized.sell))
     made = [
@@ -213,9 +212,10 @@ def _record_orders(claimed: trade_store.Claimed, sized: Sized, rows: dict[tuple[
         )
         for role, venue, leg in legs
     ]
-    trade_store.insert([order for order, _ in made])
     holds = [held for _, held in made]
     venues = {venue.name: venue for _, venue, _ in legs}
-    if not trade_store.hold(rows, venues, holds):
+    held = trade_store.holding(rows, venues, holds)
+    trade_store.insert([order for order, _ in made], then=[held] if held else [])
+    if held is None:
         balances.apply(holds, venues.values())
     return Plan(opportunity, sized, made[0][0], made[1][0])

@@ -11,16 +11,20 @@ runs one writing transaction at a time, which orders them the same way).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
-from django.db import connection
+from django.db import connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.models import Model
 from django.utils import timezone
+from psycopg import pq
 
 from trading.core.ledger import Movement
 from trading.models import (
@@ -35,66 +39,142 @@ from trading.models import (
 )
 
 KILL_SWITCH, LIMITS = 1, 1  # the one row of each
+M = TypeVar("M", bound=Model)
+Converter = Callable[[Any, Any, BaseDatabaseWrapper], Any]
+Statement = tuple[str, Sequence[object]]  # SQL and its parameters
+_CONVERTERS: WeakKeyDictionary[BaseDatabaseWrapper, dict[type[Model], list[list[Converter]]]] = (
+    WeakKeyDictionary()
+)
 
 
 def _locking(clause: str) -> str:
     return f" {clause}" if connection.vendor == "postgresql" else ""
 
 
-def _execute(sql: str, params: Sequence[object]) -> int:
+def _fetch_each(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+    """Each statement's rows (none for one that returns none), in order. On PostgreSQL they go as
+    one request, executed one after another by the server: one round trip however many there are."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
+        if connection.vendor != "postgresql":
+            results = []
+            for sql, params in statements:
+                cursor.execute(sql, params)
+                results.append(cursor.fetchall())
+            return results
+        joined = "; ".join(sql for sql, _ in statements)
+        cursor.execute(joined, [value for _, params in statements for value in params])
+        results = [_rows(cursor)]
+        while cursor.nextset():
+            results.append(_rows(cursor))
+        return results
+
+
+def _rows(cursor: Any) -> list[tuple[Any, ...]]:
+    # The result's status, not `cursor.description`, which builds an object for every column.
+    return cursor.fetchall() if cursor.pgresult.status == pq.ExecStatus.TUPLES_OK else []
+
+
+@functools.cache
+def _model_columns(model: type[Model], alias: str, vendor: str) -> str:
+    qualify = f"{alias}." if alias else ""
+    return ", ".join(qualify + connection.ops.quote_name(f.column) for f in model._meta.concrete_fields)
+
+
+def _columns(model: type[Model], alias: str = "") -> str:
+    """`model`'s columns in the order of its concrete fields, each under `alias` when given."""
+    return _model_columns(model, alias, connection.vendor)
+
+
+def _as(model: type[M], values: Sequence[Any]) -> M:
+    """The `model` row whose columns (`_columns`' order) hold `values`, converted as the ORM
+    converts them; the converters are looked up once per model and connection."""
+    fields, wrapper = model._meta.concrete_fields, connections[connection.alias]
+    by_model = _CONVERTERS.setdefault(wrapper, {})
+    converters = by_model.get(model)
+    if converters is None:
+        converters = by_model[model] = [
+            [*wrapper.ops.get_db_converters(f.cached_col), *f.get_db_converters(wrapper)] for f in fields
+        ]
+    converted = []
+    for field, value, convert in zip(fields, values, converters, strict=True):
+        for converter in convert:
+            value = converter(value, field.cached_col, wrapper)
+        converted.append(value)
+    return model.from_db(wrapper.alias, [f.attname for f in fields], converted)
 
 
 @dataclass(frozen=True)
 class Claimed:
-    """The claimed opportunity with its venues and strategy in place, and the deployment's key."""
+    """The claimed opportunity with its venues and strategy in place, the deployment's key, the
+    balance rows of both venues (locked) and the guards in force."""
 
     opportunity: Opportunity
     strategy: StrategyConfig
     deployment: str
+    balances: dict[tuple[int, str], Balance]
+    guards: Guards
 
 
 def claim(opportunity_id: int) -> Claimed | None:
     """Move a dispatched opportunity to executing and load it with its two venues and its
-    strategy (the active one when it has none); None when it is not (or no longer) dispatched.
-    Until the transaction commits nobody sees the claim: it commits with the orders, or with the
-    reason none are sent."""
+    strategy (the active one when it has none); lock the balance rows of both venues, in the one
+    order every writer of balances locks them (trading.balances), so that trades with a venue in
+    common run their re-checks one at a time; then read the guards (`guards`). One round trip on
+    PostgreSQL. None when the opportunity is not (or no longer) dispatched. Until the
+    transaction commits nobody sees the claim: it commits with the orders, or with the reason
+    none are sent."""
     status = Opportunity.Status
-    claimed = list(
-        Opportunity.objects.raw(
-            "UPDATE trading_opportunity SET status = %s, updated_at = %s "
-            "WHERE id = %s AND status = %s RETURNING *",
-            [status.EXECUTING, timezone.now(), opportunity_id, status.DISPATCHED],
-        )
+    venue_ids = (
+        "SELECT o.buy_venue_id FROM trading_opportunity o WHERE o.id = %s "
+        "UNION SELECT o.sell_venue_id FROM trading_opportunity o WHERE o.id = %s"
+    )
+    claimed, loaded, balances, guarded = _fetch_each(
+        [
+            (
+                "UPDATE trading_opportunity SET status = %s, updated_at = %s WHERE id = %s AND status = %s "
+                "RETURNING id",
+                [status.EXECUTING, timezone.now(), opportunity_id, status.DISPATCHED],
+            ),
+            (
+                f"SELECT {_columns(Opportunity, 'o')}, {_columns(Venue, 'b')}, {_columns(Venue, 'v')}, "
+                f"{_columns(StrategyConfig, 's')}, (SELECT d.key FROM trading_deployment d WHERE d.id = 1) "
+                "FROM trading_opportunity o JOIN trading_venue b ON b.id = o.buy_venue_id "
+                "JOIN trading_venue v ON v.id = o.sell_venue_id JOIN trading_strategyconfig s "
+                "ON s.id = o.strategy_id OR (o.strategy_id IS NULL AND s.active) WHERE o.id = %s",
+                [opportunity_id],
+            ),
+            (
+                f"SELECT {_columns(Balance)} FROM trading_balance WHERE venue_id IN ({venue_ids}) "
+                "ORDER BY venue_id, asset" + _locking("FOR UPDATE"),
+                [opportunity_id, opportunity_id],
+            ),
+            (GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH]),
+        ]
     )
     if not claimed:
         return None
-    opportunity = claimed[0]
-    ids = [opportunity.buy_venue_id, opportunity.sell_venue_id]
-    venues = {
-        venue.pk: venue
-        for venue in Venue.objects.raw("SELECT * FROM trading_venue WHERE id IN (%s, %s)", ids)
-    }
-    opportunity.buy_venue, opportunity.sell_venue = venues[ids[0]], venues[ids[1]]
-    where = "s.id = %s" if opportunity.strategy_id else "s.active = %s"
-    [strategy] = StrategyConfig.objects.raw(
-        "SELECT s.*, (SELECT d.key FROM trading_deployment d WHERE d.id = 1) AS deployment "
-        f"FROM trading_strategyconfig s WHERE {where}",
-        [opportunity.strategy_id or True],
+    if len(loaded) != 1:
+        raise ValueError(f"opportunity {opportunity_id}: {len(loaded)} strategies apply, not one")
+    opportunity = _loaded(loaded[0])
+    rows = [_as(Balance, values) for values in balances]
+    return Claimed(
+        opportunity,
+        opportunity.strategy,
+        loaded[0][-1] or Deployment.current_key(),
+        {(row.venue_id, row.asset): row for row in rows},
+        _guards(guarded) if guarded else guards(),
     )
-    opportunity.strategy = strategy
-    return Claimed(opportunity, strategy, strategy.deployment or Deployment.current_key())
 
 
-def lock_balances(*venues: Venue) -> dict[tuple[int, str], Balance]:
-    """Every balance row of `venues`, locked until the transaction ends, in the one order every
-    writer of balances locks them (trading.balances): trades with a venue in common run their
-    re-checks one at a time."""
-    sql = "SELECT * FROM trading_balance WHERE venue_id IN (%s, %s) ORDER BY venue_id, asset"
-    rows = Balance.objects.raw(sql + _locking("FOR UPDATE"), [venue.pk for venue in venues])
-    return {(row.venue_id, row.asset): row for row in rows}
+def _loaded(row: Sequence[Any]) -> Opportunity:
+    """The opportunity with its venues and strategy from one row of `claim`'s second statement."""
+    sizes = [len(model._meta.concrete_fields) for model in (Opportunity, Venue, Venue)]
+    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    opportunity = _as(Opportunity, row[: ends[0]])
+    opportunity.buy_venue = _as(Venue, row[ends[0] : ends[1]])
+    opportunity.sell_venue = _as(Venue, row[ends[1] : ends[2]])
+    opportunity.strategy = _as(StrategyConfig, row[ends[2] : -1])
+    return opportunity
 
 
 @dataclass(frozen=True)
@@ -111,24 +191,28 @@ class Guards:
     paused: frozenset[int]
 
 
+GUARDS = (
+    "SELECT k.tripped_at IS NOT NULL, k.reason, CAST(r.max_trade_notional AS TEXT), "
+    "CAST(r.max_open_exposure AS TEXT), CAST(r.daily_loss_limit AS TEXT), "
+    "r.pair_cooldown_seconds, p.venue_id "
+    "FROM trading_killswitch k JOIN trading_risklimits r ON r.id = %s "
+    "LEFT JOIN trading_risklimits_paused_venues p ON p.risklimits_id = r.id WHERE k.id = %s"
+)
+
+
 def guards() -> Guards:
     """The kill switch and the limits in one statement, the switch read under a share lock held
     to the end of the transaction: a trip waits for trades already past this read, and a read
     during a trip waits for it. Rows missing on a fresh database are created first."""
-    sql = (
-        "SELECT k.tripped_at IS NOT NULL, k.reason, CAST(r.max_trade_notional AS TEXT), "
-        "CAST(r.max_open_exposure AS TEXT), CAST(r.daily_loss_limit AS TEXT), "
-        "r.pair_cooldown_seconds, p.venue_id "
-        "FROM trading_killswitch k JOIN trading_risklimits r ON r.id = %s "
-        "LEFT JOIN trading_risklimits_paused_venues p ON p.risklimits_id = r.id WHERE k.id = %s"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH])
-        rows = cursor.fetchall()
+    [rows] = _fetch_each([(GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH])])
     if not rows:
         KillSwitch.objects.get_or_create(pk=KILL_SWITCH)
         RiskLimits.current()
         return guards()
+    return _guards(rows)
+
+
+def _guards(rows: Sequence[Sequence[Any]]) -> Guards:
     tripped, reason, notional, exposure, daily_loss, cooldown, _ = rows[0]
     return Guards(
         tripped=bool(tripped),
@@ -159,9 +243,10 @@ def orders_that_may_hold(base: str, statuses: Sequence[str]) -> list[Order]:
     )
 
 
-def insert(rows: Sequence[Model]) -> None:
+def insert(rows: Sequence[Model], then: Sequence[Statement] = ()) -> None:
     """Insert new rows of one model in one statement (auto_now fields stamped, values converted as
-    the ORM converts them), setting their primary keys."""
+    the ORM converts them), setting their primary keys; the statements `then` follow it in the
+    same round trip."""
     model = type(rows[0])
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     values, params = [], []
@@ -171,11 +256,10 @@ def insert(rows: Sequence[Model]) -> None:
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     table, pk = model._meta.db_table, model._meta.pk.column
     sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} RETURNING {pk}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        for row, (key,) in zip(rows, cursor.fetchall(), strict=True):
-            row.pk = key
-            row._state.adding, row._state.db = False, connection.alias
+    keys, *_ = _fetch_each([(sql, params), *then])
+    for row, (key,) in zip(rows, keys, strict=True):
+        row.pk = key
+        row._state.adding, row._state.db = False, connection.alias
 
 
 def defer_flushes() -> None:
@@ -194,16 +278,16 @@ def _defer_session_flushes(connection: BaseDatabaseWrapper, **_: object) -> None
             cursor.execute("SET synchronous_commit TO OFF")
 
 
-def hold(
+def holding(
     rows: dict[tuple[int, str], Balance], venues: dict[str, Venue], movements: Sequence[Movement]
-) -> bool:
-    """Move the locked balance `rows` by `movements` in one statement. False (nothing moved) when
-    a movement's row does not exist: the caller moves balances the general way then."""
+) -> Statement | None:
+    """The one statement that moves the locked balance `rows` by `movements`. None when a
+    movement's row does not exist: the caller moves balances the general way then."""
     changes: dict[int, tuple[Decimal, Decimal]] = {}
     for movement in movements:
         row = rows.get((venues[movement.venue].pk, movement.asset))
         if row is None:
-            return False
+            return None
         free, locked = changes.get(row.pk, (Decimal(0), Decimal(0)))
         changes[row.pk] = (free + movement.free, locked + movement.locked)
     free_cases = " ".join("WHEN %s THEN %s" for _ in changes)
@@ -214,8 +298,7 @@ def hold(
     )
     params: list[object] = [value for pk, (free, _) in changes.items() for value in (pk, free)]
     params += [value for pk, (_, locked) in changes.items() for value in (pk, locked)]
-    _execute(sql, [*params, timezone.now(), *changes])
-    return True
+    return sql, [*params, timezone.now(), *changes]
 
 
 def last_pair_trade(buy: Venue, sell: Venue, exclude: int, since: datetime) -> datetime | None:
