@@ -62,6 +62,9 @@ TRADE_TIME_LIMIT_S = env_int("TRADE_TIME_LIMIT_S", 60)
 # A dispatched opportunity no worker took up this long past its time to live expires (its task
 # was lost); in-flight ones whose worker died are resumed by the `trade.resume` beat task.
 LOST_DISPATCH_SECONDS = env_int("LOST_DISPATCH_SECONDS", 60)
+# The listener queues a trade task before it writes the opportunity's row; a worker that finds no
+# row waits this long for it before it gives the task up (nothing is traded).
+RECORD_WAIT_MS = env_int("RECORD_WAIT_MS", 2_000)
 if not 0 <= LEG_RETRIES <= 9 or not 1 <= HEDGE_ATTEMPTS <= 10:
     raise ImproperlyConfigured("LEG_RETRIES must be within 0..9 and HEDGE_ATTEMPTS within 1..10")
 # Off only against a venue without rate limits (the local emulator): ccxt then skips its pacing.

@@ -13,7 +13,7 @@ from django.db import connection
 from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
 
-from tests.conftest import ROOT, child_env, fund, make_strategy, make_venue
+from tests.conftest import ROOT, child_env, free_port, fund, make_strategy, make_venue
 from tests.quotes import CHEAP, DEAR, FLAT, book
 from trading import pubsub, trade_store
 from trading.config import now_ms
@@ -307,3 +307,47 @@ def test_a_decision_is_recorded_in_one_statement(listener: Listener) -> None:
 
     assert [q["sql"].split(" INTO ")[0] for q in queries.captured_queries] == ["INSERT"]
     assert Opportunity.objects.get(pk=opened).status == "dispatched"
+
+
+UNREACHABLE_BROKER = """
+import json
+import django
+django.setup()
+from tests.quotes import CHEAP, DEAR, book
+from trading import pubsub
+from trading.config import now_ms
+from trading.listener import Listener, connect
+listener = Listener(connect(), name="no-broker")
+listener.load_strategy()
+listener.reserve()
+first = listener.reserved[-1]
+for quote in (book("alpha", *CHEAP), book("bravo", *DEAR)):
+    listener.on_price(pubsub.encode_quote(quote), now_ms())
+print(json.dumps({"first": first, "dispatched": listener.stats.dispatched}))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_opportunity_whose_task_the_broker_refused_is_recorded_failed_flat() -> None:
+    """With an id in hand the task goes out before the row is written: when the broker refuses
+    it, the row says so and nothing waits on it."""
+    for name in ("alpha", "bravo"):
+        fund(make_venue(name), BTC="2", USDT="100000")
+    make_strategy(min_profit_bps=Decimal("5"), trade_size=Decimal("0.5"))
+    run = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE_BROKER],
+        cwd=ROOT,
+        env=child_env(
+            DJANGO_SETTINGS_MODULE="arbsite.settings", CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+
+    opportunity = Opportunity.objects.get()
+    assert (opportunity.pk, report["dispatched"]) == (report["first"], 0)
+    assert opportunity.status == Opportunity.Status.FAILED
+    assert opportunity.reason.startswith("dispatch failed:")

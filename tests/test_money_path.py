@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from tests.conftest import PrivateRedis, fund, make_strategy, make_venue, orders_by_key, set_limits
+from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, open_known_gap, publish
 from trading import execution, lifecycle, pubsub, risk, settlement, trade_store
 from trading.config import now_ms
@@ -174,6 +177,69 @@ def test_a_filled_leg_whose_partner_is_being_retried_counts_against_the_exposure
     Order.objects.filter(pk=legs["sell"].pk).update(status=Order.Status.REJECTED)
 
     assert risk.open_exposure("BTC") == {("alpha", "BTC"): Decimal("0.5")}
+
+
+# --- the trade task before the record ------------------------------------------------------------
+
+
+def test_a_listener_with_ids_in_hand_records_the_opportunity_under_the_id_its_task_carries(
+    market: None, redis_client: redis.Redis
+) -> None:
+    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
+    listener = Listener(redis_client)
+    listener.load_strategy()
+    listener.reserve()
+    first = listener.reserved[-1]
+
+    [opened] = tick(listener, redis_client, "alpha", "bravo")
+
+    assert opened == first
+    assert Opportunity.objects.get(pk=opened).status == Status.DISPATCHED
+    assert listener.stats.dispatched == 1
+    assert execution.execute_opportunity(opened) == "executed"
+
+
+def record_waits() -> float:
+    return REGISTRY.get_sample_value("arb_record_waits_total") or 0.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trade_task_that_comes_before_its_opportunitys_row_waits_for_it_and_trades(
+    market: None, redis_client: redis.Redis
+) -> None:
+    """The listener queues the task first and writes the row after: a worker that is quicker
+    than the listener waits for the row instead of giving the trade up."""
+    publish(redis_client, book("alpha", *CHEAP), book("bravo", *DEAR))
+    [pk] = lifecycle.reserve_ids(1)
+    waits_before = record_waits()
+    outcome: list[str] = []
+
+    def worker() -> None:
+        try:
+            outcome.append(execution.execute_opportunity(pk))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    wait_until(lambda: record_waits() > waits_before, what="the task waiting for its row")
+    listener = Listener(redis_client)
+    listener.load_strategy()
+    listener.reserved = [pk]
+    tick(listener, redis_client, "alpha", "bravo")
+    thread.join(timeout=60)
+
+    assert outcome == ["executed"]
+    assert Trade.objects.get(opportunity_id=pk).amount == Decimal("0.5")
+
+
+def test_a_trade_task_whose_opportunity_is_never_recorded_trades_nothing(market: None, settings: Any) -> None:
+    settings.RECORD_WAIT_MS = 50
+    [pk] = lifecycle.reserve_ids(1)
+
+    assert execution.execute_opportunity(pk) == "not_claimed"
+    assert not Order.objects.exists()
+    assert not Opportunity.objects.filter(pk=pk).exists()
 
 
 # --- no path forgets a position -------------------------------------------------------------------

@@ -13,9 +13,11 @@ takes it over where that worker stopped.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from redis.client import Pipeline
 
@@ -35,6 +37,7 @@ from trading.venues.registry import tradeable
 
 log = logging.getLogger(__name__)
 Status = Opportunity.Status
+RECORD_POLL_S = 0.0005
 
 
 def execute_opportunity(opportunity_id: int) -> str:
@@ -47,7 +50,7 @@ def execute_opportunity(opportunity_id: int) -> str:
             log.info("opportunity %s is being executed by another worker", opportunity_id)
             return "not_claimed"
         try:
-            plan = claim_and_record(opportunity_id)
+            plan = _claim_once_recorded(opportunity_id)
         except Exception as exc:
             lifecycle.fail_unsent(opportunity_id, f"error before any order: {type(exc).__name__}: {exc}")
             raise
@@ -62,6 +65,21 @@ def execute_opportunity(opportunity_id: int) -> str:
         log.warning("opportunity %s was left executing: resuming it", opportunity_id)
         metrics.RESUMED.inc()
         return _settling(opportunity, resuming=True)
+
+
+def _claim_once_recorded(opportunity_id: int) -> Plan | Dropped | None:
+    """`claim_and_record`, waiting up to RECORD_WAIT_MS for the opportunity's row when the task
+    came first; None (nothing claimed) when it never appears."""
+    deadline = time.monotonic() + settings.RECORD_WAIT_MS / 1000
+    while True:
+        try:
+            return claim_and_record(opportunity_id)
+        except trade_store.NotRecorded:
+            if time.monotonic() >= deadline:
+                log.warning("opportunity %s was never recorded: nothing to trade", opportunity_id)
+                return None
+            metrics.RECORD_WAITS.inc()
+            time.sleep(RECORD_POLL_S)
 
 
 def _settling(opportunity: Opportunity, *, resuming: bool, fresh: Sequence[Order] = ()) -> str:

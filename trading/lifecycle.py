@@ -49,18 +49,32 @@ LEASE_MARGIN_SECONDS = 5
 
 
 def open_opportunity(
-    decision: Decision, now: int, *, venue_ids: dict[str, int], strategy: StrategyConfig | None, mode: str
+    decision: Decision,
+    now: int,
+    *,
+    venue_ids: dict[str, int],
+    strategy: StrategyConfig | None,
+    mode: str,
+    pk: int | None = None,
+    undispatched: str | None = None,
 ) -> Opportunity:
     """Record the listener's decision, in one statement: dispatched when accepted, else rejected
-    with its reason. The listener's commits do not wait for the disk: lost in a database crash,
-    an opportunity is one that never traded (its task, if dispatched, finds no row to claim)."""
-    status = Status.DISPATCHED if decision.accepted else Status.REJECTED
+    with its reason; failed flat when `undispatched` says why its task could not be queued. `pk`
+    is the id `reserve_ids` gave it, when its task went out first. The listener's commits do not
+    wait for the disk: lost in a database crash, an opportunity is one that never traded (its
+    task, if dispatched, finds no row to claim)."""
+    status, reason = Status.DISPATCHED, ""
+    if not decision.accepted:
+        status, reason = Status.REJECTED, decision.reason
+    elif undispatched is not None:
+        status, reason = Status.FAILED, f"dispatch failed: {undispatched}"[:200]
     row = Opportunity(
+        pk=pk,
         symbol=decision.symbol,
         buy_venue_id=venue_ids[decision.buy_venue],
         sell_venue_id=venue_ids[decision.sell_venue],
         status=status,
-        reason="" if decision.accepted else decision.reason,
+        reason=reason,
         mode=mode,
         strategy=strategy,
         detected_at=from_ms(now),
@@ -87,6 +101,20 @@ def _expected(decision: Decision) -> dict[str, Any]:
         # Wide enough for any gap between books that pass validation (the column is too).
         "expected_bps": sized.net_bps.quantize(Decimal("0.0001"), context=Context(prec=40)),
     }
+
+
+def reserve_ids(count: int) -> list[int]:
+    """`count` ids for opportunities not recorded yet, from the table's own sequence, so that an
+    opportunity's task can go out before its row is written (see `open_opportunity`). None
+    without PostgreSQL: there the row is written first."""
+    if connection.vendor != "postgresql":
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('trading_opportunity', 'id')) FROM generate_series(1, %s)",
+            [count],
+        )
+        return [key for (key,) in cursor.fetchall()]
 
 
 def dispatch_failed(opportunity_id: int, error: Exception) -> None:
@@ -240,13 +268,21 @@ def expire_lost(now: int) -> int:
 
 
 def dispatch(opportunity_id: int) -> bool:
+    """Queue the trade task for the recorded `opportunity_id`; False (and the opportunity failed
+    flat) when the broker cannot take it."""
+    error = send(opportunity_id)
+    if error is not None:
+        dispatch_failed(opportunity_id, error)
+    return error is None
+
+
+def send(opportunity_id: int) -> Exception | None:
     """Queue the trade task for `opportunity_id`, by name with the app's routes (the task module is
-    never imported here); False (and the opportunity failed flat) when the broker cannot take it."""
+    never imported here); the broker's error when it cannot take it."""
     try:
         app.send_task(EXECUTE_TASK, args=(opportunity_id,))
     except (OperationalError, redis.RedisError) as exc:
         log.exception("could not dispatch opportunity %s", opportunity_id)
-        dispatch_failed(opportunity_id, exc)
-        return False
+        return exc
     log.info("opportunity %s dispatched for execution", opportunity_id)
-    return True
+    return None

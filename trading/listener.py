@@ -43,6 +43,7 @@ from trading.venues.registry import tradeable
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 1.0
+RESERVED_IDS = 64  # opportunity ids kept in hand, refilled once a second
 HEARTBEAT_TTL_SECONDS = 10
 Stream = tuple[str, str]  # (venue, symbol)
 
@@ -140,6 +141,7 @@ class Listener:
         self._next_refresh = 0.0
         self.symbols: frozenset[str] = frozenset()
         self._events_channel = self.names.opportunity_events.encode()
+        self.reserved: list[int] = []  # ids for the next accepted opportunities, smallest last
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -308,15 +310,26 @@ class Listener:
                 gap.settled_ms = when_ms
 
     def open_opportunity(self, decision: Decision, now: int) -> OpenGap:
+        """Record the decision and, when accepted, queue its trade. With an id reserved ahead the
+        task goes out first and the row follows, so that recording costs the trade no time: a
+        worker that finds no row yet waits for it (trading.execution)."""
+        pk = self.reserved.pop() if decision.accepted and self.reserved else None
+        error = None if pk is None else self.send(pk)
         row = lifecycle.open_opportunity(
-            decision, now, venue_ids=self.venue_ids, strategy=self.config, mode=self.mode
+            decision,
+            now,
+            venue_ids=self.venue_ids,
+            strategy=self.config,
+            mode=self.mode,
+            pk=pk,
+            undispatched=None if error is None else str(error),
         )
         self.stats.opportunities += 1
         with correlation(opportunity_correlation(row.pk)):
             log.info(
                 "opportunity %s opened as %s: %s buy on %s, sell on %s", row.pk, row.status, *decision.key
             )
-            if decision.accepted:
+            if decision.accepted and pk is None:
                 transaction.on_commit(lambda: self.dispatch(row.pk))
             self.announce(row)
         state = GapState.IN_FLIGHT if decision.accepted else GapState.REJECTED
@@ -336,10 +349,25 @@ class Listener:
         if lifecycle.dispatch(opportunity_id):
             self.stats.dispatched += 1
 
+    def send(self, opportunity_id: int) -> Exception | None:
+        """Queue the trade of an opportunity not recorded yet; the broker's error if it failed."""
+        with correlation(opportunity_correlation(opportunity_id)):
+            error = lifecycle.send(opportunity_id)
+        if error is None:
+            self.stats.dispatched += 1
+        return error
+
+    def reserve(self) -> None:
+        """Keep ids in hand for the next opportunities (none without PostgreSQL)."""
+        if len(self.reserved) < RESERVED_IDS // 2:
+            self.reserved = sorted(self.reserved + lifecycle.reserve_ids(RESERVED_IDS), reverse=True)
+
     def warm_up(self) -> None:
         """Connect to the broker and declare the trade queue now, so that the first dispatch pays
-        no connection cost. A broker that is not there yet is left to the first dispatch."""
+        no connection cost, and reserve the first opportunity ids. A broker that is not there yet
+        is left to the first dispatch."""
         started = time.perf_counter()
+        self.reserve()
         try:
             with app.producer_or_acquire() as producer:
                 producer.connection.ensure_connection(max_retries=3)
@@ -424,6 +452,7 @@ class Listener:
         self._next_refresh = time.monotonic() + REFRESH_SECONDS
         try:
             self.refresh_venues()
+            self.reserve()
         except DjangoDatabaseError:
             self.stats.errors += 1
             log.exception("could not refresh venues")

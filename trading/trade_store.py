@@ -103,6 +103,11 @@ def _as(model: type[M], values: Sequence[Any]) -> M:
     return model.from_db(wrapper.alias, [f.attname for f in fields], converted)
 
 
+class NotRecorded(Exception):
+    """No opportunity has the id: its task came before its row (trading.listener writes the row
+    after queueing the task), or it was never recorded."""
+
+
 @dataclass(frozen=True)
 class Claimed:
     """The claimed opportunity with its venues and strategy in place, the deployment's key, the
@@ -120,7 +125,8 @@ def claim(opportunity_id: int) -> Claimed | None:
     strategy (the active one when it has none); lock the balance rows of both venues, in the one
     order every writer of balances locks them (trading.balances), so that trades with a venue in
     common run their re-checks one at a time; then read the guards (`guards`). One round trip on
-    PostgreSQL. None when the opportunity is not (or no longer) dispatched. Until the
+    PostgreSQL. None when the opportunity is not (or no longer) dispatched; NotRecorded when
+    there is no such opportunity. Until the
     transaction commits nobody sees the claim: it commits with the orders, or with the reason
     none are sent."""
     status = Opportunity.Status
@@ -139,7 +145,7 @@ def claim(opportunity_id: int) -> Claimed | None:
                 f"SELECT {_columns(Opportunity, 'o')}, {_columns(Venue, 'b')}, {_columns(Venue, 'v')}, "
                 f"{_columns(StrategyConfig, 's')}, (SELECT d.key FROM trading_deployment d WHERE d.id = 1) "
                 "FROM trading_opportunity o JOIN trading_venue b ON b.id = o.buy_venue_id "
-                "JOIN trading_venue v ON v.id = o.sell_venue_id JOIN trading_strategyconfig s "
+                "JOIN trading_venue v ON v.id = o.sell_venue_id LEFT JOIN trading_strategyconfig s "
                 "ON s.id = o.strategy_id OR (o.strategy_id IS NULL AND s.active) WHERE o.id = %s",
                 [opportunity_id],
             ),
@@ -151,11 +157,11 @@ def claim(opportunity_id: int) -> Claimed | None:
             (GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH]),
         ]
     )
+    if not loaded:
+        raise NotRecorded(f"opportunity {opportunity_id} is not recorded (yet)")
     if not claimed:
         return None
-    if len(loaded) != 1:
-        raise ValueError(f"opportunity {opportunity_id}: {len(loaded)} strategies apply, not one")
-    opportunity = _loaded(loaded[0])
+    opportunity = _loaded(loaded)
     rows = [_as(Balance, values) for values in balances]
     return Claimed(
         opportunity,
@@ -166,10 +172,15 @@ def claim(opportunity_id: int) -> Claimed | None:
     )
 
 
-def _loaded(row: Sequence[Any]) -> Opportunity:
-    """The opportunity with its venues and strategy from one row of `claim`'s second statement."""
+def _loaded(rows: Sequence[Sequence[Any]]) -> Opportunity:
+    """The opportunity with its venues and strategy from `claim`'s second statement. Raises
+    ValueError unless exactly one strategy applies."""
     sizes = [len(model._meta.concrete_fields) for model in (Opportunity, Venue, Venue)]
     ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    strategies = len(rows) if rows[0][ends[2]] is not None else 0
+    if strategies != 1:
+        raise ValueError(f"opportunity {rows[0][0]}: {strategies} strategies apply, not one")
+    row = rows[0]
     opportunity = _as(Opportunity, row[: ends[0]])
     opportunity.buy_venue = _as(Venue, row[ends[0] : ends[1]])
     opportunity.sell_venue = _as(Venue, row[ends[1] : ends[2]])
@@ -245,10 +256,10 @@ def orders_that_may_hold(base: str, statuses: Sequence[str]) -> list[Order]:
 
 def insert(rows: Sequence[Model], then: Sequence[Statement] = ()) -> None:
     """Insert new rows of one model in one statement (auto_now fields stamped, values converted as
-    the ORM converts them), setting their primary keys; the statements `then` follow it in the
-    same round trip."""
-    model = type(rows[0])
-    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    the ORM converts them), setting their primary keys unless all of them have one already; the
+    statements `then` follow it in the same round trip."""
+    model, keyed = type(rows[0]), all(row.pk is not None for row in rows)
+    fields = [field for field in model._meta.concrete_fields if keyed or not field.primary_key]
     values, params = [], []
     for row in rows:
         values.append("(" + ", ".join(["%s"] * len(fields)) + ")")

@@ -80,6 +80,9 @@ UNKNOWN_FEES = Counter(
     "arb_unknown_fees", "Orders whose fee could not be stated or valued in the quote currency", ["venue"]
 )
 RESUMED = Counter("arb_opportunities_resumed", "Opportunities in flight taken over from a worker that died")
+RECORD_WAITS = Counter(
+    "arb_record_waits", "Times a trade task found its opportunity not recorded yet and waited for it"
+)
 BOOKS_REJECTED = Counter(
     "arb_books_rejected",
     "Books a collector refused (invalid, or off the price band), by venue and reason",
