@@ -67,15 +67,14 @@ def transact(
     it queued on `pipe` (after calling pipe.multi()) only if no other writer changed those
     snapshots (or the keys in `also_watch`) meanwhile; otherwise read again and rerun it. Returns
     what `work` returned."""
-    keys = [key(book) for book in books]
     outcome: list[T] = []
 
     def attempt(pipe: Pipeline) -> None:
+        # Read in one round trip on another connection: the watch, set before, covers it all the same.
         outcome.clear()
-        claims = [parse(pipe.hgetall(name)) for name in keys]
-        outcome.append(work(pipe, claims))
+        outcome.append(work(pipe, read(client, books)))
 
-    client.transaction(attempt, *keys, *also_watch)
+    client.transaction(attempt, *(key(book) for book in books), *also_watch)
     return outcome[0]
 
 
