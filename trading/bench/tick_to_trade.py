@@ -223,7 +223,8 @@ def _events(
     rate: float,
 ) -> list[int]:
     """Publish `count` events at `rate` a second: a neutral binance book, a fresh kraken book,
-    then the crossing binance book (timed). Returns when each crossing was published (ns)."""
+    then the crossing binance book (timed). Returns when each crossing was published (ns): the
+    moment its PUBLISH goes to Redis, its sequence number taken and its message encoded."""
     binance, kraken = venues["binance"].name, venues["kraken"].name
     emulator.set_book("kraken", SYMBOL, *KRAKEN)
     published: list[int] = []
@@ -234,8 +235,7 @@ def _events(
         _publish(client, names, emulator, "kraken", kraken, KRAKEN)
         time.sleep(interval / 4)  # the listener closes the last crossing on these first
         emulator.set_book("binance", SYMBOL, *CROSSING)
-        published.append(time.time_ns())
-        _publish(client, names, emulator, "binance", binance, CROSSING, set_book=False)
+        published.append(_publish(client, names, emulator, "binance", binance, CROSSING, set_book=False))
         time.sleep(max(0.0, started + (index + 1) * interval - time.monotonic()))
     time.sleep(1.0)  # the last trades settle
     return published
@@ -250,7 +250,8 @@ def _publish(
     levels: tuple[tuple[tuple[Decimal, Decimal], ...], tuple[tuple[Decimal, Decimal], ...]],
     *,
     set_book: bool = True,
-) -> None:
+) -> int:
+    """Publish `venue`'s book (the emulator's too, when `set_book`); when it was published (ns)."""
     if set_book:
         emulator.set_book(dialect, SYMBOL, *levels)
     seq = int(client.incr(names.sequence(venue, SYMBOL)))
@@ -260,7 +261,9 @@ def _publish(
     pipe.publish(names.prices(SYMBOL), message)
     pipe.hset(names.latest_books(SYMBOL), venue, message)
     pipe.hset(names.latest_book_times(SYMBOL), venue, quote.timestamp)
+    published = time.time_ns()
     pipe.execute()
+    return published
 
 
 def _latencies(emulator: Emulator, venues: dict[str, Venue], published: list[int], skip: int) -> list[float]:
