@@ -229,11 +229,12 @@ class Replay:
             latest = scan.latest_rows(chunk)
             bids = scan.book_prices(chunk.bid, latest, self._carried_prices("bid"))
             asks = scan.book_prices(chunk.ask, latest, self._carried_prices("ask"))
-            self._note_chunk(chunk, bids, asks)
+            other_bids = scan.best_other_bids(bids)
+            self._note_chunk(chunk, scan.widest_gaps(asks, other_bids))
             if exact:
                 self._every_moment(chunk)
             else:
-                self._crossing_rows(chunk, latest, bids, asks)
+                self._crossing_rows(chunk, latest, scan.crossing_rows(asks, other_bids))
             if progress is not None:
                 progress(len(chunk))
         return self.finish()
@@ -251,12 +252,12 @@ class Replay:
         self.result.balances = {name: dict(state.balances) for name, state in self.venues.items()}
         return self.result
 
-    def _note_chunk(self, chunk: QuoteArrays, bids: scan.Floats, asks: scan.Floats) -> None:
+    def _note_chunk(self, chunk: QuoteArrays, gaps: scan.Floats) -> None:
         result = self.result
         result.rows += len(chunk)
         result.first_ms = int(chunk.ts[0]) if result.first_ms is None else result.first_ms
         result.last_ms = int(chunk.ts[-1])
-        minutes, widest = scan.widest_gap_by_minute(chunk.ts, bids, asks)
+        minutes, widest = scan.widest_gap_by_minute(chunk.ts, gaps)
         result.gap_minutes.append(minutes)
         result.gap_widest.append(widest)
 
@@ -286,12 +287,11 @@ class Replay:
             order = {name: i for i, name in enumerate(self._venue_order)}
             self.books = dict(sorted(self.books.items(), key=lambda item: order[item[0]]))
 
-    def _crossing_rows(
-        self, chunk: QuoteArrays, latest: scan.Ints, bids: scan.Floats, asks: scan.Floats
-    ) -> None:
+    def _crossing_rows(self, chunk: QuoteArrays, latest: scan.Ints, crossing: npt.NDArray[np.bool_]) -> None:
+        """Decide at the moments the scan finds `crossing` (by row), settling legs on the way."""
         ends = scan.moment_ends(chunk.ts)
         starts = np.r_[0, ends[:-1] + 1]
-        crossed = scan.crossing_rows(bids, asks)[ends]  # as each moment leaves the books
+        crossed = crossing[ends]  # as each moment leaves the books
         lookup = _ChunkBooks(chunk, latest, dict(self.books))
         for moment in scan.rows_to_decide(crossed, self._crossed_before).tolist():
             end = int(ends[moment])

@@ -8,8 +8,6 @@ each row it finds is then decided exactly, in Decimal, by the core.
 
 from __future__ import annotations
 
-from itertools import permutations
-
 import numpy as np
 import numpy.typing as npt
 
@@ -27,26 +25,43 @@ def moment_ends(ts: Ints) -> Ints:
 
 def latest_rows(chunk: QuoteArrays) -> Ints:
     """For each venue (axis 0) and row (axis 1): the chunk row holding the venue's latest book at
-    that row, or -1 when the venue has not quoted in this chunk yet."""
+    that row, or a negative number when the venue has not quoted in this chunk yet (venue index
+    less the number of venues: where `book_prices` keeps the price carried into the chunk)."""
     rows = np.arange(len(chunk), dtype=np.int64)
-    latest = np.full((len(chunk.venues), len(chunk)), -1, dtype=np.int64)
-    for index in range(len(chunk.venues)):
-        np.maximum.accumulate(np.where(chunk.venue == index, rows, -1), out=latest[index])
+    count = len(chunk.venues)
+    latest = np.empty((count, len(chunk)), dtype=np.int64)
+    for index in range(count):
+        np.maximum.accumulate(np.where(chunk.venue == index, rows, index - count), out=latest[index])
     return latest
 
 
 def book_prices(column: Floats, latest: Ints, carried: Floats) -> Floats:
     """`column` (bid or ask) of each venue's latest book at every row; the venue's price from before
     the chunk (`carried`, NaN for none) where it has not quoted in the chunk yet."""
-    prices = column[np.maximum(latest, 0)]
-    return np.where(latest >= 0, prices, carried[:, None])
+    return np.take(np.concatenate((column, carried)), latest)
 
 
-def crossing_rows(bids: Floats, asks: Floats) -> npt.NDArray[np.bool_]:
-    """Rows at which some venue's ask is at or below a different venue's bid (NaN never crosses)."""
-    crossed = np.zeros(bids.shape[1], dtype=np.bool_)
-    for buy, sell in permutations(range(bids.shape[0]), 2):
-        crossed |= asks[buy] <= bids[sell]
+def best_other_bids(bids: Floats) -> Floats:
+    """For each venue (axis 0) and row: the best bid of the other venues, NaN where none of them
+    has a book."""
+    other = np.empty_like(bids)
+    best = np.full(bids.shape[1], np.nan)
+    for index in range(len(bids)):  # the venues before each one
+        other[index] = best
+        np.fmax(best, bids[index], out=best)
+    best.fill(np.nan)
+    for index in reversed(range(len(bids))):  # and those after it
+        np.fmax(other[index], best, out=other[index])
+        np.fmax(best, bids[index], out=best)
+    return other
+
+
+def crossing_rows(asks: Floats, other_bids: Floats) -> npt.NDArray[np.bool_]:
+    """Rows at which some venue's ask is at or below a different venue's bid (`best_other_bids`;
+    NaN never crosses)."""
+    crossed = np.zeros(asks.shape[1], dtype=np.bool_)
+    for ask, bid in zip(asks, other_bids, strict=True):
+        crossed |= ask <= bid
     return crossed
 
 
@@ -59,13 +74,18 @@ def rows_to_decide(crossed: npt.NDArray[np.bool_], crossed_before: bool) -> Ints
     return np.flatnonzero(crossed | after).astype(np.int64)
 
 
-def widest_gap_by_minute(ts: Ints, bids: Floats, asks: Floats) -> tuple[Ints, Floats]:
-    """Per minute of quotes (stamped with the minute's first quote, epoch ms): the widest
-    cross-venue gap seen, best bid of one venue minus best ask of another (negative while no
-    books cross)."""
-    gap = np.full(bids.shape[1], -np.inf)
-    for buy, sell in permutations(range(bids.shape[0]), 2):
-        np.fmax(gap, bids[sell] - asks[buy], out=gap)
+def widest_gaps(asks: Floats, other_bids: Floats) -> Floats:
+    """At each row: the widest cross-venue gap, best bid of one venue (`best_other_bids`) minus
+    best ask of another, -inf where no two venues have books."""
+    gap = np.full(asks.shape[1], -np.inf)
+    for ask, bid in zip(asks, other_bids, strict=True):
+        np.fmax(gap, bid - ask, out=gap)
+    return gap
+
+
+def widest_gap_by_minute(ts: Ints, gap: Floats) -> tuple[Ints, Floats]:
+    """Per minute of quotes (stamped with the minute's first quote, epoch ms): the widest gap of
+    its rows (`widest_gaps`; negative while no books cross), minutes without one left out."""
     minutes = ts // MINUTE_MS
     starts = np.flatnonzero(np.r_[True, minutes[1:] != minutes[:-1]])
     widest = np.maximum.reduceat(gap, starts)
