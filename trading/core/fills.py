@@ -42,6 +42,18 @@ def fill(
     return fills
 
 
+def reached(levels: Sequence[Level], amount: Decimal) -> Decimal:
+    """The price of the last level a positive `amount` taken from `levels` (best first) reaches,
+    or of the last level when they run out: the price of `fill`'s last fill without a limit.
+    Raises IndexError for no levels."""
+    remaining = amount
+    for price, available in levels:
+        remaining -= available if available < remaining else remaining
+        if remaining <= ZERO:
+            return price
+    return levels[-1][0]
+
+
 def filled_amount(fills: Iterable[Fill]) -> Decimal:
     return sum((f.amount for f in fills), ZERO)
 

@@ -5,10 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import ROUND_DOWN, Context, Decimal
+from functools import lru_cache
 from itertools import permutations
 
 from trading.core import risk
-from trading.core.fills import average_price, fees_paid, fill, filled_amount, guard_price, notional, tick_of
+from trading.core.fills import (
+    average_price,
+    fees_paid,
+    fill,
+    filled_amount,
+    guard_price,
+    notional,
+    reached,
+    tick_of,
+)
 from trading.core.types import (
     BPS,
     ZERO,
@@ -55,6 +65,13 @@ def quantize_amount(amount: Decimal, *steps: Decimal) -> Decimal:
 
 def _common_step(steps: Sequence[Decimal]) -> Decimal | None:
     """The least common multiple of the positive steps (0.001 and 0.0005 give 0.001)."""
+    # Cached by each step's value and exponent: 0.00001 and 0.000010 are equal, but amounts
+    # rounded onto them print differently.
+    return _lcm_step(tuple(steps), tuple(step.as_tuple().exponent for step in steps))
+
+
+@lru_cache(maxsize=256)
+def _lcm_step(steps: tuple[Decimal, ...], _exponents: tuple[int | str, ...]) -> Decimal | None:
     positive = [step for step in steps if step > ZERO]
     if not positive:
         return None
@@ -230,8 +247,7 @@ def _meets_minimums(
     orders = ((buy.asks, Side.BUY, buy_venue), (sell.bids, Side.SELL, sell_venue))
     return all(
         amount >= venue.rules.min_amount
-        and _guard(fill(levels, side, amount, ZERO)[-1].price, side, slippage_bps, venue.rules) * amount
-        >= venue.rules.min_cost
+        and _guard(reached(levels, amount), side, slippage_bps, venue.rules) * amount >= venue.rules.min_cost
         for levels, side, venue in orders
     )
 
