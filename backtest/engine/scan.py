@@ -27,11 +27,13 @@ def latest_rows(chunk: QuoteArrays) -> Ints:
     """For each venue (axis 0) and row (axis 1): the chunk row holding the venue's latest book at
     that row, or a negative number when the venue has not quoted in this chunk yet (venue index
     less the number of venues: where `book_prices` keeps the price carried into the chunk)."""
-    rows = np.arange(len(chunk), dtype=np.int64)
     count = len(chunk.venues)
     latest = np.empty((count, len(chunk)), dtype=np.int64)
     for index in range(count):
-        np.maximum.accumulate(np.where(chunk.venue == index, rows, index - count), out=latest[index])
+        quoted = chunk.venue == index
+        # The k-th row of the venue, at every row where it has quoted k times so far.
+        rows = np.concatenate(([index - count], np.flatnonzero(quoted)))
+        np.take(rows, np.cumsum(quoted), out=latest[index])
     return latest
 
 
