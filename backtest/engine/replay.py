@@ -34,13 +34,13 @@ import numpy.typing as npt
 from backtest.engine import scan
 from backtest.engine.arrays import QuoteArrays
 from trading.core import ledger, liquidity
-from trading.core.fills import fees_paid, fill, filled_amount, notional
+from trading.core.fills import fill, totals, within
 from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.ledger import Charge, Execution, Movement
 from trading.core.liquidity import Claim
 from trading.core.policy import Done, Outcome, Placed, Role, Rules, Send, next_step
 from trading.core.strategy import find_decisions
-from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
+from trading.core.types import ZERO, Decision, Fill, Quote, Side, StrategyParams, VenueState, split_symbol
 
 BookAt = Callable[[str, int], Quote | None]
 TTL_EXCEEDED = "ttl_exceeded"
@@ -126,6 +126,21 @@ class SimTrade:
     orders: list[Placed] = field(default_factory=list, repr=False)
     outcome: Outcome | None = None
     mark: Decimal | None = None  # what a position left open is worth a unit, at the run's end
+
+    def landed(self, send: Send, amount: Decimal, value: Decimal, fee: Decimal) -> None:
+        """Count an order of the trade that landed: `amount` filled for `value`, paying `fee`."""
+        if send.side is Side.BUY:
+            self.bought, self.cost, self.buy_fee = self.bought + amount, self.cost + value, self.buy_fee + fee
+        else:
+            self.sold, self.proceeds, self.sell_fee = (
+                self.sold + amount,
+                self.proceeds + value,
+                self.sell_fee + fee,
+            )
+        self.orders.append(
+            Placed(send.role, send.attempt, send.venue, send.side, send.amount, send.limit, amount, value)
+        )
+        self.legs_open -= 1
 
     @property
     def filled(self) -> bool:
@@ -424,43 +439,38 @@ class Replay:
     def _settle(self, leg: PendingLeg, book_at: BookAt) -> None:
         """Fill an order that landed against its venue's book then, release what it held, and
         once none of its trade's orders is on its way, take the policy's next step."""
-        trade, send = leg.trade, leg.send
-        fee_rate = self.venues[send.venue].fees.taker
-        book = book_at(send.venue, leg.arrival_ms)
-        claims = {} if book is None else self._claims(book)
-        left = None if book is None else liquidity.book_less(book, liquidity.others(claims, trade.claimant))
-        levels = () if left is None else (left.asks if send.side is Side.BUY else left.bids)
-        fills = fill(levels, send.side, send.amount, fee_rate, limit=send.limit)
-        mine = claims.get(trade.claimant, Claim())
-        filled = dict(mine.filled)
-        for key, amount in liquidity.taking(send.side, fills).items():
-            filled[key] = filled.get(key, ZERO) + amount
-        if book is not None:
-            claims[trade.claimant] = Claim(filled=filled)
-        amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
-        held = leg.held
+        trade, send, held = leg.trade, leg.send, leg.held
+        amount, value, fee = totals(self._fill_landed(trade, send, book_at(send.venue, leg.arrival_ms)))
         charges = (Charge(self.quote_asset, fee),) if fee else ()
         done = Execution(send.venue, self.result.symbol, send.side, amount, value, charges)
         self._apply([ledger.release(send.venue, held.asset, held.locked), *ledger.executed(done)])
-        if send.side is Side.BUY:
-            trade.bought, trade.cost, trade.buy_fee = (
-                trade.bought + amount,
-                trade.cost + value,
-                trade.buy_fee + fee,
-            )
-        else:
-            trade.sold, trade.proceeds, trade.sell_fee = (
-                trade.sold + amount,
-                trade.proceeds + value,
-                trade.sell_fee + fee,
-            )
-        trade.orders.append(
-            Placed(send.role, send.attempt, send.venue, send.side, send.amount, send.limit, amount, value)
-        )
-        trade.legs_open -= 1
+        trade.landed(send, amount, value, fee)
         trade.settled_ms = max(trade.settled_ms, leg.arrival_ms)
         if trade.legs_open == 0:
             self._next_step(trade, leg.arrival_ms)
+
+    def _fill_landed(self, trade: SimTrade, send: Send, book: Quote | None) -> list[Fill]:
+        """The fills of `send` against `book` less what other trades took of it and what the
+        trade's own orders filled; what they take becomes the trade's claim on the book, in
+        place of the reservation it had."""
+        if book is None:
+            return []
+        claims = self._claims(book)
+        best = book.asks[0][0] if send.side is Side.BUY else book.bids[0][0]
+        # Taking less from the book never brings a better price within the limit.
+        fills = (
+            self._fill_left(book, send, claims, trade.claimant) if within(best, send.side, send.limit) else []
+        )
+        filled = dict(claims.get(trade.claimant, Claim()).filled)
+        for key, amount in liquidity.taking(send.side, fills).items():
+            filled[key] = filled.get(key, ZERO) + amount
+        claims[trade.claimant] = Claim(filled=filled)
+        return fills
+
+    def _fill_left(self, book: Quote, send: Send, claims: Mapping[str, Claim], claimant: str) -> list[Fill]:
+        left = liquidity.book_less(book, liquidity.others(claims, claimant))
+        levels = () if left is None else (left.asks if send.side is Side.BUY else left.bids)
+        return fill(levels, send.side, send.amount, self.venues[send.venue].fees.taker, limit=send.limit)
 
     def _next_step(self, trade: SimTrade, now: int) -> None:
         step = next_step(trade.orders, self.rules)

@@ -9,16 +9,7 @@ from functools import lru_cache
 from itertools import permutations
 
 from trading.core import risk
-from trading.core.fills import (
-    average_price,
-    fees_paid,
-    fill,
-    filled_amount,
-    guard_price,
-    notional,
-    reached,
-    tick_of,
-)
+from trading.core.fills import average, fill, guard_price, reached, tick_of, totals
 from trading.core.types import (
     BPS,
     ZERO,
@@ -277,15 +268,18 @@ def _size(
     return ZERO, reason
 
 
-def _leg(venue: VenueState, side: Side, fills: Sequence[Fill], slippage_bps: Decimal) -> Leg:
-    return Leg(
+def _leg(venue: VenueState, side: Side, fills: Sequence[Fill], slippage_bps: Decimal) -> tuple[Leg, Decimal]:
+    """The leg `fills` make, and their notional."""
+    amount, value, fee = totals(fills)
+    leg = Leg(
         venue=venue.name,
         side=side,
-        amount=filled_amount(fills),
-        price=average_price(fills),
+        amount=amount,
+        price=average(amount, value),
         worst_price=_guard(fills[-1].price, side, slippage_bps, venue.rules),
-        fee=fees_paid(fills),
+        fee=fee,
     )
+    return leg, value
 
 
 def _opportunity(
@@ -300,11 +294,10 @@ def _opportunity(
     from the books' exact notionals, never rounded averages."""
     bought = fill(buy.asks, Side.BUY, amount, buy_venue.fees.taker)
     sold = fill(sell.bids, Side.SELL, amount, sell_venue.fees.taker)
-    cost = notional(bought)
-    gross = notional(sold) - cost
-    net = gross - fees_paid(bought) - fees_paid(sold)
-    buy_leg = _leg(buy_venue, Side.BUY, bought, slippage_bps)
-    sell_leg = _leg(sell_venue, Side.SELL, sold, slippage_bps)
+    buy_leg, cost = _leg(buy_venue, Side.BUY, bought, slippage_bps)
+    sell_leg, proceeds = _leg(sell_venue, Side.SELL, sold, slippage_bps)
+    gross = proceeds - cost
+    net = gross - buy_leg.fee - sell_leg.fee
     worst = amount * _edge(buy_leg.worst_price, sell_leg.worst_price, buy_venue, sell_venue)
     return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS, worst)
 
