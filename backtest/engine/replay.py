@@ -229,6 +229,7 @@ class Replay:
         self.rules = setup.rules()
         self._crossed_before = False
         self._venue_order: tuple[str, ...] = ()
+        self._scratch = scan.Scratch()
 
     # --- driving -------------------------------------------------------------------------------
 
@@ -241,15 +242,14 @@ class Replay:
     ) -> Result:
         for chunk in whole_moments(chunks):
             self._venue_order = chunk.venues
-            latest = scan.latest_rows(chunk)
-            bids = scan.book_prices(chunk.bid, latest, self._carried_prices("bid"))
-            asks = scan.book_prices(chunk.ask, latest, self._carried_prices("ask"))
-            other_bids = scan.best_other_bids(bids)
-            self._note_chunk(chunk, scan.widest_gaps(asks, other_bids))
+            found = scan.scan_chunk(
+                chunk, self._carried_prices("bid"), self._carried_prices("ask"), self._scratch
+            )
+            self._note_chunk(chunk, found.gaps)
             if exact:
                 self._every_moment(chunk)
             else:
-                self._crossing_rows(chunk, latest, scan.crossing_rows(asks, other_bids))
+                self._crossing_rows(chunk, found.latest, found.crossing)
             if progress is not None:
                 progress(len(chunk))
         return self.finish()

@@ -8,6 +8,9 @@ each row it finds is then decided exactly, in Decimal, by the core.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -20,34 +23,83 @@ Ints = npt.NDArray[np.int64]
 
 def moment_ends(ts: Ints) -> Ints:
     """The last row of each run of rows received at the same moment (`ts` non-decreasing)."""
-    return np.flatnonzero(np.r_[ts[1:] != ts[:-1], True]).astype(np.int64)
+    return np.flatnonzero(np.r_[ts[1:] != ts[:-1], True])
 
 
-def latest_rows(chunk: QuoteArrays) -> Ints:
+class Scratch:
+    """Arrays kept from one chunk's scan to the next. A chunk's arrays of venues by rows run to
+    tens of MB, and allocating them afresh for every chunk costs more in page faults than the
+    arithmetic on them. What a scan hands out is overwritten by the next scan with the same
+    Scratch."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, npt.NDArray[Any]] = {}
+
+    def array(self, name: str, rows: int, length: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
+        """A `rows` by `length` array of `dtype`, contents undefined: the one kept as `name`."""
+        kept = self._kept.get(name)
+        if kept is None or kept.shape[0] != rows or kept.shape[1] < length:
+            kept = self._kept[name] = np.empty((rows, length), dtype)
+        return kept[:, :length]
+
+
+@dataclass(frozen=True)
+class ChunkScan:
+    """What the scan found in a chunk: `latest` (see `latest_rows`), and at each row the widest
+    cross-venue gap (`widest_gaps`) and whether some books cross (`crossing_rows`)."""
+
+    latest: Ints
+    gaps: Floats
+    crossing: npt.NDArray[np.bool_]
+
+
+def scan_chunk(chunk: QuoteArrays, carried_bids: Floats, carried_asks: Floats, scratch: Scratch) -> ChunkScan:
+    """The scan of `chunk`, given each venue's best bid and ask carried into it (NaN for none).
+    Its arrays live in `scratch` until the next scan."""
+    latest = latest_rows(chunk, scratch)
+    shape = (len(chunk.venues), len(chunk))
+    bids = book_prices(chunk.bid, latest, carried_bids, scratch.array("bids", *shape, np.float64))
+    asks = book_prices(chunk.ask, latest, carried_asks, scratch.array("asks", *shape, np.float64))
+    other = best_other_bids(bids, scratch)
+    return ChunkScan(latest, widest_gaps(asks, other, scratch), crossing_rows(asks, other, scratch))
+
+
+def latest_rows(chunk: QuoteArrays, scratch: Scratch | None = None) -> Ints:
     """For each venue (axis 0) and row (axis 1): the chunk row holding the venue's latest book at
     that row, or a negative number when the venue has not quoted in this chunk yet (venue index
     less the number of venues: where `book_prices` keeps the price carried into the chunk)."""
+    scratch = scratch or Scratch()
     count = len(chunk.venues)
-    latest = np.empty((count, len(chunk)), dtype=np.int64)
+    latest = scratch.array("latest", count, len(chunk), np.int64)
+    quoted = scratch.array("quoted", 1, len(chunk), np.bool_)[0]
+    quotes = scratch.array("quotes", 1, len(chunk), np.int64)[0]
     for index in range(count):
-        quoted = chunk.venue == index
+        np.equal(chunk.venue, index, out=quoted)
         # The k-th row of the venue, at every row where it has quoted k times so far.
         rows = np.concatenate(([index - count], np.flatnonzero(quoted)))
-        np.take(rows, np.cumsum(quoted), out=latest[index])
+        np.take(rows, np.cumsum(quoted, out=quotes), out=latest[index])
     return latest
 
 
-def book_prices(column: Floats, latest: Ints, carried: Floats) -> Floats:
-    """`column` (bid or ask) of each venue's latest book at every row; the venue's price from before
-    the chunk (`carried`, NaN for none) where it has not quoted in the chunk yet."""
-    return np.take(np.concatenate((column, carried)), latest)
+def book_prices(column: Floats, latest: Ints, carried: Floats, out: Floats | None = None) -> Floats:
+    """`column` (bid or ask) of each venue's latest book at every row (into `out` when given); the
+    venue's price from before the chunk (`carried`, NaN for none) where it has not quoted in the
+    chunk yet."""
+    prices = np.concatenate((column, carried))
+    if out is None:
+        return np.take(prices, latest)
+    for index, rows in enumerate(latest):
+        np.take(prices, rows, out=out[index])
+    return out
 
 
-def best_other_bids(bids: Floats) -> Floats:
+def best_other_bids(bids: Floats, scratch: Scratch | None = None) -> Floats:
     """For each venue (axis 0) and row: the best bid of the other venues, NaN where none of them
     has a book."""
-    other = np.empty_like(bids)
-    best = np.full(bids.shape[1], np.nan)
+    scratch = scratch or Scratch()
+    other = scratch.array("other", *bids.shape, np.float64)
+    best = scratch.array("best", 1, bids.shape[1], np.float64)[0]
+    best.fill(np.nan)
     for index in range(len(bids)):  # the venues before each one
         other[index] = best
         np.fmax(best, bids[index], out=best)
@@ -58,12 +110,15 @@ def best_other_bids(bids: Floats) -> Floats:
     return other
 
 
-def crossing_rows(asks: Floats, other_bids: Floats) -> npt.NDArray[np.bool_]:
+def crossing_rows(asks: Floats, other_bids: Floats, scratch: Scratch | None = None) -> npt.NDArray[np.bool_]:
     """Rows at which some venue's ask is at or below a different venue's bid (`best_other_bids`;
     NaN never crosses)."""
-    crossed = np.zeros(asks.shape[1], dtype=np.bool_)
+    scratch = scratch or Scratch()
+    crossed = scratch.array("crossed", 1, asks.shape[1], np.bool_)[0]
+    crosses = scratch.array("crosses", 1, asks.shape[1], np.bool_)[0]
+    crossed.fill(False)
     for ask, bid in zip(asks, other_bids, strict=True):
-        crossed |= ask <= bid
+        crossed |= np.less_equal(ask, bid, out=crosses)
     return crossed
 
 
@@ -73,15 +128,18 @@ def rows_to_decide(crossed: npt.NDArray[np.bool_], crossed_before: bool) -> Ints
     after = np.empty_like(crossed)
     after[0] = crossed_before
     after[1:] = crossed[:-1]
-    return np.flatnonzero(crossed | after).astype(np.int64)
+    return np.flatnonzero(crossed | after)
 
 
-def widest_gaps(asks: Floats, other_bids: Floats) -> Floats:
+def widest_gaps(asks: Floats, other_bids: Floats, scratch: Scratch | None = None) -> Floats:
     """At each row: the widest cross-venue gap, best bid of one venue (`best_other_bids`) minus
     best ask of another, -inf where no two venues have books."""
-    gap = np.full(asks.shape[1], -np.inf)
+    scratch = scratch or Scratch()
+    gap = scratch.array("gap", 1, asks.shape[1], np.float64)[0]
+    venue_gap = scratch.array("venue_gap", 1, asks.shape[1], np.float64)[0]
+    gap.fill(-np.inf)
     for ask, bid in zip(asks, other_bids, strict=True):
-        np.fmax(gap, bid - ask, out=gap)
+        np.fmax(gap, np.subtract(bid, ask, out=venue_gap), out=gap)
     return gap
 
 
