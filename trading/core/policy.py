@@ -146,8 +146,13 @@ def _retry(roles: Mapping[Role, Sequence[Placed]], rules: Rules) -> Send | None:
 def position(orders: Sequence[Placed]) -> Decimal:
     """The base the opportunity bought beyond what it sold, across venues (negative: sold beyond
     what it bought), counting fills as the venues filled them."""
-    bought = _filled([order for order in orders if order.side is Side.BUY])
-    return bought - _filled([order for order in orders if order.side is Side.SELL])
+    bought = sold = ZERO
+    for order in orders:
+        if order.side is Side.BUY:
+            bought += order.filled
+        elif order.side is Side.SELL:
+            sold += order.filled
+    return bought - sold
 
 
 def open_base(orders: Sequence[Placed]) -> Decimal:

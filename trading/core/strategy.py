@@ -56,14 +56,14 @@ def quantize_amount(amount: Decimal, *steps: Decimal) -> Decimal:
 
 def _common_step(steps: Sequence[Decimal]) -> Decimal | None:
     """The least common multiple of the positive steps (0.001 and 0.0005 give 0.001)."""
-    # Cached by each step's value and exponent: 0.00001 and 0.000010 are equal, but amounts
-    # rounded onto them print differently.
-    return _lcm_step(tuple(steps), tuple(step.as_tuple().exponent for step in steps))
+    # Cached by each step as written, not its value: 0.00001 and 0.000010 are equal, but amounts
+    # rounded onto them print differently (and a Decimal's text gives back that very Decimal).
+    return _lcm_step(tuple(map(str, steps)))
 
 
 @lru_cache(maxsize=256)
-def _lcm_step(steps: tuple[Decimal, ...], _exponents: tuple[int | str, ...]) -> Decimal | None:
-    positive = [step for step in steps if step > ZERO]
+def _lcm_step(steps: tuple[str, ...]) -> Decimal | None:
+    positive = [step for step in map(Decimal, steps) if step > ZERO]
     if not positive:
         return None
     exponent = min(int(step.as_tuple().exponent) for step in positive)
@@ -255,7 +255,8 @@ def _size(
         buy, sell, buy_venue, sell_venue, params.trade_size, params.min_profit_bps, slippage
     )
     steps = (buy_venue.rules.amount_step, sell_venue.rules.amount_step)
-    if not _meets_minimums(quantize_amount(depth, *steps), buy, sell, buy_venue, sell_venue, slippage):
+    deepest = quantize_amount(depth, *steps)
+    if not _meets_minimums(deepest, buy, sell, buy_venue, sell_venue, slippage):
         return ZERO, Reason.BELOW_MIN_SIZE
     cap, reason = min(
         (balance_cap(buy, buy_venue, sell_venue, depth, slippage), Reason.INSUFFICIENT_BALANCE),
@@ -263,7 +264,8 @@ def _size(
         key=lambda candidate: candidate[0],
     )
     amount = quantize_amount(cap, *steps)
-    if _meets_minimums(amount, buy, sell, buy_venue, sell_venue, slippage):
+    # Nothing caps the depth (the usual case): it was just checked.
+    if amount == deepest or _meets_minimums(amount, buy, sell, buy_venue, sell_venue, slippage):
         return amount, None
     return ZERO, reason
 
