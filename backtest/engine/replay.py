@@ -249,7 +249,7 @@ class Replay:
             if exact:
                 self._every_moment(chunk)
             else:
-                self._crossing_rows(chunk, found.latest, found.crossing)
+                self._crossing_rows(chunk, found.venues, found.crossing)
             if progress is not None:
                 progress(len(chunk))
         return self.finish()
@@ -302,12 +302,14 @@ class Replay:
             order = {name: i for i, name in enumerate(self._venue_order)}
             self.books = dict(sorted(self.books.items(), key=lambda item: order[item[0]]))
 
-    def _crossing_rows(self, chunk: QuoteArrays, latest: scan.Ints, crossing: npt.NDArray[np.bool_]) -> None:
+    def _crossing_rows(
+        self, chunk: QuoteArrays, venues: scan.VenueRows, crossing: npt.NDArray[np.bool_]
+    ) -> None:
         """Decide at the moments the scan finds `crossing` (by row), settling legs on the way."""
         ends = scan.moment_ends(chunk.ts)
         starts = np.r_[0, ends[:-1] + 1]
         crossed = crossing[ends]  # as each moment leaves the books
-        lookup = _ChunkBooks(chunk, latest, dict(self.books))
+        lookup = _ChunkBooks(chunk, venues, dict(self.books))
         for moment in scan.rows_to_decide(crossed, self._crossed_before).tolist():
             end = int(ends[moment])
             now = int(chunk.ts[end])
@@ -528,8 +530,8 @@ def _changed(chunk: QuoteArrays, start: int, end: int) -> frozenset[str]:
 class _ChunkBooks:
     """Each venue's latest exact book at any row or moment of a chunk, built only when asked for."""
 
-    def __init__(self, chunk: QuoteArrays, latest: scan.Ints, before: dict[str, Quote]) -> None:
-        self.chunk, self.latest, self.before = chunk, latest, before
+    def __init__(self, chunk: QuoteArrays, venues: scan.VenueRows, before: dict[str, Quote]) -> None:
+        self.chunk, self.venues, self.before = chunk, venues, before
         self._built: dict[int, Quote] = {}
 
     def _quote(self, row: int) -> Quote:
@@ -541,7 +543,7 @@ class _ChunkBooks:
     def books_at(self, row: int) -> dict[str, Quote]:
         books: dict[str, Quote] = {}
         for index, name in enumerate(self.chunk.venues):
-            latest = int(self.latest[index, row])
+            latest = self.venues.latest(index, row)
             book = self._quote(latest) if latest >= 0 else self.before.get(name)
             if book is not None:
                 books[name] = book
@@ -551,5 +553,5 @@ class _ChunkBooks:
         """The venue's book as of `moment_ms`: its last quote received at or before then."""
         row = int(np.searchsorted(self.chunk.ts, moment_ms, side="right")) - 1
         index = self.chunk.venues.index(venue)
-        latest = int(self.latest[index, row]) if row >= 0 else -1
+        latest = self.venues.latest(index, row) if row >= 0 else -1
         return self._quote(latest) if latest >= 0 else self.before.get(venue)

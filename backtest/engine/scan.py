@@ -44,11 +44,26 @@ class Scratch:
 
 
 @dataclass(frozen=True)
-class ChunkScan:
-    """What the scan found in a chunk: `latest` (see `latest_rows`), and at each row the widest
-    cross-venue gap (`widest_gaps`) and whether some books cross (`crossing_rows`)."""
+class VenueRows:
+    """Where each venue's quotes are in a chunk: `rows[v]` holds venue v's rows, led by -1, and
+    `counts[v, r]` how many of them are in rows 0 to r."""
 
-    latest: Ints
+    rows: list[Ints]
+    counts: Ints
+
+    def latest(self, venue: int, row: int) -> int:
+        """The row of the venue's latest book at `row`, -1 when it has not quoted in the chunk by
+        then."""
+        return int(self.rows[venue][self.counts[venue, row]])
+
+
+@dataclass(frozen=True)
+class ChunkScan:
+    """What the scan found in a chunk: where each venue's quotes are (`venue_rows`), and at each
+    row the widest cross-venue gap (`widest_gaps`) and whether some books cross
+    (`crossing_rows`)."""
+
+    venues: VenueRows
     gaps: Floats
     crossing: npt.NDArray[np.bool_]
 
@@ -56,41 +71,37 @@ class ChunkScan:
 def scan_chunk(chunk: QuoteArrays, carried_bids: Floats, carried_asks: Floats, scratch: Scratch) -> ChunkScan:
     """The scan of `chunk`, given each venue's best bid and ask carried into it (NaN for none).
     Its arrays live in `scratch` until the next scan."""
-    latest = latest_rows(chunk, scratch)
+    venues = venue_rows(chunk, scratch)
     shape = (len(chunk.venues), len(chunk))
-    bids = book_prices(chunk.bid, latest, carried_bids, scratch.array("bids", *shape, np.float64))
-    asks = book_prices(chunk.ask, latest, carried_asks, scratch.array("asks", *shape, np.float64))
+    bids = book_prices(chunk.bid, venues, carried_bids, scratch.array("bids", *shape, np.float64))
+    asks = book_prices(chunk.ask, venues, carried_asks, scratch.array("asks", *shape, np.float64))
     other = best_other_bids(bids, scratch)
-    return ChunkScan(latest, widest_gaps(asks, other, scratch), crossing_rows(asks, other, scratch))
+    return ChunkScan(venues, widest_gaps(asks, other, scratch), crossing_rows(asks, other, scratch))
 
 
-def latest_rows(chunk: QuoteArrays, scratch: Scratch | None = None) -> Ints:
-    """For each venue (axis 0) and row (axis 1): the chunk row holding the venue's latest book at
-    that row, or a negative number when the venue has not quoted in this chunk yet (venue index
-    less the number of venues: where `book_prices` keeps the price carried into the chunk)."""
+def venue_rows(chunk: QuoteArrays, scratch: Scratch | None = None) -> VenueRows:
+    """Each venue's rows in `chunk`, and how many it has up to each row."""
     scratch = scratch or Scratch()
-    count = len(chunk.venues)
-    latest = scratch.array("latest", count, len(chunk), np.int64)
+    counts = scratch.array("counts", len(chunk.venues), len(chunk), np.int64)
     quoted = scratch.array("quoted", 1, len(chunk), np.bool_)[0]
-    quotes = scratch.array("quotes", 1, len(chunk), np.int64)[0]
-    for index in range(count):
+    rows = []
+    for index in range(len(chunk.venues)):
         np.equal(chunk.venue, index, out=quoted)
-        # The k-th row of the venue, at every row where it has quoted k times so far.
-        rows = np.concatenate(([index - count], np.flatnonzero(quoted)))
-        np.take(rows, np.cumsum(quoted, out=quotes), out=latest[index])
-    return latest
+        rows.append(np.concatenate(([-1], np.flatnonzero(quoted))))
+        np.cumsum(quoted, out=counts[index])
+    return VenueRows(rows, counts)
 
 
-def book_prices(column: Floats, latest: Ints, carried: Floats, out: Floats | None = None) -> Floats:
+def book_prices(column: Floats, venues: VenueRows, carried: Floats, out: Floats | None = None) -> Floats:
     """`column` (bid or ask) of each venue's latest book at every row (into `out` when given); the
     venue's price from before the chunk (`carried`, NaN for none) where it has not quoted in the
     chunk yet."""
-    prices = np.concatenate((column, carried))
-    if out is None:
-        return np.take(prices, latest)
-    for index, rows in enumerate(latest):
-        np.take(prices, rows, out=out[index])
-    return out
+    prices = np.empty(venues.counts.shape) if out is None else out
+    for index, (rows, counts) in enumerate(zip(venues.rows, venues.counts, strict=True)):
+        # Each venue's own prices, indexed by how many it has quoted: a small array to gather from.
+        own = np.concatenate(([carried[index]], column[rows[1:]]))
+        np.take(own, counts, out=prices[index])
+    return prices
 
 
 def best_other_bids(bids: Floats, scratch: Scratch | None = None) -> Floats:
