@@ -4,6 +4,7 @@ inventory, no look-ahead, and the vectorized path deciding exactly as the quote-
 from __future__ import annotations
 
 import dataclasses
+import gc
 from decimal import Decimal
 
 import numpy as np
@@ -364,3 +365,25 @@ def test_a_position_the_hedges_cannot_close_is_marked_at_its_venues_market_when_
     assert [role for role, _, filled in roles(trade) if filled] == ["buy"]
     # 0.5 BTC paid 50 (fee 0.05) is worth 0.5 x 97.5 at a's last mid: a loss of 1.3, not a gain
     assert (trade.mark, trade.net_pnl) == (Decimal("97.5"), Decimal("-1.30"))
+
+
+def test_a_replay_leaves_no_garbage_cycles_and_the_collector_as_it_found_it() -> None:
+    # Given generated quotes with crossings, missed legs, retries and hedges
+    data = synthetic_quotes(60_000, jump_rate=0.002)
+    gc.collect()
+
+    # When it is replayed (with the cyclic collector paused while it runs)
+    result = Replay(bench_setup(), "BTC/USDT").run(data.chunks(20_000))
+
+    # Then the collector runs again, and has nothing of the replay's to free
+    assert gc.isenabled()
+    assert any(not trade.filled for trade in result.trades)
+    del result
+    assert gc.collect() == 0
+    # and a caller that had paused it finds it still paused
+    gc.disable()
+    try:
+        Replay(bench_setup(), "BTC/USDT").run(data.chunks(20_000))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
