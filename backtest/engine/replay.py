@@ -573,7 +573,7 @@ class _ChunkBooks:
 
     def book_at(self, venue: str, moment_ms: int) -> Quote | None:
         """The venue's book as of `moment_ms`: its last quote received at or before then."""
-        row = int(np.searchsorted(self.chunk.ts, moment_ms, side="right")) - 1
+        row = int(self.chunk.ts.searchsorted(moment_ms, side="right")) - 1
         index = self.chunk.venues.index(venue)
         latest = self.venues.latest(index, row) if row >= 0 else -1
         return self._quote(latest) if latest >= 0 else self.before.get(venue)

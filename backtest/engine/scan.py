@@ -54,7 +54,7 @@ class VenueRows:
     def latest(self, venue: int, row: int) -> int:
         """The row of the venue's latest book at `row`, -1 when it has not quoted in the chunk by
         then."""
-        return int(self.rows[venue][self.counts[venue, row]])
+        return int(self.rows[venue].item(self.counts.item(venue, row)))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from operator import attrgetter
 
 from trading.core.fills import guard_price, tick_of
 from trading.core.types import ZERO, Side
@@ -118,12 +119,8 @@ def _by_role(orders: Sequence[Placed]) -> dict[Role, list[Placed]]:
     for order in orders:
         roles.setdefault(order.role, []).append(order)
     for placed in roles.values():
-        placed.sort(key=_attempt)
+        placed.sort(key=attrgetter("attempt"))
     return roles
-
-
-def _attempt(order: Placed) -> int:
-    return order.attempt
 
 
 def _filled(orders: Sequence[Placed]) -> Decimal:
