@@ -109,15 +109,14 @@ def best_other_bids(bids: Floats, scratch: Scratch | None = None) -> Floats:
     has a book."""
     scratch = scratch or Scratch()
     other = scratch.array("other", *bids.shape, np.float64)
-    best = scratch.array("best", 1, bids.shape[1], np.float64)[0]
-    best.fill(np.nan)
-    for index in range(len(bids)):  # the venues before each one
-        other[index] = best
-        np.fmax(best, bids[index], out=best)
-    best.fill(np.nan)
-    for index in reversed(range(len(bids))):  # and those after it
-        np.fmax(other[index], best, out=other[index])
-        np.fmax(best, bids[index], out=best)
+    other[0].fill(np.nan)
+    for index in range(1, len(bids)):  # first the best of the venues before each one
+        np.fmax(other[index - 1], bids[index - 1], out=other[index])
+    after = scratch.array("after", 1, bids.shape[1], np.float64)[0]
+    after.fill(np.nan)
+    for index in range(len(bids) - 1, 0, -1):  # then that of the venues after it
+        np.fmax(after, bids[index], out=after)
+        np.fmax(other[index - 1], after, out=other[index - 1])
     return other
 
 
