@@ -16,7 +16,7 @@ from tests.core.builders import levels, params, quote, venue
 from trading.bench.backtest import bench_setup, synthetic_quotes
 from trading.core.policy import Outcome
 from trading.core.strategy import Reason
-from trading.core.types import Quote
+from trading.core.types import MarketRules, Quote
 
 T0 = 1_700_000_000_000
 VENUES = ("a", "b")
@@ -306,6 +306,58 @@ def test_crossings_before_fees_are_counted_apart_from_opportunities_past_fees() 
 
     assert (metrics["crossings"], metrics["opportunities_seen"], metrics["trades"]) == (2, 1, 1)
     assert metrics["rejected"] == {"below_min_profit": 1}
+
+
+def test_a_crossing_rejected_for_balance_that_turns_tradeable_is_one_opportunity_seen() -> None:
+    # Given a, which must buy at least 0.1 BTC and has 5 USDT: at a's ask of 100 it can buy 0.05,
+    # at 40 it can buy 0.12
+    setup = two_venues()
+    poor = dataclasses.replace(
+        setup.venues["a"],
+        balances={"BTC": Decimal(1), "USDT": Decimal(5)},
+        rules=MarketRules(min_amount=Decimal("0.1")),
+    )
+    setup = dataclasses.replace(setup, venues={**setup.venues, "a": poor})
+    quotes = [
+        at(0, "a", "99", "100"),
+        at(1, "b", "101", "102"),
+        at(2, "a", "39", "40"),
+        at(3, "a", "99", "102"),
+    ]
+
+    result = replay(setup, quotes)
+    metrics = summarize(result)
+
+    # Then the listener's two records (rejected, then accepted) are one opportunity, seen from
+    # 1 ms to 2 ms, and taken
+    assert [(o.reason, o.first_ms - T0) for o in result.opportunities] == [
+        ("insufficient_balance", 1),
+        ("accepted", 2),
+    ]
+    assert (metrics["opportunities_seen"], metrics["opportunities_taken"]) == (1, 1)
+    assert (metrics["opportunities_fleeting"], metrics["avg_opportunity_ms"]) == (0, 1.0)
+    assert metrics["rejected"] == {"insufficient_balance": 1}
+
+
+def test_an_opportunity_seen_at_one_moment_only_is_counted_apart_and_has_no_lifetime() -> None:
+    # Given one crossing that lasts over a's next book (its trade on the way), and one that is gone
+    # by b's next book
+    quotes = [
+        at(0, "a", "99", "100"),
+        at(1, "b", "101", "102"),
+        at(2, "a", "99", "100"),
+        at(10, "a", "99", "102"),
+        at(20, "b", "103", "104"),
+        at(21, "b", "101", "104"),
+    ]
+
+    metrics = summarize(replay(two_venues(latency={"a": 5, "b": 5}), quotes))
+
+    # Then both are opportunities seen and taken, one of them fleeting, which the average lifetime
+    # leaves out rather than counting it as 0 ms
+    assert (metrics["opportunities_seen"], metrics["opportunities_taken"]) == (2, 2)
+    assert metrics["opportunities_fleeting"] == 1
+    assert metrics["avg_opportunity_ms"] == 1.0
 
 
 # --- settled like live: retries, hedges, and what is left open ----------------------------------

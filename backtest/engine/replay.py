@@ -41,7 +41,7 @@ from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.ledger import Charge, Execution, Movement
 from trading.core.liquidity import Claim
 from trading.core.policy import Done, Outcome, Placed, Role, Rules, Send, next_step
-from trading.core.strategy import find_decisions
+from trading.core.strategy import Reason, find_decisions
 from trading.core.types import ZERO, Decision, Fill, Quote, Side, StrategyParams, VenueState, split_symbol
 
 BookAt = Callable[[str, int], Quote | None]
@@ -76,7 +76,13 @@ class Setup:
 
 @dataclass
 class SeenOpportunity:
-    """One opportunity as the listener would have recorded it."""
+    """One opportunity as the listener would have recorded it.
+
+    A crossing rejected past the profit bar (for balance, size or a limit) that later becomes
+    tradeable gets a new, accepted record, as in the listener; to a trader it is one opportunity.
+    The rejected record is then `superseded`, and the accepted one's `since_ms` is when the
+    rejected one was first seen.
+    """
 
     buy_venue: str
     sell_venue: str
@@ -88,6 +94,8 @@ class SeenOpportunity:
     expected_net: Decimal | None
     ticks: int = 1
     trade: SimTrade | None = field(default=None, repr=False, compare=False)  # when it was taken
+    since_ms: int | None = None
+    superseded: bool = False
 
     @property
     def state(self) -> GapState:
@@ -101,7 +109,22 @@ class SeenOpportunity:
 
     @property
     def lifetime_ms(self) -> int:
-        return self.last_ms - self.first_ms
+        """From the opportunity's first sighting (its rejected record's, when it took one over)
+        to its last."""
+        return self.last_ms - (self.first_ms if self.since_ms is None else self.since_ms)
+
+    @property
+    def fleeting(self) -> bool:
+        """Seen at one moment only: gone by the next book of its venues, so how long it lasted
+        is not measured (its lifetime of 0 ms is no duration)."""
+        return self.lifetime_ms == 0
+
+    def take_over(self, rejected: SeenOpportunity) -> None:
+        """Continue `rejected`, the record of this crossing that this accepted one replaces, if
+        it was rejected past the profit bar: the same opportunity, now tradeable."""
+        if not rejected.accepted and rejected.reason != Reason.BELOW_MIN_PROFIT:
+            rejected.superseded = True
+            self.since_ms = rejected.first_ms
 
 
 @dataclass
@@ -370,10 +393,13 @@ class Replay:
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_ms = now
+        replaced = {key: self.open[key] for key in changes.closed}
         for key in changes.closed:
             self._close(key)
         for decision in changes.opened:
-            self.open[decision.key] = self._open(decision, now, books)
+            seen = self.open[decision.key] = self._open(decision, now, books)
+            if decision.key in replaced:
+                seen.take_over(replaced[decision.key])
 
     def _open(self, decision: Decision, now: int, books: Mapping[str, Quote]) -> SeenOpportunity:
         sized = decision.opportunity
