@@ -38,6 +38,11 @@ def at(ms: int, name: str, bid: str, ask: str, size: str = "1") -> Quote:
     return quote(name, levels((bid, size)), levels((ask, size)), received_ts=T0 + ms)
 
 
+def crossing_from_1_ms() -> list[Quote]:
+    """a's ask of 100 under b's bid of 101, from 1 ms on."""
+    return [at(0, "a", "99", "100"), at(1, "b", "101", "102")]
+
+
 def replay(setup: Setup, quotes: list[Quote], exact: bool = True) -> Result:
     return Replay(setup, "BTC/USDT").run([from_quotes(quotes, VENUES)], exact=exact)
 
@@ -318,12 +323,7 @@ def test_a_crossing_rejected_for_balance_that_turns_tradeable_is_one_opportunity
         rules=MarketRules(min_amount=Decimal("0.1")),
     )
     setup = dataclasses.replace(setup, venues={**setup.venues, "a": poor})
-    quotes = [
-        at(0, "a", "99", "100"),
-        at(1, "b", "101", "102"),
-        at(2, "a", "39", "40"),
-        at(3, "a", "99", "102"),
-    ]
+    quotes = [*crossing_from_1_ms(), at(2, "a", "39", "40"), at(3, "a", "99", "102")]
 
     result = replay(setup, quotes)
     metrics = summarize(result)
@@ -342,14 +342,8 @@ def test_a_crossing_rejected_for_balance_that_turns_tradeable_is_one_opportunity
 def test_an_opportunity_seen_at_one_moment_only_is_counted_apart_and_has_no_lifetime() -> None:
     # Given one crossing that lasts over a's next book (its trade on the way), and one that is gone
     # by b's next book
-    quotes = [
-        at(0, "a", "99", "100"),
-        at(1, "b", "101", "102"),
-        at(2, "a", "99", "100"),
-        at(10, "a", "99", "102"),
-        at(20, "b", "103", "104"),
-        at(21, "b", "101", "104"),
-    ]
+    later = [at(2, "a", "99", "100"), at(10, "a", "99", "102"), at(20, "b", "103", "104")]
+    quotes = [*crossing_from_1_ms(), *later, at(21, "b", "101", "104")]
 
     metrics = summarize(replay(two_venues(latency={"a": 5, "b": 5}), quotes))
 
