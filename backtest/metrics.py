@@ -13,7 +13,7 @@ from decimal import Decimal
 from statistics import fmean, stdev
 from typing import Any
 
-from backtest.engine import Result, SimTrade
+from backtest.engine import Result, SeenOpportunity, SimTrade
 from trading.core.risk import max_drawdown
 from trading.core.strategy import Reason
 from trading.core.types import ZERO
@@ -56,13 +56,19 @@ def sharpe(period_pnl: Sequence[Decimal], periods_per_year: int = HOURS_PER_YEAR
     return fmean(values) / spread * math.sqrt(periods_per_year)
 
 
+def counted_opportunities(seen: Sequence[SeenOpportunity]) -> list[SeenOpportunity]:
+    """The opportunities a trader counts, each once: those past the profit bar after fees (a
+    crossing only has an ask under a bid), a rejected one that became tradeable counted as the
+    accepted one that took it over."""
+    return [o for o in seen if o.reason != Reason.BELOW_MIN_PROFIT and not o.superseded]
+
+
 def summarize(result: Result) -> dict[str, Any]:
     """Every metric of the run, JSON-ready."""
     trades = result.trades
     net = sum((t.net_pnl for t in trades), ZERO)
-    # An opportunity clears the profit bar after fees; a crossing only has an ask under a bid.
-    opportunities = [o for o in result.opportunities if o.reason != Reason.BELOW_MIN_PROFIT]
-    lifetimes = [o.lifetime_ms for o in opportunities]
+    opportunities = counted_opportunities(result.opportunities)
+    lifetimes = [o.lifetime_ms for o in opportunities if not o.fleeting]
     hours = hourly_pnl(trades, result.first_ms or 0, result.last_ms or 0) if result.rows else []
     ratio = sharpe(hours)
     return {
@@ -78,9 +84,10 @@ def summarize(result: Result) -> dict[str, Any]:
         "sharpe_hourly": None if ratio is None else round(ratio, 4),
         "crossings": result.crossings,
         "opportunities_seen": len(opportunities),
+        "opportunities_fleeting": len(opportunities) - len(lifetimes),
         "opportunities_taken": len(trades),
         "rejected": dict(sorted(result.rejected.items())),
-        "avg_opportunity_ms": round(fmean(lifetimes), 1) if lifetimes else None,
+        "avg_opportunity_ms": round(fmean(lifetimes), 1) if lifetimes else None,  # fleeting ones aside
         "inventory": {
             venue: {asset: str(amount) for asset, amount in sorted(balances.items())}
             for venue, balances in sorted(result.balances.items())

@@ -4,6 +4,7 @@ inventory, no look-ahead, and the vectorized path deciding exactly as the quote-
 from __future__ import annotations
 
 import dataclasses
+import gc
 from decimal import Decimal
 
 import numpy as np
@@ -15,7 +16,7 @@ from tests.core.builders import levels, params, quote, venue
 from trading.bench.backtest import bench_setup, synthetic_quotes
 from trading.core.policy import Outcome
 from trading.core.strategy import Reason
-from trading.core.types import Quote
+from trading.core.types import MarketRules, Quote
 
 T0 = 1_700_000_000_000
 VENUES = ("a", "b")
@@ -35,6 +36,11 @@ def two_venues(latency: dict[str, int] | None = None, **strategy: object) -> Set
 
 def at(ms: int, name: str, bid: str, ask: str, size: str = "1") -> Quote:
     return quote(name, levels((bid, size)), levels((ask, size)), received_ts=T0 + ms)
+
+
+def crossing_from_1_ms() -> list[Quote]:
+    """a's ask of 100 under b's bid of 101, from 1 ms on."""
+    return [at(0, "a", "99", "100"), at(1, "b", "101", "102")]
 
 
 def replay(setup: Setup, quotes: list[Quote], exact: bool = True) -> Result:
@@ -307,6 +313,47 @@ def test_crossings_before_fees_are_counted_apart_from_opportunities_past_fees() 
     assert metrics["rejected"] == {"below_min_profit": 1}
 
 
+def test_a_crossing_rejected_for_balance_that_turns_tradeable_is_one_opportunity_seen() -> None:
+    # Given a, which must buy at least 0.1 BTC and has 5 USDT: at a's ask of 100 it can buy 0.05,
+    # at 40 it can buy 0.12
+    setup = two_venues()
+    poor = dataclasses.replace(
+        setup.venues["a"],
+        balances={"BTC": Decimal(1), "USDT": Decimal(5)},
+        rules=MarketRules(min_amount=Decimal("0.1")),
+    )
+    setup = dataclasses.replace(setup, venues={**setup.venues, "a": poor})
+    quotes = [*crossing_from_1_ms(), at(2, "a", "39", "40"), at(3, "a", "99", "102")]
+
+    result = replay(setup, quotes)
+    metrics = summarize(result)
+
+    # Then the listener's two records (rejected, then accepted) are one opportunity, seen from
+    # 1 ms to 2 ms, and taken
+    assert [(o.reason, o.first_ms - T0) for o in result.opportunities] == [
+        ("insufficient_balance", 1),
+        ("accepted", 2),
+    ]
+    assert (metrics["opportunities_seen"], metrics["opportunities_taken"]) == (1, 1)
+    assert (metrics["opportunities_fleeting"], metrics["avg_opportunity_ms"]) == (0, 1.0)
+    assert metrics["rejected"] == {"insufficient_balance": 1}
+
+
+def test_an_opportunity_seen_at_one_moment_only_is_counted_apart_and_has_no_lifetime() -> None:
+    # Given one crossing that lasts over a's next book (its trade on the way), and one that is gone
+    # by b's next book
+    later = [at(2, "a", "99", "100"), at(10, "a", "99", "102"), at(20, "b", "103", "104")]
+    quotes = [*crossing_from_1_ms(), *later, at(21, "b", "101", "104")]
+
+    metrics = summarize(replay(two_venues(latency={"a": 5, "b": 5}), quotes))
+
+    # Then both are opportunities seen and taken, one of them fleeting, which the average lifetime
+    # leaves out rather than counting it as 0 ms
+    assert (metrics["opportunities_seen"], metrics["opportunities_taken"]) == (2, 2)
+    assert metrics["opportunities_fleeting"] == 1
+    assert metrics["avg_opportunity_ms"] == 1.0
+
+
 # --- settled like live: retries, hedges, and what is left open ----------------------------------
 
 
@@ -364,3 +411,25 @@ def test_a_position_the_hedges_cannot_close_is_marked_at_its_venues_market_when_
     assert [role for role, _, filled in roles(trade) if filled] == ["buy"]
     # 0.5 BTC paid 50 (fee 0.05) is worth 0.5 x 97.5 at a's last mid: a loss of 1.3, not a gain
     assert (trade.mark, trade.net_pnl) == (Decimal("97.5"), Decimal("-1.30"))
+
+
+def test_a_replay_leaves_no_garbage_cycles_and_the_collector_as_it_found_it() -> None:
+    # Given generated quotes with crossings, missed legs, retries and hedges
+    data = synthetic_quotes(60_000, jump_rate=0.002)
+    gc.collect()
+
+    # When it is replayed (with the cyclic collector paused while it runs)
+    result = Replay(bench_setup(), "BTC/USDT").run(data.chunks(20_000))
+
+    # Then the collector runs again, and has nothing of the replay's to free
+    assert gc.isenabled()
+    assert any(not trade.filled for trade in result.trades)
+    del result
+    assert gc.collect() == 0
+    # and a caller that had paused it finds it still paused
+    gc.disable()
+    try:
+        Replay(bench_setup(), "BTC/USDT").run(data.chunks(20_000))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -79,6 +79,10 @@ def test_a_run_is_recorded_with_its_metrics_trades_and_report(tmp_path: Path) ->
     assert plot.read_bytes().startswith(b"\x89PNG")
     assert "100% 3,000/3,000 quotes" in progress
     assert f"backtest #{run.pk} BTC/USDT on alpha, bravo" in output
+    # The summary counts opportunities as the metrics do, the fleeting ones apart
+    seen, fleeting = figures["opportunities_seen"], figures["opportunities_fleeting"]
+    assert 0 < fleeting < seen
+    assert f"seen {seen} ({fleeting} at one moment only)" in output
 
 
 @pytest.mark.django_db

@@ -49,14 +49,14 @@ class QuoteArrays:
     def quote(self, row: int) -> Quote:
         """The exact book of `row`."""
         bids, asks = self._depth(row)
-        venue_ts = None if self.venue_ts is None else int(self.venue_ts[row])
+        venue_ts = None if self.venue_ts is None else self.venue_ts.item(row)
         return Quote(
-            venue=self.venues[self.venue[row]],
+            venue=self.venues[self.venue.item(row)],
             symbol=self.symbol,
             bids=bids,
             asks=asks,
-            received_ts=int(self.ts[row]),
-            seq=row if self.seq is None else int(self.seq[row]),
+            received_ts=self.ts.item(row),
+            seq=row if self.seq is None else self.seq.item(row),
             venue_ts=None if venue_ts == NO_VENUE_TS else venue_ts,
         )
 
@@ -72,8 +72,8 @@ class QuoteArrays:
 
     def _top(self, row: int) -> Depth:
         return (
-            ((_exact(self.bid[row]), _exact(self.bid_size[row])),),
-            ((_exact(self.ask[row]), _exact(self.ask_size[row])),),
+            ((_exact(self.bid.item(row)), _exact(self.bid_size.item(row))),),
+            ((_exact(self.ask.item(row)), _exact(self.ask_size.item(row))),),
         )
 
     def slice(self, start: int, stop: int) -> QuoteArrays:
@@ -126,8 +126,8 @@ def _levels(raw: Sequence[Sequence[str]]) -> tuple[Level, ...]:
     return tuple((Decimal(str(price)), Decimal(str(amount))) for price, amount in raw)
 
 
-def _exact(value: np.float64) -> Decimal:
-    return Decimal(repr(float(value)))
+def _exact(value: float) -> Decimal:
+    return Decimal(repr(value))
 
 
 def from_quotes(quotes: Sequence[Quote], venues: Sequence[str]) -> QuoteArrays:

@@ -21,10 +21,11 @@ decision saw.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -33,14 +34,15 @@ import numpy.typing as npt
 
 from backtest.engine import scan
 from backtest.engine.arrays import QuoteArrays
+from backtest.engine.records import Result, SeenOpportunity, SimTrade
 from trading.core import ledger, liquidity
-from trading.core.fills import fees_paid, fill, filled_amount, notional
-from trading.core.gaps import GapKey, GapState, track_gaps
+from trading.core.fills import fill, totals, within
+from trading.core.gaps import GapKey, track_gaps
 from trading.core.ledger import Charge, Execution, Movement
 from trading.core.liquidity import Claim
-from trading.core.policy import Done, Outcome, Placed, Role, Rules, Send, next_step
+from trading.core.policy import Done, Role, Rules, Send, next_step
 from trading.core.strategy import find_decisions
-from trading.core.types import ZERO, Decision, Quote, Side, StrategyParams, VenueState, split_symbol
+from trading.core.types import ZERO, Decision, Fill, Quote, Side, StrategyParams, VenueState, split_symbol
 
 BookAt = Callable[[str, int], Quote | None]
 TTL_EXCEEDED = "ttl_exceeded"
@@ -72,89 +74,6 @@ class Setup:
         )
 
 
-@dataclass
-class SeenOpportunity:
-    """One opportunity as the listener would have recorded it."""
-
-    buy_venue: str
-    sell_venue: str
-    accepted: bool
-    reason: str
-    first_ms: int
-    last_ms: int
-    amount: Decimal | None
-    expected_net: Decimal | None
-    ticks: int = 1
-    trade: SimTrade | None = field(default=None, repr=False, compare=False)  # when it was taken
-
-    @property
-    def state(self) -> GapState:
-        """Rejected; in flight while its trade has a leg on the way; else settled, and re-armed:
-        a newer book that still clears the bar trades the crossing again."""
-        if not self.accepted:
-            return GapState.REJECTED
-        if self.trade is not None and self.trade.legs_open > 0:
-            return GapState.IN_FLIGHT
-        return GapState.REARMED
-
-    @property
-    def lifetime_ms(self) -> int:
-        return self.last_ms - self.first_ms
-
-
-@dataclass
-class SimTrade:
-    """One taken opportunity: its orders (both legs, then any retries and hedges) as they filled,
-    their totals, and the policy's outcome once it is done."""
-
-    decided_ms: int
-    buy_venue: str
-    sell_venue: str
-    amount: Decimal
-    buy_price: Decimal  # expected at the decision
-    sell_price: Decimal
-    expected_net: Decimal
-    bought: Decimal = ZERO  # every buy of the trade: legs, retries and hedges
-    cost: Decimal = ZERO
-    buy_fee: Decimal = ZERO
-    sold: Decimal = ZERO
-    proceeds: Decimal = ZERO
-    sell_fee: Decimal = ZERO
-    settled_ms: int = 0
-    legs_open: int = 2  # orders on their way
-    claimant: str = ""  # whose claims on book snapshots are the trade's
-    orders: list[Placed] = field(default_factory=list, repr=False)
-    outcome: Outcome | None = None
-    mark: Decimal | None = None  # what a position left open is worth a unit, at the run's end
-
-    @property
-    def filled(self) -> bool:
-        """Both legs filled in full (retries included)."""
-        return self.outcome is Outcome.MATCHED
-
-    @property
-    def fees(self) -> Decimal:
-        return self.buy_fee + self.sell_fee
-
-    @property
-    def unhedged(self) -> Decimal:
-        """Base bought but not sold (negative: sold but not bought): a leg that missed."""
-        return self.bought - self.sold
-
-    @property
-    def gross_pnl(self) -> Decimal:
-        """Sale proceeds less purchase cost, with any base left one-sided valued at its venue's
-        market when the run ended."""
-        if not self.unhedged:
-            return self.proceeds - self.cost
-        mark = self.mark if self.mark is not None else (self.buy_price + self.sell_price) / 2
-        return self.proceeds - self.cost + self.unhedged * mark
-
-    @property
-    def net_pnl(self) -> Decimal:
-        return self.gross_pnl - self.fees
-
-
 @dataclass(order=True)
 class PendingLeg:
     """An order on its way to its venue: a leg, a retry of one, or a hedge."""
@@ -164,28 +83,6 @@ class PendingLeg:
     trade: SimTrade = field(compare=False)
     send: Send = field(compare=False)
     held: Movement = field(compare=False)  # what it set aside until it lands
-
-
-@dataclass
-class Result:
-    """Everything a replay produced, in the order it happened."""
-
-    symbol: str
-    rows: int = 0
-    first_ms: int | None = None
-    last_ms: int | None = None
-    trades: list[SimTrade] = field(default_factory=list)
-    opportunities: list[SeenOpportunity] = field(default_factory=list)
-    rejected: Counter[str] = field(default_factory=Counter)
-    crossings: int = 0  # books crossing before fees, each counted once while it lasts
-    balances: dict[str, dict[str, Decimal]] = field(default_factory=dict)
-    inventory: list[tuple[int, dict[str, Decimal]]] = field(default_factory=list)  # base per venue
-    gap_minutes: list[npt.NDArray[np.int64]] = field(default_factory=list)
-    gap_widest: list[npt.NDArray[np.float64]] = field(default_factory=list)
-
-    @property
-    def taken(self) -> int:
-        return len(self.trades)
 
 
 class Replay:
@@ -214,6 +111,7 @@ class Replay:
         self.rules = setup.rules()
         self._crossed_before = False
         self._venue_order: tuple[str, ...] = ()
+        self._scratch = scan.Scratch()
 
     # --- driving -------------------------------------------------------------------------------
 
@@ -224,16 +122,22 @@ class Replay:
         exact: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> Result:
+        with _collector_paused():
+            return self._run(chunks, exact, progress)
+
+    def _run(
+        self, chunks: Iterable[QuoteArrays], exact: bool, progress: Callable[[int], None] | None
+    ) -> Result:
         for chunk in whole_moments(chunks):
             self._venue_order = chunk.venues
-            latest = scan.latest_rows(chunk)
-            bids = scan.book_prices(chunk.bid, latest, self._carried_prices("bid"))
-            asks = scan.book_prices(chunk.ask, latest, self._carried_prices("ask"))
-            self._note_chunk(chunk, bids, asks)
+            found = scan.scan_chunk(
+                chunk, self._carried_prices("bid"), self._carried_prices("ask"), self._scratch
+            )
+            self._note_chunk(chunk, found.gaps)
             if exact:
                 self._every_moment(chunk)
             else:
-                self._crossing_rows(chunk, latest, bids, asks)
+                self._crossing_rows(chunk, found.venues, found.crossing)
             if progress is not None:
                 progress(len(chunk))
         return self.finish()
@@ -251,12 +155,12 @@ class Replay:
         self.result.balances = {name: dict(state.balances) for name, state in self.venues.items()}
         return self.result
 
-    def _note_chunk(self, chunk: QuoteArrays, bids: scan.Floats, asks: scan.Floats) -> None:
+    def _note_chunk(self, chunk: QuoteArrays, gaps: scan.Floats) -> None:
         result = self.result
         result.rows += len(chunk)
         result.first_ms = int(chunk.ts[0]) if result.first_ms is None else result.first_ms
         result.last_ms = int(chunk.ts[-1])
-        minutes, widest = scan.widest_gap_by_minute(chunk.ts, bids, asks)
+        minutes, widest = scan.widest_gap_by_minute(chunk.ts, gaps)
         result.gap_minutes.append(minutes)
         result.gap_widest.append(widest)
 
@@ -287,12 +191,13 @@ class Replay:
             self.books = dict(sorted(self.books.items(), key=lambda item: order[item[0]]))
 
     def _crossing_rows(
-        self, chunk: QuoteArrays, latest: scan.Ints, bids: scan.Floats, asks: scan.Floats
+        self, chunk: QuoteArrays, venues: scan.VenueRows, crossing: npt.NDArray[np.bool_]
     ) -> None:
+        """Decide at the moments the scan finds `crossing` (by row), settling legs on the way."""
         ends = scan.moment_ends(chunk.ts)
         starts = np.r_[0, ends[:-1] + 1]
-        crossed = scan.crossing_rows(bids, asks)[ends]  # as each moment leaves the books
-        lookup = _ChunkBooks(chunk, latest, dict(self.books))
+        crossed = crossing[ends]  # as each moment leaves the books
+        lookup = _ChunkBooks(chunk, venues, dict(self.books))
         for moment in scan.rows_to_decide(crossed, self._crossed_before).tolist():
             end = int(ends[moment])
             now = int(chunk.ts[end])
@@ -345,10 +250,13 @@ class Replay:
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_ms = now
+        replaced = {key: self.open[key] for key in changes.closed}
         for key in changes.closed:
             self._close(key)
         for decision in changes.opened:
-            self.open[decision.key] = self._open(decision, now, books)
+            seen = self.open[decision.key] = self._open(decision, now, books)
+            if decision.key in replaced:
+                seen.take_over(replaced[decision.key])
 
     def _open(self, decision: Decision, now: int, books: Mapping[str, Quote]) -> SeenOpportunity:
         sized = decision.opportunity
@@ -424,43 +332,38 @@ class Replay:
     def _settle(self, leg: PendingLeg, book_at: BookAt) -> None:
         """Fill an order that landed against its venue's book then, release what it held, and
         once none of its trade's orders is on its way, take the policy's next step."""
-        trade, send = leg.trade, leg.send
-        fee_rate = self.venues[send.venue].fees.taker
-        book = book_at(send.venue, leg.arrival_ms)
-        claims = {} if book is None else self._claims(book)
-        left = None if book is None else liquidity.book_less(book, liquidity.others(claims, trade.claimant))
-        levels = () if left is None else (left.asks if send.side is Side.BUY else left.bids)
-        fills = fill(levels, send.side, send.amount, fee_rate, limit=send.limit)
-        mine = claims.get(trade.claimant, Claim())
-        filled = dict(mine.filled)
-        for key, amount in liquidity.taking(send.side, fills).items():
-            filled[key] = filled.get(key, ZERO) + amount
-        if book is not None:
-            claims[trade.claimant] = Claim(filled=filled)
-        amount, value, fee = filled_amount(fills), notional(fills), fees_paid(fills)
-        held = leg.held
+        trade, send, held = leg.trade, leg.send, leg.held
+        amount, value, fee = totals(self._fill_landed(trade, send, book_at(send.venue, leg.arrival_ms)))
         charges = (Charge(self.quote_asset, fee),) if fee else ()
         done = Execution(send.venue, self.result.symbol, send.side, amount, value, charges)
         self._apply([ledger.release(send.venue, held.asset, held.locked), *ledger.executed(done)])
-        if send.side is Side.BUY:
-            trade.bought, trade.cost, trade.buy_fee = (
-                trade.bought + amount,
-                trade.cost + value,
-                trade.buy_fee + fee,
-            )
-        else:
-            trade.sold, trade.proceeds, trade.sell_fee = (
-                trade.sold + amount,
-                trade.proceeds + value,
-                trade.sell_fee + fee,
-            )
-        trade.orders.append(
-            Placed(send.role, send.attempt, send.venue, send.side, send.amount, send.limit, amount, value)
-        )
-        trade.legs_open -= 1
+        trade.landed(send, amount, value, fee)
         trade.settled_ms = max(trade.settled_ms, leg.arrival_ms)
         if trade.legs_open == 0:
             self._next_step(trade, leg.arrival_ms)
+
+    def _fill_landed(self, trade: SimTrade, send: Send, book: Quote | None) -> list[Fill]:
+        """The fills of `send` against `book` less what other trades took of it and what the
+        trade's own orders filled; what they take becomes the trade's claim on the book, in
+        place of the reservation it had."""
+        if book is None:
+            return []
+        claims = self._claims(book)
+        best = book.asks[0][0] if send.side is Side.BUY else book.bids[0][0]
+        # Taking less from the book never brings a better price within the limit.
+        fills = (
+            self._fill_left(book, send, claims, trade.claimant) if within(best, send.side, send.limit) else []
+        )
+        filled = dict(claims.get(trade.claimant, Claim()).filled)
+        for key, amount in liquidity.taking(send.side, fills).items():
+            filled[key] = filled.get(key, ZERO) + amount
+        claims[trade.claimant] = Claim(filled=filled)
+        return fills
+
+    def _fill_left(self, book: Quote, send: Send, claims: Mapping[str, Claim], claimant: str) -> list[Fill]:
+        left = liquidity.book_less(book, liquidity.others(claims, claimant))
+        levels = () if left is None else (left.asks if send.side is Side.BUY else left.bids)
+        return fill(levels, send.side, send.amount, self.venues[send.venue].fees.taker, limit=send.limit)
 
     def _next_step(self, trade: SimTrade, now: int) -> None:
         step = next_step(trade.orders, self.rules)
@@ -491,6 +394,20 @@ class Replay:
         return {name: state.free(self.base) for name, state in self.venues.items()}
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (if it ran) for the context. A replay makes no
+    reference cycles, but it keeps many objects for its result, and each full pass of the
+    collector walks all of them and finds nothing to free."""
+    running = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if running:
+            gc.enable()
+
+
 def whole_moments(chunks: Iterable[QuoteArrays]) -> Iterator[QuoteArrays]:
     """The same rows in chunks that never split a moment: the rows of a chunk's last moment are
     held back and lead the next chunk (the last chunk keeps them)."""
@@ -518,8 +435,8 @@ def _changed(chunk: QuoteArrays, start: int, end: int) -> frozenset[str]:
 class _ChunkBooks:
     """Each venue's latest exact book at any row or moment of a chunk, built only when asked for."""
 
-    def __init__(self, chunk: QuoteArrays, latest: scan.Ints, before: dict[str, Quote]) -> None:
-        self.chunk, self.latest, self.before = chunk, latest, before
+    def __init__(self, chunk: QuoteArrays, venues: scan.VenueRows, before: dict[str, Quote]) -> None:
+        self.chunk, self.venues, self.before = chunk, venues, before
         self._built: dict[int, Quote] = {}
 
     def _quote(self, row: int) -> Quote:
@@ -531,7 +448,7 @@ class _ChunkBooks:
     def books_at(self, row: int) -> dict[str, Quote]:
         books: dict[str, Quote] = {}
         for index, name in enumerate(self.chunk.venues):
-            latest = int(self.latest[index, row])
+            latest = self.venues.latest(index, row)
             book = self._quote(latest) if latest >= 0 else self.before.get(name)
             if book is not None:
                 books[name] = book
@@ -539,7 +456,7 @@ class _ChunkBooks:
 
     def book_at(self, venue: str, moment_ms: int) -> Quote | None:
         """The venue's book as of `moment_ms`: its last quote received at or before then."""
-        row = int(np.searchsorted(self.chunk.ts, moment_ms, side="right")) - 1
+        row = int(self.chunk.ts.searchsorted(moment_ms, side="right")) - 1
         index = self.chunk.venues.index(venue)
-        latest = int(self.latest[index, row]) if row >= 0 else -1
+        latest = self.venues.latest(index, row) if row >= 0 else -1
         return self._quote(latest) if latest >= 0 else self.before.get(venue)

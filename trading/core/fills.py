@@ -12,7 +12,8 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from trading.core.types import BPS, ZERO, Fill, Level, Side
 
 
-def _within(price: Decimal, side: Side, limit: Decimal | None) -> bool:
+def within(price: Decimal, side: Side, limit: Decimal | None) -> bool:
+    """Whether an order on `side` limited to `limit` (None: no limit) may take at `price`."""
     if limit is None:
         return True
     return price <= limit if side is Side.BUY else price >= limit
@@ -34,12 +35,24 @@ def fill(
     fills: list[Fill] = []
     remaining = amount
     for price, available in levels:
-        if remaining <= ZERO or not _within(price, side, limit):
+        if remaining <= ZERO or not within(price, side, limit):
             break
         taken = available if available < remaining else remaining
         fills.append(Fill(price=price, amount=taken, fee=price * taken * fee_rate))
         remaining -= taken
     return fills
+
+
+def reached(levels: Sequence[Level], amount: Decimal) -> Decimal:
+    """The price of the last level a positive `amount` taken from `levels` (best first) reaches,
+    or of the last level when they run out: the price of `fill`'s last fill without a limit.
+    Raises IndexError for no levels."""
+    remaining = amount
+    for price, available in levels:
+        remaining -= available if available < remaining else remaining
+        if remaining <= ZERO:
+            return price
+    return levels[-1][0]
 
 
 def filled_amount(fills: Iterable[Fill]) -> Decimal:
@@ -54,12 +67,27 @@ def fees_paid(fills: Iterable[Fill]) -> Decimal:
     return sum((f.fee for f in fills), ZERO)
 
 
+def totals(fills: Iterable[Fill]) -> tuple[Decimal, Decimal, Decimal]:
+    """`filled_amount`, `notional` and `fees_paid` of `fills`, in one pass."""
+    amount = value = fee = ZERO
+    for each in fills:
+        amount += each.amount
+        value += each.notional
+        fee += each.fee
+    return amount, value, fee
+
+
 def average_price(fills: Sequence[Fill]) -> Decimal:
     """Volume-weighted average price of `fills`; raises ValueError when nothing filled."""
-    amount = filled_amount(fills)
+    return average(filled_amount(fills), notional(fills))
+
+
+def average(amount: Decimal, value: Decimal) -> Decimal:
+    """The average price of `amount` bought or sold for `value`; raises ValueError when the
+    amount is not positive."""
     if amount <= ZERO:
         raise ValueError("no fills to average")
-    return notional(fills) / amount
+    return value / amount
 
 
 def tick_of(price: Decimal) -> Decimal:

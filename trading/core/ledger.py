@@ -75,14 +75,9 @@ def executed(execution: Execution) -> list[Movement]:
     for a sale), and each fee out of the asset it was charged in."""
     base, quote = split_symbol(execution.symbol)
     sign = 1 if execution.side is Side.BUY else -1
-    movements = [
-        Movement(execution.venue, base, free=sign * execution.filled),
-        Movement(execution.venue, quote, free=-sign * execution.cost),
-    ]
-    movements += [
-        Movement(execution.venue, charge.asset, free=-charge.amount) for charge in execution.charges
-    ]
-    return [movement for movement in movements if movement.free]
+    changes = [(base, sign * execution.filled), (quote, -sign * execution.cost)]
+    changes += [(charge.asset, -charge.amount) for charge in execution.charges]
+    return [Movement(execution.venue, asset, free=amount) for asset, amount in changes if amount]
 
 
 def flows(executions: Iterable[Execution]) -> dict[str, Decimal]:

@@ -9,7 +9,7 @@ our orders took.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
@@ -42,20 +42,28 @@ def total(claims: Iterable[Claim]) -> dict[tuple[BookSide, Decimal], Decimal]:
     """Everything taken from a snapshot by the given claims, by (side, price)."""
     taken: dict[tuple[BookSide, Decimal], Decimal] = {}
     for claim in claims:
-        for part in (claim.reserved, claim.filled):
-            for key, amount in part.items():
-                taken[key] = taken.get(key, ZERO) + amount
+        _add(taken, claim.reserved)
+        _add(taken, claim.filled)
     return taken
+
+
+def _add(taken: dict[tuple[BookSide, Decimal], Decimal], part: Taken) -> None:
+    for key, amount in part.items():
+        taken[key] = taken.get(key, ZERO) + amount
 
 
 def others(claims: Mapping[str, Claim], claimant: str | None) -> dict[tuple[BookSide, Decimal], Decimal]:
     """What the claims other than `claimant`'s reservation took: everything but the liquidity the
     claimant itself set aside (its own fills stay taken, so a retry cannot reuse them)."""
+    taken: dict[tuple[BookSide, Decimal], Decimal] = {}
+    for name, claim in claims.items():
+        if name != claimant:
+            _add(taken, claim.reserved)
+            _add(taken, claim.filled)
     mine = claims.get(claimant or "")
-    rest = [claim for name, claim in claims.items() if name != claimant]
     if mine is not None:
-        rest.append(Claim(filled=mine.filled))
-    return total(rest)
+        _add(taken, mine.filled)
+    return taken
 
 
 def remaining(levels: Sequence[Level], side: BookSide, taken: Taken) -> tuple[Level, ...]:
@@ -76,7 +84,8 @@ def book_less(book: Quote, taken: Taken) -> Quote | None:
     asks = remaining(book.asks, BookSide.ASKS, taken)
     if not bids or not asks:
         return None
-    return replace(book, bids=bids, asks=asks)
+    # Built directly: dataclasses.replace costs more than the rest of this function.
+    return Quote(book.venue, book.symbol, bids, asks, book.received_ts, book.seq, book.venue_ts)
 
 
 def books_less(books: Mapping[str, Quote], taken: Mapping[str, Taken]) -> Mapping[str, Quote]:

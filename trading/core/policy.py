@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from operator import attrgetter
 
 from trading.core.fills import guard_price, tick_of
 from trading.core.types import ZERO, Side
@@ -105,24 +106,31 @@ def next_step(orders: Sequence[Placed], rules: Rules) -> Step:
     unfinished = tuple(order for order in orders if not order.finished)
     if unfinished:
         return Confirm(unfinished)
-    retry = _retry(orders, rules)
+    roles = _by_role(orders)
+    retry = _retry(roles, rules)
     if retry is not None:
         return retry
-    return _close(orders, rules)
+    return _close(orders, roles, rules)
 
 
-def _of(orders: Sequence[Placed], role: Role) -> list[Placed]:
-    return sorted((order for order in orders if order.role is role), key=lambda order: order.attempt)
+def _by_role(orders: Sequence[Placed]) -> dict[Role, list[Placed]]:
+    """The orders of each role (those present), by attempt."""
+    roles: dict[Role, list[Placed]] = {}
+    for order in orders:
+        roles.setdefault(order.role, []).append(order)
+    for placed in roles.values():
+        placed.sort(key=attrgetter("attempt"))
+    return roles
 
 
 def _filled(orders: Sequence[Placed]) -> Decimal:
     return sum((order.filled for order in orders), ZERO)
 
 
-def _retry(orders: Sequence[Placed], rules: Rules) -> Send | None:
+def _retry(roles: Mapping[Role, Sequence[Placed]], rules: Rules) -> Send | None:
     """A retry of the first leg that misses part of its amount and has attempts left."""
     for role in (Role.BUY, Role.SELL):
-        leg = _of(orders, role)
+        leg = roles.get(role)
         if not leg:
             continue
         first, last = leg[0], leg[-1]
@@ -135,8 +143,13 @@ def _retry(orders: Sequence[Placed], rules: Rules) -> Send | None:
 def position(orders: Sequence[Placed]) -> Decimal:
     """The base the opportunity bought beyond what it sold, across venues (negative: sold beyond
     what it bought), counting fills as the venues filled them."""
-    bought = _filled([order for order in orders if order.side is Side.BUY])
-    return bought - _filled([order for order in orders if order.side is Side.SELL])
+    bought = sold = ZERO
+    for order in orders:
+        if order.side is Side.BUY:
+            bought += order.filled
+        elif order.side is Side.SELL:
+            sold += order.filled
+    return bought - sold
 
 
 def open_base(orders: Sequence[Placed]) -> Decimal:
@@ -152,25 +165,30 @@ def open_base(orders: Sequence[Placed]) -> Decimal:
 
 def matched(orders: Sequence[Placed]) -> Decimal:
     """The amount both legs (retries included, hedges not) filled alike."""
-    return min(_filled(_of(orders, Role.BUY)), _filled(_of(orders, Role.SELL)))
+    return _matched(_by_role(orders))
 
 
-def _close(orders: Sequence[Placed], rules: Rules) -> Step:
+def _matched(roles: Mapping[Role, Sequence[Placed]]) -> Decimal:
+    return min(_filled(roles.get(Role.BUY, ())), _filled(roles.get(Role.SELL, ())))
+
+
+def _close(orders: Sequence[Placed], roles: Mapping[Role, Sequence[Placed]], rules: Rules) -> Step:
     """Once no leg has a retry left: done if the legs match, else hedge what stays one-sided."""
     legs = [order for order in orders if order.role is not Role.HEDGE]
-    both = matched(orders)
-    if not position(legs):
+    both = _matched(roles)
+    one_way = position(legs)
+    if not one_way:
         planned = max((order.amount for order in legs if order.attempt == 0), default=ZERO)
         outcome = Outcome.FLAT if not both else Outcome.MATCHED if both >= planned else Outcome.PARTIAL
         return Done(outcome, both)
-    long = position(legs) > ZERO
+    long = one_way > ZERO
     one_sided = [order for order in legs if order.side is (Side.BUY if long else Side.SELL)]
     venue = one_sided[0].venue
     left = open_base(orders)
     amount = _tradeable(abs(left), rules.step(venue))
     if amount <= ZERO:
         return Done(Outcome.HEDGED, both)  # nothing tradeable is left: a fee or dust below the step
-    hedges = _of(orders, Role.HEDGE)
+    hedges = roles.get(Role.HEDGE, ())
     if len(hedges) >= rules.hedge_attempts:
         return Done(Outcome.OPEN, both, venue, left)
     side = Side.SELL if left > ZERO else Side.BUY

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import ROUND_DOWN, Context, Decimal
+from functools import lru_cache
 from itertools import permutations
 
 from trading.core import risk
-from trading.core.fills import average_price, fees_paid, fill, filled_amount, guard_price, notional, tick_of
+from trading.core.fills import average, fill, guard_price, reached, tick_of, totals
 from trading.core.types import (
     BPS,
     ZERO,
@@ -55,7 +56,14 @@ def quantize_amount(amount: Decimal, *steps: Decimal) -> Decimal:
 
 def _common_step(steps: Sequence[Decimal]) -> Decimal | None:
     """The least common multiple of the positive steps (0.001 and 0.0005 give 0.001)."""
-    positive = [step for step in steps if step > ZERO]
+    # Cached by each step as written, not its value: 0.00001 and 0.000010 are equal, but amounts
+    # rounded onto them print differently (and a Decimal's text gives back that very Decimal).
+    return _lcm_step(tuple(map(str, steps)))
+
+
+@lru_cache(maxsize=256)
+def _lcm_step(steps: tuple[str, ...]) -> Decimal | None:
+    positive = [step for step in map(Decimal, steps) if step > ZERO]
     if not positive:
         return None
     exponent = min(int(step.as_tuple().exponent) for step in positive)
@@ -230,8 +238,7 @@ def _meets_minimums(
     orders = ((buy.asks, Side.BUY, buy_venue), (sell.bids, Side.SELL, sell_venue))
     return all(
         amount >= venue.rules.min_amount
-        and _guard(fill(levels, side, amount, ZERO)[-1].price, side, slippage_bps, venue.rules) * amount
-        >= venue.rules.min_cost
+        and _guard(reached(levels, amount), side, slippage_bps, venue.rules) * amount >= venue.rules.min_cost
         for levels, side, venue in orders
     )
 
@@ -248,7 +255,8 @@ def _size(
         buy, sell, buy_venue, sell_venue, params.trade_size, params.min_profit_bps, slippage
     )
     steps = (buy_venue.rules.amount_step, sell_venue.rules.amount_step)
-    if not _meets_minimums(quantize_amount(depth, *steps), buy, sell, buy_venue, sell_venue, slippage):
+    deepest = quantize_amount(depth, *steps)
+    if not _meets_minimums(deepest, buy, sell, buy_venue, sell_venue, slippage):
         return ZERO, Reason.BELOW_MIN_SIZE
     cap, reason = min(
         (balance_cap(buy, buy_venue, sell_venue, depth, slippage), Reason.INSUFFICIENT_BALANCE),
@@ -256,20 +264,24 @@ def _size(
         key=lambda candidate: candidate[0],
     )
     amount = quantize_amount(cap, *steps)
-    if _meets_minimums(amount, buy, sell, buy_venue, sell_venue, slippage):
+    # Nothing caps the depth (the usual case): it was just checked.
+    if amount == deepest or _meets_minimums(amount, buy, sell, buy_venue, sell_venue, slippage):
         return amount, None
     return ZERO, reason
 
 
-def _leg(venue: VenueState, side: Side, fills: Sequence[Fill], slippage_bps: Decimal) -> Leg:
-    return Leg(
+def _leg(venue: VenueState, side: Side, fills: Sequence[Fill], slippage_bps: Decimal) -> tuple[Leg, Decimal]:
+    """The leg `fills` make, and their notional."""
+    amount, value, fee = totals(fills)
+    leg = Leg(
         venue=venue.name,
         side=side,
-        amount=filled_amount(fills),
-        price=average_price(fills),
+        amount=amount,
+        price=average(amount, value),
         worst_price=_guard(fills[-1].price, side, slippage_bps, venue.rules),
-        fee=fees_paid(fills),
+        fee=fee,
     )
+    return leg, value
 
 
 def _opportunity(
@@ -284,11 +296,10 @@ def _opportunity(
     from the books' exact notionals, never rounded averages."""
     bought = fill(buy.asks, Side.BUY, amount, buy_venue.fees.taker)
     sold = fill(sell.bids, Side.SELL, amount, sell_venue.fees.taker)
-    cost = notional(bought)
-    gross = notional(sold) - cost
-    net = gross - fees_paid(bought) - fees_paid(sold)
-    buy_leg = _leg(buy_venue, Side.BUY, bought, slippage_bps)
-    sell_leg = _leg(sell_venue, Side.SELL, sold, slippage_bps)
+    buy_leg, cost = _leg(buy_venue, Side.BUY, bought, slippage_bps)
+    sell_leg, proceeds = _leg(sell_venue, Side.SELL, sold, slippage_bps)
+    gross = proceeds - cost
+    net = gross - buy_leg.fee - sell_leg.fee
     worst = amount * _edge(buy_leg.worst_price, sell_leg.worst_price, buy_venue, sell_venue)
     return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS, worst)
 

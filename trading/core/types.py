@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 
 # A book level: (price, amount). Plain tuples keep the hot path cheap.
 Level = tuple[Decimal, Decimal]
@@ -163,6 +164,7 @@ class Decision:
         return (self.symbol, self.buy_venue, self.sell_venue)
 
 
+@lru_cache(maxsize=1024)  # the ledger splits the symbol of every order: a handful of symbols
 def split_symbol(symbol: str) -> tuple[str, str]:
     """'BTC/USDT' -> ('BTC', 'USDT'). Raises ValueError on anything else."""
     base, sep, quote = symbol.partition("/")

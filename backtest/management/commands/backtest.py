@@ -253,8 +253,9 @@ def summary_lines(run: BacktestRun) -> list[str]:
         f"  risk        max drawdown {money(m['max_drawdown'])}, "
         f"hourly Sharpe (annualized) {m['sharpe_hourly']}",
         f"  crossings   {m['crossings']} (ask under bid before fees); opportunities (past fees) "
-        f"seen {m['opportunities_seen']}, taken {m['opportunities_taken']}, "
-        f"average lifetime {m['avg_opportunity_ms']} ms",
+        f"seen {m['opportunities_seen']} ({m['opportunities_fleeting']} at one moment only), "
+        f"taken {m['opportunities_taken']}, average lifetime {m['avg_opportunity_ms']} ms "
+        "(of those seen at more than one moment)",
         f"  rejected    {m['rejected'] or 'none'}",
     ]
     for venue, balances in m["inventory"].items():
