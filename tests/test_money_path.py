@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.db import connection, transaction
@@ -243,6 +244,23 @@ def test_a_trade_task_whose_opportunity_is_never_recorded_trades_nothing(market:
 
 
 # --- no path forgets a position -------------------------------------------------------------------
+
+
+def test_a_task_whose_opportunity_another_worker_holds_sends_nothing_and_leaves_it_dispatched(
+    market: None, redis_client: redis.Redis
+) -> None:
+    """The claim takes the opportunity's session lock in its own round trip: when another session
+    holds it (another worker on the same opportunity), the claim is undone and nothing is sent."""
+    opportunity = open_known_gap(redis_client)
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"]) as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [trade_store.ADVISORY_LOCKS, opportunity.pk])
+
+        assert execution.execute_opportunity(opportunity.pk) == "not_claimed"
+        assert Opportunity.objects.get(pk=opportunity.pk).status == Status.DISPATCHED
+        assert not Order.objects.exists()
+
+    assert execution.execute_opportunity(opportunity.pk) == "executed"
 
 
 def test_a_worker_gone_mid_re_check_leaves_the_opportunity_dispatched_for_its_redelivered_task(

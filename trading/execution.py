@@ -45,14 +45,15 @@ def execute_opportunity(opportunity_id: int) -> str:
     that is gone. Returns the opportunity's final status, or "not_claimed" when there was nothing
     for this worker to do. Everything it logs, and every task it sends, carries the
     opportunity's correlation id."""
-    with correlation(opportunity_correlation(opportunity_id)), lifecycle.exclusive(opportunity_id) as held:
-        if not held:
+    with correlation(opportunity_correlation(opportunity_id)), lifecycle.exclusive(opportunity_id) as lock:
+        try:
+            plan = _claim_once_recorded(opportunity_id, lock)
+        except trade_store.Busy:
             log.info("opportunity %s is being executed by another worker", opportunity_id)
             return "not_claimed"
-        try:
-            plan = _claim_once_recorded(opportunity_id)
         except Exception as exc:
-            lifecycle.fail_unsent(opportunity_id, f"error before any order: {type(exc).__name__}: {exc}")
+            if lock.held:
+                lifecycle.fail_unsent(opportunity_id, f"error before any order: {type(exc).__name__}: {exc}")
             raise
         if isinstance(plan, Plan):
             return _settling(plan.opportunity, resuming=False, fresh=(plan.buy, plan.sell))
@@ -67,13 +68,13 @@ def execute_opportunity(opportunity_id: int) -> str:
         return _settling(opportunity, resuming=True)
 
 
-def _claim_once_recorded(opportunity_id: int) -> Plan | Dropped | None:
+def _claim_once_recorded(opportunity_id: int, lock: trade_store.Lock) -> Plan | Dropped | None:
     """`claim_and_record`, waiting up to RECORD_WAIT_MS for the opportunity's row when the task
     came first; None (nothing claimed) when it never appears."""
     deadline = time.monotonic() + settings.RECORD_WAIT_MS / 1000
     while True:
         try:
-            return claim_and_record(opportunity_id)
+            return claim_and_record(opportunity_id, lock)
         except trade_store.NotRecorded:
             if time.monotonic() >= deadline:
                 log.warning("opportunity %s was never recorded: nothing to trade", opportunity_id)
@@ -108,12 +109,13 @@ class Dropped:
     reason: str
 
 
-def claim_and_record(opportunity_id: int) -> Plan | Dropped | None:
-    """In one transaction: claim the dispatched opportunity, decide again, and either record its
-    orders with their funds held (the Plan to send) or finish it untraded (Dropped). None when it
-    was not dispatched. Only when this commits may its orders go out."""
+def claim_and_record(opportunity_id: int, lock: trade_store.Lock | None = None) -> Plan | Dropped | None:
+    """In one transaction: claim the dispatched opportunity (taking its `lock` in the same round
+    trip when given; trade_store.claim), decide again, and either record its orders with their
+    funds held (the Plan to send) or finish it untraded (Dropped). None when it was not
+    dispatched. Only when this commits may its orders go out."""
     with transaction.atomic():
-        claimed = trade_store.claim(opportunity_id)
+        claimed = trade_store.claim(opportunity_id, lock)
         if claimed is None:
             return None
         plan = recheck_and_record(claimed)

@@ -42,7 +42,6 @@ Status = Opportunity.Status
 EXECUTE_TASK = "trade.execute_opportunity"
 IN_FLIGHT = (Status.EXECUTING,)
 DONE = (Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.ATTENTION)
-ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
 # Without PostgreSQL's locks an opportunity in flight counts as abandoned once it has been left
 # untouched longer than a trade task may run.
 LEASE_MARGIN_SECONDS = 5
@@ -204,23 +203,16 @@ def settled(opportunity_ids: list[int]) -> dict[int, Any]:
 
 
 @contextmanager
-def exclusive(opportunity_id: int) -> Iterator[bool]:
-    """Whether this process holds the opportunity's session lock, released on exit. PostgreSQL
-    drops it with the connection of a killed worker, so another worker gets it then, but never
-    while the first one still runs. Without PostgreSQL (the quick SQLite demo) the claim and the
-    lease in `take_over` keep a trade to one worker."""
-    if not _advisory_locks():
-        yield True
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_LOCKS, opportunity_id])
-        held = bool(cursor.fetchone()[0])
+def exclusive(opportunity_id: int) -> Iterator[trade_store.Lock]:
+    """The opportunity's session lock for this process to take (`acquire`, or a claim made with
+    it), released on exit. PostgreSQL drops it with the connection of a killed worker, so another
+    worker gets it then, but never while the first one still runs. Without PostgreSQL (the quick
+    SQLite demo) the claim and the lease in `take_over` keep a trade to one worker."""
+    lock = trade_store.Lock(opportunity_id)
     try:
-        yield held
+        yield lock
     finally:
-        if held:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCKS, opportunity_id])
+        lock.release()
 
 
 def _advisory_locks() -> bool:
@@ -242,8 +234,8 @@ def abandoned() -> list[int]:
         return list(stale.values_list("pk", flat=True))
     free = []
     for opportunity_id in ids:
-        with exclusive(opportunity_id) as held:
-            if held:
+        with exclusive(opportunity_id) as lock:
+            if lock.acquire():
                 free.append(opportunity_id)
     return free
 

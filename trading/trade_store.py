@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ from trading.models import (
 )
 
 KILL_SWITCH, LIMITS = 1, 1  # the one row of each
+ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
 M = TypeVar("M", bound=Model)
 Converter = Callable[[Any, Any, BaseDatabaseWrapper], Any]
 Statement = tuple[str, Sequence[object]]  # SQL and its parameters
@@ -96,11 +97,43 @@ def _as(model: type[M], values: Sequence[Any]) -> M:
             [*wrapper.ops.get_db_converters(f.cached_col), *f.get_db_converters(wrapper)] for f in fields
         ]
     converted = []
-    for field, value, convert in zip(fields, values, converters, strict=True):
+    for column, value, convert in zip(fields, values, converters, strict=True):
         for converter in convert:
-            value = converter(value, field.cached_col, wrapper)
+            value = converter(value, column.cached_col, wrapper)
         converted.append(value)
     return model.from_db(wrapper.alias, [f.attname for f in fields], converted)
+
+
+class Busy(Exception):
+    """Another session holds the opportunity's lock: another worker is on it."""
+
+
+@dataclass
+class Lock:
+    """This session's lock on one opportunity: a PostgreSQL advisory lock at session level, so it
+    is held across transactions until released, and dropped with the session of a worker that
+    dies. Taken by `acquire`, or by a `claim` made with it, in the claim's round trip. Without
+    PostgreSQL it is always held: the claim and the lease keep a trade to one worker there."""
+
+    opportunity_id: int
+    held: bool = field(default_factory=lambda: connection.vendor != "postgresql")
+    asked: bool = False  # a request for it went out (whatever became of it)
+
+    def request(self) -> Statement:
+        self.asked = True
+        return "SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_LOCKS, self.opportunity_id]
+
+    def acquire(self) -> bool:
+        if not self.held:
+            [[(taken,)]] = _fetch_each([self.request()])
+            self.held = bool(taken)
+        return self.held
+
+    def release(self) -> None:
+        """Let the lock go if it may be held (a request whose answer was lost included)."""
+        if connection.vendor == "postgresql" and (self.held or self.asked):
+            _fetch_each([("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCKS, self.opportunity_id])])
+        self.held = self.asked = False
 
 
 class NotRecorded(Exception):
@@ -120,13 +153,14 @@ class Claimed:
     guards: Guards
 
 
-def claim(opportunity_id: int) -> Claimed | None:
+def claim(opportunity_id: int, lock: Lock | None = None) -> Claimed | None:
     """Move a dispatched opportunity to executing and load it with its two venues and its
     strategy (the active one when it has none); lock the balance rows of both venues, in the one
     order every writer of balances locks them (trading.balances), so that trades with a venue in
     common run their re-checks one at a time; then read the guards (`guards`). One round trip on
-    PostgreSQL. None when the opportunity is not (or no longer) dispatched; NotRecorded when
-    there is no such opportunity. Until the
+    PostgreSQL, with the opportunity's `lock` (when given) taken first if it is not held yet:
+    Busy (roll the transaction back) when another session holds it. None when the opportunity is
+    not (or no longer) dispatched; NotRecorded when there is no such opportunity. Until the
     transaction commits nobody sees the claim: it commits with the orders, or with the reason
     none are sent."""
     status = Opportunity.Status
@@ -134,13 +168,14 @@ def claim(opportunity_id: int) -> Claimed | None:
         "SELECT o.buy_venue_id FROM trading_opportunity o WHERE o.id = %s "
         "UNION SELECT o.sell_venue_id FROM trading_opportunity o WHERE o.id = %s"
     )
-    claimed, loaded, balances, guarded = _fetch_each(
+    taking = [] if lock is None or lock.held else [lock.request()]
+    now = timezone.now()
+    # The row is read before it is claimed (each statement sees what was committed when it began):
+    # a row written between the two, its task having come first, is then one not recorded yet, to
+    # be waited for, never one recorded but not claimable.
+    *taken, loaded, claimed, balances, guarded = _fetch_each(
         [
-            (
-                "UPDATE trading_opportunity SET status = %s, updated_at = %s WHERE id = %s AND status = %s "
-                "RETURNING id",
-                [status.EXECUTING, timezone.now(), opportunity_id, status.DISPATCHED],
-            ),
+            *taking,
             (
                 f"SELECT {_columns(Opportunity, 'o')}, {_columns(Venue, 'b')}, {_columns(Venue, 'v')}, "
                 f"{_columns(StrategyConfig, 's')}, (SELECT d.key FROM trading_deployment d WHERE d.id = 1) "
@@ -150,6 +185,11 @@ def claim(opportunity_id: int) -> Claimed | None:
                 [opportunity_id],
             ),
             (
+                "UPDATE trading_opportunity SET status = %s, updated_at = %s WHERE id = %s AND status = %s "
+                "RETURNING id",
+                [status.EXECUTING, now, opportunity_id, status.DISPATCHED],
+            ),
+            (
                 f"SELECT {_columns(Balance)} FROM trading_balance WHERE venue_id IN ({venue_ids}) "
                 "ORDER BY venue_id, asset" + _locking("FOR UPDATE"),
                 [opportunity_id, opportunity_id],
@@ -157,11 +197,16 @@ def claim(opportunity_id: int) -> Claimed | None:
             (GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH]),
         ]
     )
+    if lock is not None and taken:
+        lock.held = bool(taken[0][0][0])
+        if not lock.held:
+            raise Busy(f"opportunity {opportunity_id} is held by another worker")
     if not loaded:
         raise NotRecorded(f"opportunity {opportunity_id} is not recorded (yet)")
     if not claimed:
         return None
     opportunity = _loaded(loaded)
+    opportunity.status, opportunity.updated_at = status.EXECUTING, now
     rows = [_as(Balance, values) for values in balances]
     return Claimed(
         opportunity,
