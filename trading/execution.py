@@ -235,7 +235,7 @@ def _record_orders(claimed: trade_store.Claimed, sized: Sized, rows: dict[tuple[
     holds = [held for _, held in made]
     venues = {venue.name: venue for _, venue, _ in legs}
     held = trade_store.holding(rows, venues, holds)
-    trade_store.insert([order for order, _ in made], then=[held] if held else [])
+    trade_store.insert([order for order, _ in made], then=[held] if held else [], prepared=True)
     if held is None:
         balances.apply(holds, venues.values())
     return Plan(opportunity, sized, made[0][0], made[1][0])

@@ -12,6 +12,8 @@ runs one writing transaction at a time, which orders them the same way).
 from __future__ import annotations
 
 import functools
+import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +45,9 @@ ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one p
 M = TypeVar("M", bound=Model)
 Converter = Callable[[Any, Any, BaseDatabaseWrapper], Any]
 Statement = tuple[str, Sequence[object]]  # SQL and its parameters
+# Per database session (psycopg connection): the SQL of each statement prepared there, and its name.
+_PREPARED: WeakKeyDictionary[Any, dict[str, str]] = WeakKeyDictionary()
+_STATEMENT_NAMES = itertools.count()
 _CONVERTERS: WeakKeyDictionary[BaseDatabaseWrapper, dict[type[Model], list[list[Converter]]]] = (
     WeakKeyDictionary()
 )
@@ -52,9 +57,12 @@ def _locking(clause: str) -> str:
     return f" {clause}" if connection.vendor == "postgresql" else ""
 
 
-def _fetch_each(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
+def fetch_each(statements: Sequence[Statement], *, prepared: bool = False) -> list[list[tuple[Any, ...]]]:
     """Each statement's rows (none for one that returns none), in order. On PostgreSQL they go as
-    one request, executed one after another by the server: one round trip however many there are."""
+    one request, executed one after another by the server: one round trip however many there are.
+    `prepared`: each statement is planned once per database session and executed by name after
+    (the statements of the trade path are the same every time; planning them is most of the
+    server's work)."""
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
             results = []
@@ -62,12 +70,30 @@ def _fetch_each(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
                 cursor.execute(sql, params)
                 results.append(cursor.fetchall())
             return results
-        joined = "; ".join(sql for sql, _ in statements)
-        cursor.execute(joined, [value for _, params in statements for value in params])
+        session = _PREPARED.setdefault(cursor.connection, {})
+        texts, preparing = [], {}
+        for sql, params in statements:
+            name = session.get(sql) if prepared else None
+            if prepared and name is None:
+                name = preparing[sql] = f"arb_{next(_STATEMENT_NAMES)}"
+                texts.append(f"PREPARE {name} AS {_numbered(sql)}")
+            texts.append(sql if name is None else f"EXECUTE {name}" + _arguments(len(params)))
+        cursor.execute("; ".join(texts), [value for _, params in statements for value in params])
         results = [_rows(cursor)]
         while cursor.nextset():
             results.append(_rows(cursor))
-        return results
+        session.update(preparing)  # only once the request went through: a failed one names anew
+        return [rows for rows, text in zip(results, texts, strict=True) if not text.startswith("PREPARE ")]
+
+
+def _numbered(sql: str) -> str:
+    """`sql` with its placeholders numbered, as PREPARE takes them: %s, %s -> $1, $2."""
+    numbers = itertools.count(1)
+    return re.sub("%s", lambda _: f"${next(numbers)}", sql)
+
+
+def _arguments(count: int) -> str:
+    return f"({', '.join(['%s'] * count)})" if count else ""
 
 
 def _rows(cursor: Any) -> list[tuple[Any, ...]]:
@@ -125,14 +151,14 @@ class Lock:
 
     def acquire(self) -> bool:
         if not self.held:
-            [[(taken,)]] = _fetch_each([self.request()])
+            [[(taken,)]] = fetch_each([self.request()])
             self.held = bool(taken)
         return self.held
 
     def release(self) -> None:
         """Let the lock go if it may be held (a request whose answer was lost included)."""
         if connection.vendor == "postgresql" and (self.held or self.asked):
-            _fetch_each([("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCKS, self.opportunity_id])])
+            fetch_each([("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCKS, self.opportunity_id])])
         self.held = self.asked = False
 
 
@@ -173,7 +199,7 @@ def claim(opportunity_id: int, lock: Lock | None = None) -> Claimed | None:
     # The row is read before it is claimed (each statement sees what was committed when it began):
     # a row written between the two, its task having come first, is then one not recorded yet, to
     # be waited for, never one recorded but not claimable.
-    *taken, loaded, claimed, balances, guarded = _fetch_each(
+    *taken, loaded, claimed, balances, guarded = fetch_each(
         [
             *taking,
             (
@@ -195,7 +221,8 @@ def claim(opportunity_id: int, lock: Lock | None = None) -> Claimed | None:
                 [opportunity_id, opportunity_id],
             ),
             (GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH]),
-        ]
+        ],
+        prepared=True,
     )
     if lock is not None and taken:
         lock.held = bool(taken[0][0][0])
@@ -260,7 +287,7 @@ def guards() -> Guards:
     """The kill switch and the limits in one statement, the switch read under a share lock held
     to the end of the transaction: a trip waits for trades already past this read, and a read
     during a trip waits for it. Rows missing on a fresh database are created first."""
-    [rows] = _fetch_each([(GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH])])
+    [rows] = fetch_each([(GUARDS + _locking("FOR SHARE OF k"), [LIMITS, KILL_SWITCH])])
     if not rows:
         KillSwitch.objects.get_or_create(pk=KILL_SWITCH)
         RiskLimits.current()
@@ -299,10 +326,10 @@ def orders_that_may_hold(base: str, statuses: Sequence[str]) -> list[Order]:
     )
 
 
-def insert(rows: Sequence[Model], then: Sequence[Statement] = ()) -> None:
+def insert(rows: Sequence[Model], then: Sequence[Statement] = (), *, prepared: bool = False) -> None:
     """Insert new rows of one model in one statement (auto_now fields stamped, values converted as
     the ORM converts them), setting their primary keys unless all of them have one already; the
-    statements `then` follow it in the same round trip."""
+    statements `then` follow it in the same round trip (`prepared`: see `fetch_each`)."""
     model, keyed = type(rows[0]), all(row.pk is not None for row in rows)
     fields = [field for field in model._meta.concrete_fields if keyed or not field.primary_key]
     values, params = [], []
@@ -312,7 +339,7 @@ def insert(rows: Sequence[Model], then: Sequence[Statement] = ()) -> None:
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     table, pk = model._meta.db_table, model._meta.pk.column
     sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} RETURNING {pk}"
-    keys, *_ = _fetch_each([(sql, params), *then])
+    keys, *_ = fetch_each([(sql, params), *then], prepared=prepared)
     for row, (key,) in zip(rows, keys, strict=True):
         row.pk = key
         row._state.adding, row._state.db = False, connection.alias
@@ -346,7 +373,7 @@ def holding(
             return None
         free, locked = changes.get(row.pk, (Decimal(0), Decimal(0)))
         changes[row.pk] = (free + movement.free, locked + movement.locked)
-    free_cases = " ".join("WHEN %s THEN %s" for _ in changes)
+    free_cases = " ".join("WHEN %s THEN CAST(%s AS NUMERIC)" for _ in changes)
     ids = ", ".join(["%s"] * len(changes))
     sql = (
         f"UPDATE trading_balance SET free = free + CASE id {free_cases} END, "
