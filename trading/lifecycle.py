@@ -104,8 +104,8 @@ def _expected(decision: Decision) -> dict[str, Any]:
 
 def reserve_ids(count: int) -> list[int]:
     """`count` ids for opportunities not recorded yet, from the table's own sequence, so that an
-    opportunity's task can go out before its row is written (see `open_opportunity`). None
-    without PostgreSQL: there the row is written first."""
+    opportunity's task can go out before its row is written (see `open_opportunity`). An empty
+    list without PostgreSQL: there the row is written first."""
     if connection.vendor != "postgresql":
         return []
     with connection.cursor() as cursor:
