@@ -37,7 +37,7 @@ from trading.venues.registry import tradeable
 
 log = logging.getLogger(__name__)
 Status = Opportunity.Status
-RECORD_POLL_S = 0.0005
+RECORD_POLL_S = (0.0005, 0.05)  # the first and the longest wait between looks for a row not yet written
 
 
 def execute_opportunity(opportunity_id: int) -> str:
@@ -72,6 +72,7 @@ def _claim_once_recorded(opportunity_id: int, lock: trade_store.Lock) -> Plan | 
     """`claim_and_record`, waiting up to RECORD_WAIT_MS for the opportunity's row when the task
     came first; None (nothing claimed) when it never appears."""
     deadline = time.monotonic() + settings.RECORD_WAIT_MS / 1000
+    pause, longest = RECORD_POLL_S
     while True:
         try:
             return claim_and_record(opportunity_id, lock)
@@ -80,7 +81,8 @@ def _claim_once_recorded(opportunity_id: int, lock: trade_store.Lock) -> Plan | 
                 log.warning("opportunity %s was never recorded: nothing to trade", opportunity_id)
                 return None
             metrics.RECORD_WAITS.inc()
-            time.sleep(RECORD_POLL_S)
+            time.sleep(pause)  # the row is usually a fraction of a millisecond behind; rarely never
+            pause = min(pause * 2, longest)
 
 
 def _settling(opportunity: Opportunity, *, resuming: bool, fresh: Sequence[Order] = ()) -> str:

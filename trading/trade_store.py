@@ -3,10 +3,11 @@ it takes.
 
 The ORM spends a millisecond or more building each query; between a decision and its orders a
 few dozen of them would cost more than the gaps last. These statements go straight through
-Django's connection (PostgreSQL, or SQLite for the quick demo), and rows come back as models
-through `Model.objects.raw`, which converts column values as the ORM does on either database.
-Everything here runs inside the re-check's transaction; the locks named are PostgreSQL's (SQLite
-runs one writing transaction at a time, which orders them the same way).
+Django's connection (PostgreSQL, or SQLite for the quick demo), several to a round trip on
+PostgreSQL (`fetch_each`), and rows come back as models with their column values converted as the
+ORM converts them on either database (`_as`). Everything here runs inside the re-check's
+transaction, except the opportunity's session lock (`Lock`); the locks named are PostgreSQL's
+(SQLite runs one writing transaction at a time, which orders them the same way).
 """
 
 from __future__ import annotations
