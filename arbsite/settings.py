@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "trading",
     "backtest",
+    "devtools",
 ]
 
 MIDDLEWARE = [

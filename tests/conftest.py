@@ -16,10 +16,10 @@ import pytest
 import redis
 from django.conf import settings
 
+from devtools.emulator import Emulator
 from tests.deadlines import Deadline, scale_source, scaled, timeout_scale
 from trading import orders
 from trading.core.policy import Role
-from trading.emulator import Emulator
 from trading.models import Balance, Deployment, Opportunity, Order, RiskLimits, StrategyConfig, Venue
 from trading.pubsub import Names
 

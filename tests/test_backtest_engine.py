@@ -12,8 +12,8 @@ import pytest
 
 from backtest.engine import QuoteArrays, Replay, Result, Setup, SimTrade, from_quotes
 from backtest.metrics import summarize
+from devtools.bench.backtest import bench_setup, synthetic_quotes
 from tests.core.builders import levels, params, quote, venue
-from trading.bench.backtest import bench_setup, synthetic_quotes
 from trading.core.policy import Outcome
 from trading.core.strategy import Reason
 from trading.core.types import MarketRules, Quote

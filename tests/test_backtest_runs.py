@@ -23,9 +23,9 @@ from backtest.engine.source import Slice
 from backtest.metrics import summarize
 from backtest.models import BacktestRun, BacktestTrade
 from backtest.runs import RunSpec, build_setup, describe, replay
+from devtools.bench.backtest import synthetic_quotes
 from tests.conftest import fund, make_strategy, make_venue, next_message
 from trading import strategies
-from trading.bench.backtest import synthetic_quotes
 from trading.listener import Listener
 from trading.models import Quote as QuoteRow
 from trading.models import StrategyConfig, Venue

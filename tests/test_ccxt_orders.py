@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import pytest
 from django.conf import settings
 
+from devtools.emulator import DEFAULT_MARKETS, DIALECTS, Emulator, emulate
 from tests.deadlines import wait_until
 from trading.core.ledger import Charge
 from trading.core.types import MarketRules, Side
-from trading.emulator import DEFAULT_MARKETS, DIALECTS, Emulator, emulate
 from trading.venues.base import (
     InsufficientBalance,
     OrderNotFound,

@@ -12,11 +12,11 @@ import pytest
 import redis
 from redis.client import PubSub
 
+from devtools.emulator import Emulator, emulate
 from tests.conftest import Child, emulated_venues, make_strategy, make_venue
 from tests.deadlines import Deadline
 from trading import collector
 from trading.core.types import Quote
-from trading.emulator import Emulator, emulate
 from trading.models import Venue
 from trading.pubsub import Names, decode_quote, latest_books
 from trading.tasks import collect_all_venues

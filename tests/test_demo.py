@@ -27,8 +27,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from trading.demo.environment import free_port
-from trading.demo.setup import LIVE_VENUES
+from devtools.demo.environment import free_port
+from devtools.demo.setup import LIVE_VENUES
 from trading.venues.simulated import dislocation_bps
 
 from .conftest import ROOT

@@ -12,10 +12,10 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
-from trading.demo.environment import child_environment
-from trading.demo.setup import setup_demo
-from trading.demo.status import Counts, HoldingsChange, holdings_line, summary
-from trading.demo.supervisor import MAX_BACKOFF_S, ProcessSpec, Supervisor, next_backoff
+from devtools.demo.environment import child_environment
+from devtools.demo.setup import setup_demo
+from devtools.demo.status import Counts, HoldingsChange, holdings_line, summary
+from devtools.demo.supervisor import MAX_BACKOFF_S, ProcessSpec, Supervisor, next_backoff
 from trading.models import Balance, StrategyConfig, Venue
 
 from .conftest import ROOT, make_strategy

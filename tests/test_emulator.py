@@ -13,10 +13,10 @@ from decimal import Decimal
 import ccxt.async_support as ccxt
 import pytest
 
+from devtools.emulator import DIALECTS, Emulator, binance, emulate, kraken
 from tests.deadlines import scaled
 from trading.core.types import Quote, Side
 from trading.core.validate import QuoteRejected
-from trading.emulator import DIALECTS, Emulator, binance, emulate, kraken
 from trading.models import Venue
 from trading.venues.base import (
     InsufficientBalance,

@@ -23,13 +23,10 @@ import ccxt.async_support as ccxt
 import pytest
 from django.core.management.base import CommandError
 
-from tests.conftest import Child
-from tests.deadlines import scaled
-from trading.core.types import Side
-from trading.emulator import DEFAULT_MARKETS, Emulator, emulate
-from trading.emulator.fees import Fees
-from trading.emulator.matching import Account, OrderFault, OrderState, Refusal, Refused, cancel, place
-from trading.management.commands.run_emulator import (
+from devtools.emulator import DEFAULT_MARKETS, Emulator, emulate
+from devtools.emulator.fees import Fees
+from devtools.emulator.matching import Account, OrderFault, OrderState, Refusal, Refused, cancel, place
+from devtools.management.commands.run_emulator import (
     FeePriceSpec,
     parse_account,
     parse_fee_asset,
@@ -37,6 +34,9 @@ from trading.management.commands.run_emulator import (
     parse_funding,
     simulated_feed,
 )
+from tests.conftest import Child
+from tests.deadlines import scaled
+from trading.core.types import Side
 from trading.venues.base import OrderRequest
 from trading.venues.ccxt_gateway import CcxtGateway, rewrite_api_urls
 from trading.venues.simulated import simulated_book

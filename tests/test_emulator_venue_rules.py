@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import ccxt.async_support as ccxt
 import pytest
 
+from devtools.emulator import Emulator, emulate
 from tests.test_emulator_private import kraken_post
 from trading.core.types import Side
-from trading.emulator import Emulator, emulate
 from trading.venues.base import OrderRequest
 from trading.venues.ccxt_gateway import CcxtGateway, rewrite_api_urls
 

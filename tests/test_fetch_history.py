@@ -15,9 +15,9 @@ from django.core.management import CommandError, call_command
 
 from backtest.importing.candles import CANDLE_HEADER
 from backtest.importing.rows import iso, timestamp_ms
+from devtools.emulator import Emulator, emulate
 from tests.conftest import emulated_venues
 from trading.config import now_ms
-from trading.emulator import Emulator, emulate
 from trading.models import Quote as QuoteRow
 from trading.models import Venue
 

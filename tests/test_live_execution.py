@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from django.db import OperationalError, connection
 
+from devtools.emulator import Emulator, emulate
 from tests.conftest import (
     child_env,
     client_id,
@@ -30,7 +31,6 @@ from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import accounts, execution, legs, pubsub, reconcile, risk, settlement
 from trading.config import announce_trading_mode, now_ms
-from trading.emulator import Emulator, emulate
 from trading.listener import Listener
 from trading.models import Alert, Balance, Deployment, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.venues import ccxt_gateway

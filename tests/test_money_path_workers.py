@@ -14,13 +14,13 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
+from devtools.emulator import Emulator
 from tests.conftest import Child, child_env, fund, make_strategy, make_venue, start_worker
 from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from tests.test_live_execution import CHEAP, DEAR, emulator, live_env, running_emulator, settings_db  # noqa: F401
 from tests.test_live_execution import live as live
 from trading import lifecycle, reconcile, risk
-from trading.emulator import Emulator
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.tasks import execute_opportunity, resume_abandoned
 

@@ -19,10 +19,10 @@ from hypothesis import settings as run_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
 
+from devtools.emulator import Emulator, emulate
 from tests.conftest import PrivateRedis, emulated_venues
 from tests.money_rules import FUNDS, SYMBOL, MoneyRules, VenueFill, make_rules_strategy
 from trading import accounts
-from trading.emulator import Emulator, emulate
 from trading.models import Order, Venue
 from trading.venues.ccxt_gateway import binance_cancel_id
 

@@ -13,13 +13,13 @@ import pytest
 import redis
 from django.utils import timezone
 
+from devtools.emulator import Emulator, emulate
 from tests.chat_servers import Chat, chat_fixture, eager_tasks_fixture  # noqa: F401
 from tests.conftest import Child, child_env, make_strategy, make_venue
 from tests.deadlines import scaled, wait_until
 from trading import alerts, collector, monitoring
 from trading.config import now_ms
 from trading.core.risk import max_drawdown
-from trading.emulator import Emulator, emulate
 from trading.models import Alert, Opportunity, Trade, Venue
 from trading.monitoring import alive, stale_symbols
 from trading.observability import heartbeats

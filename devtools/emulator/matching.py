@@ -18,10 +18,10 @@ from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from trading.emulator.fees import QUOTE, Charge, Fees, charge, missing_price
+from devtools.emulator.fees import QUOTE, Charge, Fees, charge, missing_price
 
 if TYPE_CHECKING:  # the venue imports this module; only the types flow back
-    from trading.emulator.venue import EmulatedVenue, Market
+    from devtools.emulator.venue import EmulatedVenue, Market
 
 Level = tuple[Decimal, Decimal]
 Book = tuple[tuple[Level, ...], tuple[Level, ...]]

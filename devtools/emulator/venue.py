@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from trading.emulator.fees import FeePrice
-from trading.emulator.matching import DEFAULT_TAKER_FEE, Account, OrderFault
+from devtools.emulator.fees import FeePrice
+from devtools.emulator.matching import DEFAULT_TAKER_FEE, Account, OrderFault
 
 # A book level as the emulator keeps it: exact decimals, served verbatim (even when nonsensical,
 # so tests can serve crossed or non-positive books).

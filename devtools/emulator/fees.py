@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the venue imports this module; only the type flows back
-    from trading.emulator.venue import Market
+    from devtools.emulator.venue import Market
 
 ZERO = Decimal(0)
 QUOTE = "quote"

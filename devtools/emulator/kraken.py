@@ -26,10 +26,10 @@ from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
 
-from trading.emulator import auth, fees, matching
-from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from trading.emulator.server import Handler, PrivateHandler, Reply, Request
-from trading.emulator.venue import Candle, EmulatedVenue, Level, Market
+from devtools.emulator import auth, fees, matching
+from devtools.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
+from devtools.emulator.server import Handler, PrivateHandler, Reply, Request
+from devtools.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 DEFAULT_DEPTH = 100
 MAX_OHLC = 720

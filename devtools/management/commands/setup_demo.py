@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from trading.demo.setup import setup_demo
+from devtools.demo.setup import setup_demo
 
 
 class Command(BaseCommand):

@@ -26,8 +26,7 @@ from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from trading.core.types import split_symbol
-from trading.demo.environment import (
+from devtools.demo.environment import (
     DemoConfig,
     child_environment,
     demo_config,
@@ -40,8 +39,8 @@ from trading.demo.environment import (
     wait_for_port,
     wait_for_redis,
 )
-from trading.demo.setup import setup_demo
-from trading.demo.status import (
+from devtools.demo.setup import setup_demo
+from devtools.demo.status import (
     Counts,
     HoldingsChange,
     counts_since,
@@ -51,7 +50,8 @@ from trading.demo.status import (
     status_line,
     summary,
 )
-from trading.demo.supervisor import Supervisor
+from devtools.demo.supervisor import Supervisor
+from trading.core.types import split_symbol
 
 TICK_S = 0.5
 STATUS_EVERY_S = 5.0

@@ -20,7 +20,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
-from trading.bench.publisher import CHUNK, SYMBOL, VENUES, publish
+from devtools.bench.publisher import CHUNK, SYMBOL, VENUES, publish
 from trading.listener import Listener
 from trading.models import Balance, StrategyConfig, Venue
 from trading.pubsub import Names

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from trading.bench import BenchmarkUnavailable
+from devtools.bench import BenchmarkUnavailable
 
 BENCHMARKS = ("backtest", "listener", "storage", "tick-to-trade")
 
@@ -50,7 +50,7 @@ class Command(BaseCommand):
         parser.add_argument("--events", type=positive_int, help="tick-to-trade: timed events (default 200)")
 
     def handle(self, *args: Any, which: str, **options: Any) -> None:
-        benchmark = importlib.import_module(f"trading.bench.{which.replace('-', '_')}")
+        benchmark = importlib.import_module(f"devtools.bench.{which.replace('-', '_')}")
         try:
             figures: dict[str, float] = benchmark.run(self.stdout.write, **options)
         except BenchmarkUnavailable as exc:

@@ -27,11 +27,11 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from devtools.bench import BenchmarkUnavailable
+from devtools.emulator import Emulator, emulate
 from trading import pubsub
-from trading.bench import BenchmarkUnavailable
 from trading.config import credential_names, now_ms
 from trading.core.types import Quote
-from trading.emulator import Emulator, emulate
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Venue
 
 SYMBOL = "BTC/USDT"

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from trading.bench import BenchmarkUnavailable
+from devtools.bench import BenchmarkUnavailable
 from trading.core.types import Level, Quote
 from trading.models import Venue
 from trading.storage import COPY_SQL, COPY_TYPES, JsonbTextDumper, QuoteWriter, Row

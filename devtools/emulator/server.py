@@ -29,9 +29,9 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from trading.emulator.fees import QUOTE, FeePrice, valid_asset
-from trading.emulator.matching import Account, Order, OrderFault, land_due_cancels
-from trading.emulator.venue import (
+from devtools.emulator.fees import QUOTE, FeePrice, valid_asset
+from devtools.emulator.matching import Account, Order, OrderFault, land_due_cancels
+from devtools.emulator.venue import (
     DEFAULT_MARKETS,
     Arrival,
     ArrivalListener,
@@ -310,7 +310,7 @@ class Emulator:
         """Open (or replace) an account on `venue` that signs with `key`/`secret` and holds
         `balances` (asset -> amount as str, int or Decimal).
 
-        `fee_asset` is how its orders pay fees (see trading.emulator.fees):
+        `fee_asset` is how its orders pay fees (see devtools.emulator.fees):
         - "quote" (default): in the quote currency, buys and sells alike; Kraken's default.
         - "received": from what the order receives, the base on a buy and the quote on a sell;
           Binance spot.

@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from trading.emulator import auth, matching
-from trading.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from trading.emulator.server import Handler, PrivateHandler, Reply, Request
-from trading.emulator.venue import Candle, EmulatedVenue, Level, Market
+from devtools.emulator import auth, matching
+from devtools.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
+from devtools.emulator.server import Handler, PrivateHandler, Reply, Request
+from devtools.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 MAX_DEPTH = 5000
 DEFAULT_DEPTH = 100

@@ -32,10 +32,10 @@ from typing import IO, Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from devtools.emulator import DIALECTS, Emulator, emulate
+from devtools.emulator.fees import MODES, QUOTE, valid_asset
+from devtools.emulator.venue import Arrival, Book, BookFeed
 from trading.config import credential_names, credentials
-from trading.emulator import DIALECTS, Emulator, emulate
-from trading.emulator.fees import MODES, QUOTE, valid_asset
-from trading.emulator.venue import Arrival, Book, BookFeed
 from trading.venues.simulated import simulated_book, wall_clock_ms
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from trading.emulator import binance, kraken
-from trading.emulator.server import Dialect, Emulator, Reply, Request
-from trading.emulator.venue import DEFAULT_MARKETS, Fault, Market
+from devtools.emulator import binance, kraken
+from devtools.emulator.server import Dialect, Emulator, Reply, Request
+from devtools.emulator.venue import DEFAULT_MARKETS, Fault, Market
 
 DIALECTS: Mapping[str, Dialect] = {"binance": binance, "kraken": kraken}
 
