@@ -208,11 +208,12 @@ def publish_quotes(client: redis.Redis, quotes: Iterable[Quote], *, store: bool 
 def latest_books(client: redis.Redis, symbol: str) -> dict[str, Quote]:
     """The most recent book of every venue for `symbol`, as last published; bad entries skipped."""
     books: dict[str, Quote] = {}
-    for venue, raw in client.hgetall(names().latest_books(symbol)).items():
+    for key, raw in client.hgetall(names().latest_books(symbol)).items():
+        venue = as_text(key)
         try:
-            books[venue.decode()] = decode_quote(raw)
+            books[venue] = decode_quote(raw)
         except QuoteRejected as exc:
-            log.warning("latest %s book of %s unusable: %s", symbol, venue.decode(), exc)
+            log.warning("latest %s book of %s unusable: %s", symbol, venue, exc)
     return books
 
 
@@ -232,6 +233,11 @@ def latest_of(client: redis.Redis, symbol: str, venues: Sequence[str]) -> dict[s
         except QuoteRejected as exc:
             log.warning("latest %s book of %s unusable: %s", symbol, venue, exc)
     return books
+
+
+def as_text(value: bytes | str) -> str:
+    """A key or member as Redis answered it (bytes, or text from a client that decodes), as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def publish_event(client: redis.Redis, channel: str, payload: dict[str, Any]) -> None:

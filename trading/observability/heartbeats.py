@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import redis
 
-from trading.pubsub import Names, connect, names
+from trading.pubsub import Names, as_text, connect, names
 
 log = logging.getLogger(__name__)
 WORKER_HEARTBEAT_SECONDS = 5
@@ -80,7 +80,7 @@ def read_all(client: redis.Redis, kind: Kind) -> dict[str, dict[str, Any]]:
     pipe = client.pipeline(transaction=False)
     pipe.zremrangebyscore(index, "-inf", time.time())
     pipe.zrange(index, 0, -1)
-    members = [_text(member) for member in pipe.execute()[1]]
+    members = [as_text(member) for member in pipe.execute()[1]]
     if not members:
         return {}
     bodies = client.mget([n.heartbeat(f"{kind}:{name}") for name in members])
@@ -90,10 +90,6 @@ def read_all(client: redis.Redis, kind: Kind) -> dict[str, dict[str, Any]]:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(process: str, raw: bytes | str | None) -> dict[str, Any] | None:
