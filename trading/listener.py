@@ -170,7 +170,7 @@ class Listener:
             self.settled(opportunity_id, to_ms(when))
 
     def subscribe(self) -> redis.client.PubSub:
-        channel = self.client.pubsub(ignore_subscribe_messages=True)
+        channel: redis.client.PubSub = self.client.pubsub(ignore_subscribe_messages=True)
         channel.subscribe(self.names.strategy_control, self.names.opportunity_events)
         if self.own_symbols is None:
             channel.psubscribe(self.names.prices_pattern)
@@ -185,7 +185,8 @@ class Listener:
         try:
             return pubsub.decode_quote(raw)  # type: ignore[arg-type]  # anything: rejected by name
         except QuoteRejected as exc:
-            return self.reject(exc.reason, exc.detail)
+            self.reject(exc.reason, exc.detail)
+            return None
 
     def reject(self, reason: str, detail: str, venue: str | None = None) -> None:
         self.stats.rejected[reason] += 1

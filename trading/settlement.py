@@ -200,10 +200,12 @@ def fee_value(order: Order, result: OrderResult) -> Decimal | None:
     for charge in result.charges:
         price = _price_of(charge.asset, base, quote, result.average_price)
         if price is None:
-            return _unknown_fee(order, f"{charge.amount} {charge.asset} has no price in {quote}")
+            _unknown_fee(order, f"{charge.amount} {charge.asset} has no price in {quote}")
+            return None
         total += charge.amount * price
     if not result.fee_stated:
-        return _unknown_fee(order, "the venue stated no fee for what filled")
+        _unknown_fee(order, "the venue stated no fee for what filled")
+        return None
     return total
 
 
@@ -218,7 +220,6 @@ def _price_of(asset: str, base: str, quote: str, fill_price: Decimal | None) -> 
 def _unknown_fee(order: Order, why: str) -> None:
     metrics.UNKNOWN_FEES.labels(venue=order.venue.name).inc()
     alerts.incident(f"fee_unknown:{order.client_order_id}", alerts.WARNING, f"{order}: fee unknown: {why}")
-    return None
 
 
 def _booked(order: Order) -> list[Movement]:
