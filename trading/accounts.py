@@ -7,6 +7,7 @@ trade is in flight there. The `trade.refresh_accounts` beat task and every worke
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
 
 from django.conf import settings
@@ -16,7 +17,7 @@ from trading import alerts, legs, lifecycle, pubsub
 from trading.config import NoActiveStrategy, active_strategy
 from trading.legs import VenueFacts
 from trading.models import Balance, Deployment, Order, Venue
-from trading.venues.base import VenueError
+from trading.venues.base import Gateway, VenueError
 from trading.venues.registry import tradeable
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,13 @@ def warm_up() -> None:
         if not tradeable(venue, mode):
             continue
         try:
-            for symbol in symbols:
-                legs.run_on(venue, mode, lambda gw, s=symbol: gw.market_rules(s))
+            legs.run_on(venue, mode, lambda gw: _load_markets(gw, symbols))
         except VenueError as exc:
             log.warning("%s: order gateway not warmed: %s", venue.name, exc)
     refresh_all()
+
+
+async def _load_markets(gateway: Gateway, symbols: Sequence[str]) -> None:
+    """Read each symbol's market rules, which loads the gateway's markets."""
+    for symbol in symbols:
+        await gateway.market_rules(symbol)

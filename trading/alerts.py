@@ -17,6 +17,7 @@ import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -129,6 +130,6 @@ def cleared(alert: Alert, now: datetime) -> bool:
 
 def announce(changes: Transitions) -> None:
     for alert in changes.opened:
-        transaction.on_commit(lambda alert=alert: rules.alert_opened(alert))
+        transaction.on_commit(partial(rules.alert_opened, alert))
     for alert in changes.resolved:
-        transaction.on_commit(lambda alert=alert: rules.alert_resolved(alert))
+        transaction.on_commit(partial(rules.alert_resolved, alert))

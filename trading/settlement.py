@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from decimal import Decimal
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -127,9 +128,7 @@ def confirm(opportunity: Opportunity, pending: list[Order], look_first: Collecti
 
     async def confirm_all() -> list[OrderResult | BaseException]:
         calls = [
-            legs.on_venue(
-                venue, mode, lambda gw, r=request, look=look: legs.confirmed(gw, r, look_first=look)
-            )
+            legs.on_venue(venue, mode, partial(legs.confirmed, request=request, look_first=look))
             for venue, request, look in sends
         ]
         return await asyncio.gather(*calls, return_exceptions=True)
