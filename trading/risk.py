@@ -18,9 +18,10 @@ from django.utils import timezone
 from trading import alerts, orders, trade_store
 from trading.config import from_ms, to_ms
 from trading.core import risk as core_risk
+from trading.core.policy import Placed
 from trading.core.types import Opportunity as Sized
 from trading.core.types import split_symbol
-from trading.models import KillSwitch, Opportunity, Order, RiskLimits, Trade
+from trading.models import KillSwitch, Opportunity, RiskLimits, Trade
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,12 @@ def open_exposure(base: str) -> dict[tuple[str, str], Decimal]:
     """Base per (venue, base) that opportunities in flight could still leave one-sided (a filled
     leg whose partner is being retried counts in full), plus what positions left open hold.
     Legs that matched, hedged or not, count nothing."""
-    by_opportunity: defaultdict[int, list[Order]] = defaultdict(list)
-    for order in trade_store.orders_that_may_hold(base, MAY_HOLD):
-        by_opportunity[order.opportunity_id].append(order)
+    by_opportunity: defaultdict[int, list[Placed]] = defaultdict(list)
+    for order, venue_name in trade_store.orders_that_may_hold(base, MAY_HOLD):
+        by_opportunity[order.opportunity_id].append(orders.placed(order, venue_name))
     exposure: defaultdict[tuple[str, str], Decimal] = defaultdict(Decimal)
     for placed in by_opportunity.values():
-        named = (orders.placed(order, order.venue_name) for order in placed)
-        for venue, amount in core_risk.exposure(named).items():
+        for venue, amount in core_risk.exposure(placed).items():
             exposure[(venue, base)] += amount
     return dict(exposure)
 

@@ -17,9 +17,10 @@ import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
+from uuid import UUID
 from weakref import WeakKeyDictionary
 
 from django.db import connection, connections
@@ -45,7 +46,9 @@ KILL_SWITCH, LIMITS = 1, 1  # the one row of each
 ADVISORY_LOCKS = 0x4152  # the namespace of our PostgreSQL advisory locks: one per opportunity
 M = TypeVar("M", bound=Model)
 Converter = Callable[[Any, Any, BaseDatabaseWrapper], Any]
-Statement = tuple[str, Sequence[object]]  # SQL and its parameters
+# A statement's parameter: a value the database driver adapts.
+Param = bool | int | float | Decimal | str | bytes | date | UUID | None
+Statement = tuple[str, Sequence[Param]]  # SQL and its parameters
 # Per database session (psycopg connection): the SQL of each statement prepared there, and its name.
 _PREPARED: WeakKeyDictionary[Any, dict[str, str]] = WeakKeyDictionary()
 _STATEMENT_NAMES = itertools.count()
@@ -121,7 +124,9 @@ def _as(model: type[M], values: Sequence[Any]) -> M:
     converters = by_model.get(model)
     if converters is None:
         converters = by_model[model] = [
-            [*wrapper.ops.get_db_converters(f.cached_col), *f.get_db_converters(wrapper)] for f in fields
+            # Field.get_db_converters is Django's (the field's from_db_value), missing from django-stubs.
+            [*wrapper.ops.get_db_converters(f.cached_col), *f.get_db_converters(wrapper)]  # type: ignore[attr-defined]
+            for f in fields
         ]
     converted = []
     for column, value, convert in zip(fields, values, converters, strict=True):
@@ -233,21 +238,21 @@ def claim(opportunity_id: int, lock: Lock | None = None) -> Claimed | None:
         raise NotRecorded(f"opportunity {opportunity_id} is not recorded (yet)")
     if not claimed:
         return None
-    opportunity = _loaded(loaded)
+    opportunity, strategy = _loaded(loaded)
     opportunity.status, opportunity.updated_at = status.EXECUTING, now
     rows = [_as(Balance, values) for values in balances]
     return Claimed(
         opportunity,
-        opportunity.strategy,
+        strategy,
         loaded[0][-1] or Deployment.current_key(),
         {(row.venue_id, row.asset): row for row in rows},
         _guards(guarded) if guarded else guards(),
     )
 
 
-def _loaded(rows: Sequence[Sequence[Any]]) -> Opportunity:
-    """The opportunity with its venues and strategy from `claim`'s second statement. Raises
-    ValueError unless exactly one strategy applies."""
+def _loaded(rows: Sequence[Sequence[Any]]) -> tuple[Opportunity, StrategyConfig]:
+    """The opportunity with its venues and strategy in place from `claim`'s second statement, and
+    that strategy. Raises ValueError unless exactly one strategy applies."""
     sizes = [len(model._meta.concrete_fields) for model in (Opportunity, Venue, Venue)]
     ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
     strategies = len(rows) if rows[0][ends[2]] is not None else 0
@@ -257,8 +262,8 @@ def _loaded(rows: Sequence[Sequence[Any]]) -> Opportunity:
     opportunity = _as(Opportunity, row[: ends[0]])
     opportunity.buy_venue = _as(Venue, row[ends[0] : ends[1]])
     opportunity.sell_venue = _as(Venue, row[ends[1] : ends[2]])
-    opportunity.strategy = _as(StrategyConfig, row[ends[2] : -1])
-    return opportunity
+    opportunity.strategy = strategy = _as(StrategyConfig, row[ends[2] : -1])
+    return opportunity, strategy
 
 
 @dataclass(frozen=True)
@@ -313,18 +318,21 @@ def _decimal(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
-def orders_that_may_hold(base: str, statuses: Sequence[str]) -> list[Order]:
-    """The `base` orders of every opportunity in `statuses`, each with its venue's name as
-    `venue_name`."""
+def orders_that_may_hold(base: str, statuses: Sequence[str]) -> list[tuple[Order, str]]:
+    """The `base` orders of every opportunity in `statuses`, each with its venue's name."""
     placeholders = ", ".join(["%s"] * len(statuses))
-    return list(
-        Order.objects.raw(
-            "SELECT o.*, v.name AS venue_name FROM trading_order o "
-            "JOIN trading_opportunity p ON p.id = o.opportunity_id JOIN trading_venue v ON v.id = o.venue_id "
-            f"WHERE p.status IN ({placeholders}) AND o.symbol LIKE %s",
-            [*statuses, f"{base}/%"],
-        )
+    [rows] = fetch_each(
+        [
+            (
+                f"SELECT {_columns(Order, 'o')}, v.name FROM trading_order o "
+                "JOIN trading_opportunity p ON p.id = o.opportunity_id "
+                "JOIN trading_venue v ON v.id = o.venue_id "
+                f"WHERE p.status IN ({placeholders}) AND o.symbol LIKE %s",
+                [*statuses, f"{base}/%"],
+            )
+        ]
     )
+    return [(_as(Order, row[:-1]), row[-1]) for row in rows]
 
 
 def insert(rows: Sequence[Model], then: Sequence[Statement] = (), *, prepared: bool = False) -> None:
@@ -380,7 +388,7 @@ def holding(
         f"UPDATE trading_balance SET free = free + CASE id {free_cases} END, "
         f"locked = locked + CASE id {free_cases} END, updated_at = %s WHERE id IN ({ids})"
     )
-    params: list[object] = [value for pk, (free, _) in changes.items() for value in (pk, free)]
+    params: list[Param] = [value for pk, (free, _) in changes.items() for value in (pk, free)]
     params += [value for pk, (_, locked) in changes.items() for value in (pk, locked)]
     return sql, [*params, timezone.now(), *changes]
 
