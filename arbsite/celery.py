@@ -1,5 +1,7 @@
 """The Celery app, and the signals that tie its processes into the project's logging and metrics."""
 
+from __future__ import annotations
+
 import logging.config
 import os
 import socket
@@ -48,12 +50,12 @@ def carry_correlation(headers: dict[str, Any], **_: Any) -> None:
 
 
 @task_prerun.connect
-def adopt_correlation(task: Task, **_: Any) -> None:
+def adopt_correlation(task: Task[Any, Any], **_: Any) -> None:
     set_correlation(getattr(task.request, CORRELATION_HEADER, None))
 
 
 @task_prerun.connect
-def drop_broken_connections(task: Task, **_: Any) -> None:
+def drop_broken_connections(task: Task[Any, Any], **_: Any) -> None:
     """Connections live across tasks (CELERY_DB_REUSE_MAX): one that failed (the database went
     away) or outlived CONN_MAX_AGE is closed here, and the task opens a fresh one. A task run
     eagerly runs inside its caller's work, whose connection is left alone."""
@@ -67,7 +69,7 @@ def drop_correlation(**_: Any) -> None:
 
 
 @task_failure.connect
-def count_task_failure(sender: Task, **_: Any) -> None:
+def count_task_failure(sender: Task[Any, Any], **_: Any) -> None:
     TASK_FAILURES.labels(task=sender.name).inc()
 
 

@@ -59,11 +59,12 @@ def _gap(axes: Axes, result: Result) -> None:
         widest = np.concatenate(result.gap_widest)
         few = len(minutes) < 50  # a line needs points to be seen: mark them when there are few
         times = [_time(int(ms)) for ms in minutes]
-        axes.plot(times, widest, lw=0.7, marker="." if few else None, label="widest gap in the minute")
+        # matplotlib plots datetimes through its date units; its stubs take only numbers and arrays.
+        axes.plot(times, widest, lw=0.7, marker="." if few else None, label="widest gap in the minute")  # type: ignore[arg-type]
     trades = result.trades
     if trades:
         axes.scatter(
-            [_time(t.decided_ms) for t in trades],
+            [_time(t.decided_ms) for t in trades],  # type: ignore[arg-type]  # datetimes, as above
             [float(t.sell_price - t.buy_price) for t in trades],
             color=["tab:red" if not t.filled else "tab:orange" for t in trades],
             s=14,

@@ -13,7 +13,7 @@ off). Recorded quotes are examined through the backtest instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Any
@@ -81,6 +81,17 @@ def decimal_column(field: str, description: str | None = None) -> Callable[[mode
     return column
 
 
+def fieldset_fields(fieldsets: Iterable[tuple[object, Mapping[str, Any]]]) -> list[str]:
+    """The names of the fields on a change page laid out by `fieldsets`, in order (those grouped
+    on one line included)."""
+    return [
+        name
+        for _, options in fieldsets
+        for line in options["fields"]
+        for name in ((line,) if isinstance(line, str) else line)
+    ]
+
+
 class RecordAdmin(admin.ModelAdmin):
     """A record kept for review: viewable, never added, changed or deleted through the admin."""
 
@@ -109,9 +120,8 @@ def leg_row(order: Order) -> SafeString:
 
 def legs_table(orders: Iterable[Order]) -> SafeString:
     """An HTML table of the given legs, each linked to its order page."""
-    header = format_html_join(
-        "", "<th>{}</th>", ((Order._meta.get_field(f).verbose_name,) for f in LEG_FIELDS)
-    )
+    labels = {field.name: field.verbose_name for field in Order._meta.concrete_fields}
+    header = format_html_join("", "<th>{}</th>", ((labels[f],) for f in LEG_FIELDS))
     rows = format_html_join("", "{}", ((leg_row(order),) for order in orders))
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", header, rows)
 
@@ -170,13 +180,12 @@ class TradeAdmin(admin.ModelAdmin):
         ("Review", {"fields": ("reviewed",)}),
     )
     # Everything on the page but `reviewed` is the record's, not the reviewer's.
-    readonly_fields = tuple(
-        name for _, options in fieldsets for name in options["fields"] if name != "reviewed"
-    )
+    readonly_fields = tuple(name for name in fieldset_fields(fieldsets) if name != "reviewed")
     actions = ("mark_reviewed",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Trade]:
-        return super().get_queryset(request).annotate(slippage=F("realized_pnl") - F("expected_pnl"))
+        trades: QuerySet[Trade] = super().get_queryset(request)
+        return trades.annotate(slippage=F("realized_pnl") - F("expected_pnl"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # trades are written by the trade worker only

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import redis
 from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from trading.core.liquidity import BookSide, Claim
 from trading.core.types import Quote
@@ -88,7 +89,7 @@ def set_claim(pipe: Pipeline, book: Quote, claimant: str, old: Claim | None, new
     ]
     if stale:
         pipe.hdel(name, *stale)
-    fields = {
+    fields: dict[FieldT, EncodableT] = {
         _field(claimant, kind, side, price): f"{amount.normalize():f}"
         for kind, part in (("r", new.reserved), ("f", new.filled))
         for (side, price), amount in part.items()

@@ -188,13 +188,13 @@ def _decide_and_reserve(
     takes on `pipe`), or the reason it is no longer traded."""
     claimant = str(opportunity.pk)
     buy_name, sell_name = opportunity.buy_venue.name, opportunity.sell_venue.name
-    left = [
+    buy_left, sell_left = (
         liquidity.book_less(books[name], liquidity.others(c, claimant))
         for name, c in zip((buy_name, sell_name), claims, strict=True)
-    ]
-    if left[0] is None or left[1] is None:
+    )
+    if buy_left is None or sell_left is None:
         return "no_longer_profitable: liquidity_taken"
-    decision = evaluate_pair(left[0], left[1], venues[buy_name], venues[sell_name], params, now)
+    decision = evaluate_pair(buy_left, sell_left, venues[buy_name], venues[sell_name], params, now)
     if decision is None:
         return "no_longer_profitable: gap_closed"
     if not decision.accepted or decision.opportunity is None:
@@ -205,7 +205,11 @@ def _decide_and_reserve(
         return violation
     pipe.multi()
     for book, available, mine, leg in zip(
-        (books[buy_name], books[sell_name]), left, claims, (sized.buy, sized.sell), strict=True
+        (books[buy_name], books[sell_name]),
+        (buy_left, sell_left),
+        claims,
+        (sized.buy, sized.sell),
+        strict=True,
     ):
         levels = available.asks if leg.side is Side.BUY else available.bids
         took = liquidity.taking(leg.side, fill(levels, leg.side, leg.amount, ZERO, limit=leg.worst_price))

@@ -5,17 +5,26 @@ from __future__ import annotations
 import secrets
 import string
 from decimal import Decimal
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-MONEY = {"max_digits": 28, "decimal_places": 12}
+
+class Digits(TypedDict):
+    """A decimal column's size, as DecimalField takes it."""
+
+    max_digits: int
+    decimal_places: int
+
+
+MONEY: Digits = {"max_digits": 28, "decimal_places": 12}
 DEPLOYMENT_KEY_LENGTH = 6
 # An opportunity's figures come from books that passed validation (prices and amounts below 1e16,
 # down to 1e-12): its prices, fees and profit fit here (notionals up to 1e28), and its bps too.
-WIDE_MONEY = {"max_digits": 40, "decimal_places": 12}
-WIDE_BPS = {"max_digits": 38, "decimal_places": 4}
+WIDE_MONEY: Digits = {"max_digits": 40, "decimal_places": 12}
+WIDE_BPS: Digits = {"max_digits": 38, "decimal_places": 4}
 
 
 class Venue(models.Model):

@@ -62,7 +62,9 @@ MAX_SEQ = 2**63 - 1
 _price_field = QuoteRow._meta.get_field("bid")
 MAX_DIGITS, DECIMAL_PLACES = _price_field.max_digits, _price_field.decimal_places
 MAX_INTEGER_DIGITS = MAX_DIGITS - DECIMAL_PLACES
-MAX_SYMBOL_LENGTH = QuoteRow._meta.get_field("symbol").max_length
+_symbol_length = QuoteRow._meta.get_field("symbol").max_length
+assert _symbol_length is not None, "the quote table's symbol column has a length"
+MAX_SYMBOL_LENGTH = _symbol_length
 
 # The lock outlives any one batch by far; it is renewed before each batch of a long drain.
 STORE_LOCK_SECONDS = 60

@@ -108,7 +108,8 @@ def best_other_bids(bids: Floats, scratch: Scratch | None = None) -> Floats:
     """For each venue (axis 0) and row: the best bid of the other venues, NaN where none of them
     has a book."""
     scratch = scratch or Scratch()
-    other = scratch.array("other", *bids.shape, np.float64)
+    venue_count, row_count = bids.shape
+    other = scratch.array("other", venue_count, row_count, np.float64)
     other[0].fill(np.nan)
     for index in range(1, len(bids)):  # first the best of the venues before each one
         np.fmax(other[index - 1], bids[index - 1], out=other[index])
@@ -124,7 +125,7 @@ def crossing_rows(asks: Floats, other_bids: Floats, scratch: Scratch | None = No
     """Rows at which some venue's ask is at or below a different venue's bid (`best_other_bids`;
     NaN never crosses)."""
     scratch = scratch or Scratch()
-    crossed = scratch.array("crossed", 1, asks.shape[1], np.bool_)[0]
+    crossed: npt.NDArray[np.bool_] = scratch.array("crossed", 1, asks.shape[1], np.bool_)[0]
     crosses = scratch.array("crosses", 1, asks.shape[1], np.bool_)[0]
     crossed.fill(False)
     for ask, bid in zip(asks, other_bids, strict=True):
@@ -145,7 +146,7 @@ def widest_gaps(asks: Floats, other_bids: Floats, scratch: Scratch | None = None
     """At each row: the widest cross-venue gap, best bid of one venue (`best_other_bids`) minus
     best ask of another, -inf where no two venues have books."""
     scratch = scratch or Scratch()
-    gap = scratch.array("gap", 1, asks.shape[1], np.float64)[0]
+    gap: Floats = scratch.array("gap", 1, asks.shape[1], np.float64)[0]
     venue_gap = scratch.array("venue_gap", 1, asks.shape[1], np.float64)[0]
     gap.fill(-np.inf)
     for ask, bid in zip(asks, other_bids, strict=True):

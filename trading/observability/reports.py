@@ -16,6 +16,7 @@ import reprlib
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.safestring import SafeString, mark_safe
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
 from trading.observability.logs import MASK, redact, secret_values
@@ -64,11 +65,12 @@ class SecretMaskingFilter(SafeExceptionReporterFilter):
 class MaskingExceptionReporter(ExceptionReporter):
     """The debug page and the text report, with every known secret masked in the final output."""
 
-    def get_traceback_html(self) -> str:
-        return mask_output(super().get_traceback_html(), escaped=True)
+    # Django renders both as safe strings; masking only replaces text in them (escaped in HTML).
+    def get_traceback_html(self) -> SafeString:
+        return mark_safe(mask_output(super().get_traceback_html(), escaped=True))
 
-    def get_traceback_text(self) -> str:
-        return mask_output(super().get_traceback_text(), escaped=False)
+    def get_traceback_text(self) -> SafeString:
+        return mark_safe(mask_output(super().get_traceback_text(), escaped=False))
 
 
 def mask_output(text: str, escaped: bool) -> str:
