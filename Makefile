@@ -28,10 +28,12 @@ test: $(INSTALLED) services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff (lint and format) and mypy
+# mypy's Django plugin loads the settings, which refuse to start without a SECRET_KEY unless DEBUG
+# is on: for reading the models' types, DEBUG is on.
 lint: $(INSTALLED)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy
+	DEBUG=1 $(PY) -m mypy
 
 ## bench: listener and storage benchmarks (PostgreSQL database $(BENCH_DATABASE) unless DATABASE_URL is set)
 bench: $(INSTALLED)
