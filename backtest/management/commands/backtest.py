@@ -33,7 +33,7 @@ def moment(text: str | None, option: str) -> datetime | None:
         return None
     parsed = parse_datetime(text)
     if parsed is None and (day := parse_date(text)) is not None:
-        parsed = datetime(day.year, day.month, day.day)
+        parsed = datetime(day.year, day.month, day.day, tzinfo=UTC)
     if parsed is None:
         raise CommandError(f"{option}: not an ISO date or time: {text!r}")
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
