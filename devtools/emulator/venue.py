@@ -2,16 +2,20 @@
 and request counts, and when each order arrived. The HTTP server (`server`) routes requests to a
 venue's dialect, which reads and changes this state; orders and balances change in `matching`.
 
+Every book a venue shows, over REST or a stream, is one it served: each change of a symbol's
+book (set, moved by a feed, or passing through in a burst) becomes the served book under a higher
+version and is told to the venue's change listener (the streams), in order, so a snapshot and a
+stream of changes always agree.
+
 This module uses only the standard library, so it runs in a test process or a command alike.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from devtools.emulator.fees import FeePrice
@@ -69,11 +73,17 @@ DEFAULT_MARKETS = (
 class Book:
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
-    version: int  # grows with every change, like a venue's update id
+    version: int  # grows with every change of the symbol's book, like a venue's update id
+
+    def same_levels(self, other: Book) -> bool:
+        return self.bids == other.bids and self.asks == other.asks
 
 
 # Where a venue's books come from when none was set: the symbol's book at the moment of asking.
 BookFeed = Callable[[str], Book]
+# Told of every change of a served book, holding the venue's lock so changes arrive in order:
+# (symbol, the book served before, None for the first, the book served now).
+ChangeListener = Callable[[str, Book | None, Book], None]
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,10 @@ class EmulatedVenue:
     def __init__(self, name: str, markets: Sequence[Market]) -> None:
         self.name = name
         self.markets: dict[str, Market] = {market.symbol: market for market in markets}
-        self._books: dict[str, Book] = {}
+        self._books: dict[str, Book] = {}  # set by a test: they win over the feed
+        self._served: dict[str, Book] = {}  # what was last served, with its version
+        self._on_change: ChangeListener | None = None
         self._candles: dict[str, tuple[Candle, ...]] = {}
-        self._versions = itertools.count(1)
         self._fault = Fault()
         self._requests: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -125,21 +136,59 @@ class EmulatedVenue:
 
     def book(self, symbol: str) -> Book:
         """The book a test set, else the feed's book of the moment, else a sane default around the
-        market's mid price."""
+        market's mid price: served (with a new version if it changed) and returned."""
         with self._lock:
-            book, feed = self._books.get(symbol), self._feed
+            return self._serve(symbol, self._wanted(symbol))
+
+    def _wanted(self, symbol: str) -> Book:
+        book = self._books.get(symbol)
         if book is not None:
             return book
-        return feed(symbol) if feed is not None else default_book(self.markets[symbol])
+        return self._feed(symbol) if self._feed is not None else default_book(self.markets[symbol])
+
+    def _serve(self, symbol: str, book: Book) -> Book:
+        """Serve `book` unless its levels are those served already. Its version is kept when it
+        is above the last one served (a feed's own clock), else made the next one. Holds _lock."""
+        served = self._served.get(symbol)
+        if served is not None and (served is book or served.same_levels(book)):
+            return served
+        floor = 0 if served is None else served.version + 1
+        if book.version < floor:
+            book = Book(book.bids, book.asks, floor)
+        self._served[symbol] = book
+        if self._on_change is not None:
+            self._on_change(symbol, served, book)
+        return book
 
     def feed_books(self, feed: BookFeed | None) -> None:
         """Serve `feed(symbol)`, asked afresh at every request, where no book was set."""
         with self._lock:
             self._feed = feed
 
-    def set_book(self, symbol: str, bids: Sequence[Level], asks: Sequence[Level]) -> None:
+    def set_book(self, symbol: str, bids: Sequence[Level], asks: Sequence[Level]) -> Book:
+        """Serve these levels from now on; returns the served book."""
         with self._lock:
-            self._books[symbol] = Book(tuple(bids), tuple(asks), next(self._versions))
+            served = self._serve(symbol, Book(tuple(bids), tuple(asks), version=0))
+            self._books[symbol] = served
+            return served
+
+    def pass_book(self, symbol: str, bids: Sequence[Level], asks: Sequence[Level]) -> Book:
+        """Serve these levels until the next look at the book, which serves the set, fed or
+        default book again (a change passing through, as in a burst); returns the served book."""
+        with self._lock:
+            return self._serve(symbol, Book(tuple(bids), tuple(asks), version=0))
+
+    def skip_versions(self, count: int) -> None:
+        """Advance every served book's version by `count` without telling the listener: the next
+        change of each book tells of versions its listener never saw, as lost updates would."""
+        with self._lock:
+            for symbol, book in self._served.items():
+                self._served[symbol] = replace(book, version=book.version + count)
+
+    def on_change(self, listener: ChangeListener | None) -> None:
+        """Tell `listener` (None: nobody) of every change of a served book from now on."""
+        with self._lock:
+            self._on_change = listener
 
     def candles(self, symbol: str) -> tuple[Candle, ...]:
         """The one-minute bars a test set, oldest first; none by default."""
@@ -151,14 +200,16 @@ class EmulatedVenue:
             self._candles[symbol] = tuple(sorted(candles))
 
     def reset(self) -> None:
-        """Back to default books, no candles, no accounts, the default fee, no fee prices, no
-        recorded arrivals and no fault."""
+        """Back to default books (served at once, under new versions), no candles, no accounts, the
+        default fee, no fee prices, no recorded arrivals and no fault."""
         with self._lock:
             self._books.clear()
             self._candles.clear()
             self._fault = Fault()
             self._feed = None
             self._arrivals.clear()
+            for symbol in list(self._served):
+                self._serve(symbol, self._wanted(symbol))
         with self.ledger:
             self.accounts.clear()
             self.taker_fee = DEFAULT_TAKER_FEE
