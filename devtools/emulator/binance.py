@@ -16,6 +16,7 @@ clientOrderId of the canceled order, freeing it up for new orders". A query by
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -58,7 +59,9 @@ def fault_reply(status: int) -> Reply:
     return Reply(status, {"code": code, "msg": message})
 
 
-def _number(value: Decimal) -> str:
+@functools.lru_cache(maxsize=1 << 16)  # streamed books repeat their prices and amounts
+def number(value: Decimal) -> str:
+    """A price or amount as Binance writes it: text with eight decimals."""
     return f"{value:.8f}"
 
 
@@ -94,17 +97,17 @@ def _symbol_info(market: Market) -> dict[str, Any]:
         "filters": [
             {
                 "filterType": "PRICE_FILTER",
-                "minPrice": _number(market.tick),
-                "maxPrice": _number(Decimal(1_000_000)),
-                "tickSize": _number(market.tick),
+                "minPrice": number(market.tick),
+                "maxPrice": number(Decimal(1_000_000)),
+                "tickSize": number(market.tick),
             },
             {
                 "filterType": "LOT_SIZE",
-                "minQty": _number(market.min_amount),
-                "maxQty": _number(Decimal(9_000)),
-                "stepSize": _number(market.step),
+                "minQty": number(market.min_amount),
+                "maxQty": number(Decimal(9_000)),
+                "stepSize": number(market.step),
             },
-            {"filterType": "NOTIONAL", "minNotional": _number(market.min_cost), "applyMinToMarket": True},
+            {"filterType": "NOTIONAL", "minNotional": number(market.min_cost), "applyMinToMarket": True},
         ],
         "permissions": [],
         "permissionSets": [["SPOT"]],
@@ -127,7 +130,7 @@ def exchange_info(venue: EmulatedVenue, request: Request) -> Reply:
 
 
 def _levels(levels: tuple[Level, ...], limit: int) -> list[list[str]]:
-    return [[_number(price), _number(amount)] for price, amount in levels[:limit]]
+    return [[number(price), number(amount)] for price, amount in levels[:limit]]
 
 
 def _market(venue: EmulatedVenue, raw_id: str) -> Market | None:
@@ -154,8 +157,8 @@ def _kline(candle: Candle) -> list[Any]:
     """Open time, open, high, low, close, volume, close time, quote volume, trades, taker buy base,
     taker buy quote, ignore."""
     open_ms, opening, high, low, close, volume = candle
-    numbers = [_number(value) for value in (opening, high, low, close, volume)]
-    return [open_ms, *numbers, open_ms + MINUTE_MS - 1, _number(volume * close), 1, "0", "0", "0"]
+    numbers = [number(value) for value in (opening, high, low, close, volume)]
+    return [open_ms, *numbers, open_ms + MINUTE_MS - 1, number(volume * close), 1, "0", "0", "0"]
 
 
 def klines(venue: EmulatedVenue, request: Request) -> Reply:

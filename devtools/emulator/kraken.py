@@ -19,6 +19,7 @@ base (fcib) or the account pays otherwise; `oflags` on an order says which, as c
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -68,7 +69,9 @@ def fault_reply(status: int) -> Reply:
     return Reply(status, {"error": [_FAULTS.get(status, "EGeneral:Internal error")]})
 
 
-def _decimals(step: Decimal) -> int:
+@functools.cache
+def decimals(step: Decimal) -> int:
+    """How many decimals `step` has: the pair's precision for a tick (0.01: 2) or a lot step."""
     return max(0, -int(step.normalize().as_tuple().exponent))
 
 
@@ -106,8 +109,8 @@ def _pair(market: Market) -> dict[str, Any]:
         "quote": asset_id(market.quote),
         "lot": "unit",
         "cost_decimals": 5,
-        "pair_decimals": _decimals(market.tick),
-        "lot_decimals": _decimals(market.step),
+        "pair_decimals": decimals(market.tick),
+        "lot_decimals": decimals(market.step),
         "lot_multiplier": 1,
         "leverage_buy": [],
         "leverage_sell": [],

@@ -9,7 +9,8 @@ an injected error the way that venue does, and `new_order_client_id(request)` th
 client order id of a new-order request, so that its arrival is timed before anything else. The
 server itself knows nothing of any venue's format.
 
-This module uses only the standard library, so it runs in a test process or a command alike.
+Venues with a stream dialect also stream their books over websockets (`streams`), from a server
+of their own on another port that starts and stops with this one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from devtools.emulator.fees import QUOTE, FeePrice, valid_asset
 from devtools.emulator.matching import Account, Order, OrderFault, land_due_cancels
+from devtools.emulator.streams import SentFrame, StreamDialect, StreamFault, StreamServer
 from devtools.emulator.venue import (
     DEFAULT_MARKETS,
     Arrival,
@@ -184,17 +186,21 @@ class _Hosted:
 
 
 class Emulator:
-    """A local exchange: `venues` maps each venue's name (its path prefix) to its dialect.
+    """A local exchange: `venues` maps each venue's name (its path prefix) to its dialect, and
+    `streams` the names of those that stream their books to their stream dialect.
 
-    Use as a context manager, or call start() and stop(). `port` 0 picks a free port.
+    Use as a context manager, or call start() and stop(). `port` (REST) and `stream_port`
+    (websockets) 0 pick free ports.
     """
 
     def __init__(
         self,
         venues: Mapping[str, Dialect],
         *,
+        streams: Mapping[str, StreamDialect] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        stream_port: int = 0,
         markets: Sequence[Market] = DEFAULT_MARKETS,
     ) -> None:
         self.host = host
@@ -202,6 +208,8 @@ class Emulator:
         self._hosted = {
             name: _Hosted(EmulatedVenue(name, markets), dialect) for name, dialect in venues.items()
         }
+        streamed = {name: (self._venue(name), dialect) for name, dialect in (streams or {}).items()}
+        self._streams = StreamServer(streamed, host, stream_port)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -213,12 +221,16 @@ class Emulator:
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="emulator", daemon=True)
         self._thread.start()
+        if self._streams.venues:
+            self._streams.start()
         log.info("exchange emulator serving %s on %s", ", ".join(self._hosted), self.base_url)
         return self
 
     def stop(self) -> None:
-        """Stop serving; handlers sleeping out a delay wake up and answer nothing."""
+        """Stop serving; handlers sleeping out a delay wake up and answer nothing, and every stream
+        connection is cut."""
         self._stopping.set()
+        self._streams.stop()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -243,6 +255,20 @@ class Emulator:
         """The venue's API root, to put in Venue.api_url."""
         self._venue(venue)
         return f"{self.base_url}/{venue}"
+
+    @property
+    def stream_port(self) -> int:
+        return self._streams.port
+
+    def stream_url_for(self, venue: str) -> str:
+        """The venue's websocket root, `ws://HOST:STREAM_PORT/<venue>`: below it each stream has the
+        path of the venue's own websocket URL (Binance `/ws`, Kraken `/v2`), so a ccxt.pro client
+        reaches it with its `urls["api"]["ws"]` moved under this root."""
+        if venue not in self._streams.venues:
+            raise KeyError(
+                f"the emulator streams no venue {venue!r}; it streams {sorted(self._streams.venues)}"
+            )
+        return f"ws://{self.host}:{self._streams.port}/{venue}"
 
     def set_book(
         self, venue: str, symbol: str, bids: Sequence[Sequence[Any]], asks: Sequence[Sequence[Any]]
@@ -304,6 +330,57 @@ class Emulator:
     def clear_fault(self, venue: str) -> None:
         self._venue(venue).fault = Fault()
 
+    def set_stream_fault(
+        self,
+        venue: str,
+        *,
+        drop: bool = False,
+        skip_ids: int = 0,
+        bad_checksum: bool = False,
+        stall_s: float = 0.0,
+        burst: int = 0,
+    ) -> None:
+        """Trouble on `venue`'s streams, each once, in this order:
+
+        `skip_ids` update ids pass unsent: the next frame of each served book tells of ids its
+        clients never saw (Binance: U jumps past the last u + 1). `bad_checksum`: the next book
+        frame's checksum is wrong (Kraken; Binance frames carry none). `stall_s`: no frame goes
+        out for that long; frames wait and then go in order, connections stay open and pings are
+        still answered. `burst`: that many changes of every subscribed book back to back (the
+        best bid's amount stepping up), then one back to the book as it was. `drop`: every stream
+        connection of the venue is cut, with no closing handshake; clients may connect again.
+        Returns once the fault is in place (a dropped connection is cut; a stall has begun)."""
+        self._streams.inject(venue, StreamFault(drop, skip_ids, bad_checksum, stall_s, burst))
+
+    def clear_stream_fault(self, venue: str) -> None:
+        """End `venue`'s stall and take back a bad checksum not yet sent."""
+        self._streams.clear_fault(venue)
+
+    def stream_updates(
+        self,
+        venue: str,
+        symbol: str,
+        books: Iterable[tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]],
+        *,
+        per_second: float | None = None,
+    ) -> None:
+        """Set the book to each of `books` ((bids, asks), levels as for set_book) in turn, from the
+        streams' own thread: `per_second` a second, or as fast as they go (None). Each change is
+        one frame to each subscriber. Returns once the last is set; its frames may still be on
+        their way (see sent_frames)."""
+        changes = [(_levels(bids), _levels(asks)) for bids, asks in books]
+        self._streams.apply(venue, symbol, changes, per_second)
+
+    def sent_frames(self, venue: str) -> list[SentFrame]:
+        """`venue`'s book frames (snapshots and updates) as they went out, oldest first, one per
+        connection that got each: the book's version and when it was written to the socket. The
+        latest SENT_FRAMES_KEPT are kept."""
+        return self._streams.sent_frames(venue)
+
+    def stream_connections(self, venue: str) -> int:
+        """How many stream connections `venue` has open."""
+        return self._streams.connections(venue)
+
     def add_account(
         self, venue: str, key: str, secret: str, balances: Mapping[str, Any], *, fee_asset: str = QUOTE
     ) -> None:
@@ -359,9 +436,11 @@ class Emulator:
 
     def reset(self) -> None:
         """Every venue back to default books, no candles, no accounts, no fee prices, no recorded
-        arrivals and no fault (request counts keep counting)."""
+        arrivals or frames and no fault (request counts keep counting; stream connections stay
+        open and get the default books)."""
         for hosted in self._hosted.values():
             hosted.venue.reset()
+        self._streams.clear()
 
     def request_count(self, venue: str, path: str | None = None) -> int:
         """Requests `venue` received (to `path`, e.g. "/api/v3/depth", when given)."""
