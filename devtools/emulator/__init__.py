@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from devtools.emulator import binance, binance_ws, kraken, kraken_ws
-from devtools.emulator.server import Dialect, Emulator, Reply, Request
+from devtools.emulator.rest import Dialect, Reply, Request
+from devtools.emulator.server import Emulator
 from devtools.emulator.streams import SentFrame, StreamDialect, StreamFault
 from devtools.emulator.venue import DEFAULT_MARKETS, Fault, Market
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from devtools.emulator import auth, fees, matching
 from devtools.emulator.matching import Account, Order, OrderState, Refusal, Refused, Trade
-from devtools.emulator.server import Handler, PrivateHandler, Reply, Request
+from devtools.emulator.rest import Handler, PrivateHandler, Reply, Request
 from devtools.emulator.venue import Candle, EmulatedVenue, Level, Market
 
 DEFAULT_DEPTH = 100
