@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -19,9 +21,12 @@ from typing import Any, TypeVar
 import aiohttp
 import ccxt.pro as ccxtpro
 import pytest
+from django.core.management.base import CommandError
 
 from devtools.emulator import Emulator, emulate
 from devtools.emulator.venue import Book
+from devtools.management.commands.run_emulator import StreamFaultSpec, parse_stream_fault
+from tests.conftest import Child
 from tests.deadlines import Deadline, scaled
 from trading.venues.ccxt_gateway import EXCHANGE_OPTIONS, rewrite_api_urls
 
@@ -457,3 +462,75 @@ def test_a_stopped_emulator_leaves_no_thread_and_no_listening_socket() -> None:
     assert set(threading.enumerate()) <= threads
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_stream_fault_options_parse_and_bad_ones_are_refused() -> None:
+    venues = ("binance", "kraken")
+
+    assert parse_stream_fault("kraken:drop:30", venues) == StreamFaultSpec("kraken", {"drop": True}, 30.0)
+    assert parse_stream_fault("binance:stall_s=2.5:60", venues).fault == {"stall_s": 2.5}
+    assert parse_stream_fault("binance:burst=100:1", venues).fault == {"burst": 100}
+    unknown_venue, flag_with_value, count_without, not_a_number, never = (
+        "okx:drop:30",
+        "binance:drop=1:30",
+        "binance:burst:30",
+        "binance:stall_s=x:5",
+        "kraken:drop:0",
+    )
+    for bad in (unknown_venue, flag_with_value, count_without, not_a_number, never):
+        with pytest.raises(CommandError, match="--stream-fault"):
+            parse_stream_fault(bad, venues)
+
+
+def mid(orderbook: Any) -> float:
+    return float(orderbook["bids"][0][0] + orderbook["asks"][0][0]) / 2
+
+
+async def updates_until_a_network_error(exchange: Any) -> int:
+    """How many updates the watched book had before its connection failed."""
+    updates = 0
+    while True:
+        try:
+            await asyncio.wait_for(exchange.watch_order_book(SYMBOL), scaled(20))
+        except ccxtpro.NetworkError:
+            return updates
+        updates += 1
+
+
+@pytest.mark.slow
+def test_run_emulator_streams_the_simulated_market_and_injects_its_stream_faults(
+    spawn: Callable[..., Child],
+) -> None:
+    child = spawn(
+        sys.executable,
+        *("manage.py", "run_emulator", "--venues", "binance", "--simulate", "7"),
+        *("--stream-fault", "binance:drop:2"),
+        name="run-emulator",
+    )
+    child.wait_for("emulator running")
+    printed = dict(line.split(": ", 1) for line in child.output().splitlines() if line.startswith("binance"))
+
+    async def watch() -> tuple[float, int, float]:
+        exchange = ccxtpro.binance({"options": EXCHANGE_OPTIONS["binance"]})
+        urls = dict(exchange.urls["api"])
+        streams = urls.pop("ws")
+        exchange.urls["api"] = {
+            **rewrite_api_urls(urls, printed["binance"]),
+            "ws": rewrite_api_urls(streams, printed["binance streams"]),
+        }
+        try:
+            first = await asyncio.wait_for(exchange.watch_order_book(SYMBOL), scaled(20))
+            moves = await updates_until_a_network_error(exchange)  # dropped every two seconds
+            again = await asyncio.wait_for(exchange.watch_order_book(SYMBOL), scaled(20))
+            return mid(first), moves, mid(again)
+        finally:
+            await exchange.close()
+
+    before, moves, after = run(watch)
+    child.proc.send_signal(signal.SIGTERM)
+
+    assert printed["binance streams"].startswith("ws://127.0.0.1:")
+    assert 1000 < before < 1e7  # the simulated market's BTC
+    assert moves > 0
+    assert abs(after - before) / before < 0.05
+    assert child.proc.wait(scaled(10)) == 0

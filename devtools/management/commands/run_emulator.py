@@ -9,9 +9,15 @@
     manage.py run_emulator --account binance:k:s:BTC=1,USDT=30000,BNB=1 \
         --fee-asset binance=BNB --fee-price binance:BNB/USDT=600:0.25 --arrivals arrivals.jsonl
 
-Point a venue's api_url at the printed URL; orders from an account's key match against the
-emulated books: fixed default books, or with --simulate the simulated market (the same one the
-simulated venues show), moving and dislocating, each venue under its own name. --fund opens an
+    manage.py run_emulator --simulate 7 --stream-port 8601 \
+        --stream-fault binance:drop:30 --stream-fault kraken:stall_s=2:45
+
+Point a venue's api_url at the printed URL, and a ccxt.pro client's websocket URLs under the
+printed stream root; orders from an account's key match against the emulated books, and the
+streams send each change of them: fixed default books, or with --simulate the simulated market
+(the same one the simulated venues show), moving and dislocating, each venue under its own name.
+--stream-fault injects a stream fault (a keyword of Emulator.set_stream_fault: drop,
+bad_checksum, skip_ids=N, stall_s=S, burst=N) into a venue's streams every so many seconds. --fund opens an
 account for the keys the trading processes read from the environment, so no secret goes on a
 command line. --fee-asset says how a venue's accounts pay fees (quote, the default; received, as
 Binance spot charges; base; or an asset such as BNB, valued with --fee-price). --arrivals appends a
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -133,6 +140,69 @@ def parse_fee_price(spec: str, venues: tuple[str, ...]) -> FeePriceSpec:
     return parsed
 
 
+# set_stream_fault's keywords, and how each one's value is read (a flag takes none).
+STREAM_FAULTS: dict[str, type] = {
+    "drop": bool,
+    "bad_checksum": bool,
+    "skip_ids": int,
+    "stall_s": float,
+    "burst": int,
+}
+
+
+@dataclass(frozen=True)
+class StreamFaultSpec:
+    venue: str
+    fault: dict[str, Any]  # one keyword of Emulator.set_stream_fault and its value
+    every_s: float
+
+
+def parse_stream_fault(spec: str, venues: tuple[str, ...]) -> StreamFaultSpec:
+    """'binance:stall_s=2:60' -> a two-second stall of binance's streams every 60 seconds;
+    'kraken:drop:30' -> kraken's stream connections dropped every 30 seconds."""
+    venue, _, rest = spec.partition(":")
+    fault, _, every = rest.rpartition(":")
+    name, _, raw = fault.partition("=")
+    parsed = _stream_fault(name, raw)
+    try:
+        every_s = float(every)
+    except ValueError:
+        every_s = 0.0
+    if venue not in venues or parsed is None or not every_s > 0:
+        raise CommandError(
+            f"--stream-fault wants VENUE:FAULT[=VALUE]:EVERY_SECONDS with a venue from {list(venues)} "
+            f"and a fault from {sorted(STREAM_FAULTS)}, got {spec!r}"
+        )
+    return StreamFaultSpec(venue, parsed, every_s)
+
+
+def _stream_fault(name: str, raw: str) -> dict[str, Any] | None:
+    """{name: value} for set_stream_fault; None for an unknown name or a value it cannot take."""
+    kind = STREAM_FAULTS.get(name)
+    if kind is None or (kind is bool) == bool(raw):
+        return None
+    try:
+        value = True if kind is bool else kind(raw)
+    except ValueError:
+        return None
+    return {name: value} if value and value > 0 else None
+
+
+class StreamFaultSchedule:
+    """Each fault of `specs`, injected every `every_s` seconds, the first that long after start."""
+
+    def __init__(self, specs: tuple[StreamFaultSpec, ...], now: float) -> None:
+        self._due = [(now + spec.every_s, spec) for spec in specs]
+
+    def inject_due(self, emulator: Emulator, now: float) -> float:
+        """Inject every fault due by `now`; the seconds until the next one (0.5 at most)."""
+        for index, (due, spec) in enumerate(self._due):
+            if due <= now:
+                emulator.set_stream_fault(spec.venue, **spec.fault)
+                self._due[index] = (now + spec.every_s, spec)
+        return min([0.5] + [due - now for due, _ in self._due])
+
+
 class ArrivalLog:
     """Appends one JSON line per new-order arrival to a file, flushed at once so that another
     process can follow it; safe from the emulator's request threads."""
@@ -177,10 +247,11 @@ def start_emulator(
     *,
     fee_assets: dict[str, str] | None = None,
     fee_prices: tuple[FeePriceSpec, ...] = (),
+    stream_port: int = 0,
 ) -> Emulator:
     """A started emulator hosting `venues`, with `accounts` paying fees as `fee_assets` says for
     their venue (quote where it says nothing) and fee assets valued at `fee_prices`."""
-    emulator = emulate(*venues, port=port).start()
+    emulator = emulate(*venues, port=port, stream_port=stream_port).start()
     for price in fee_prices:
         emulator.set_fee_price(price.venue, price.symbol, price.price, discount=price.discount)
     for account in accounts:
@@ -199,6 +270,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=0, help="Port on 127.0.0.1 (default: any free one)")
+        parser.add_argument(
+            "--stream-port", type=int, default=0, help="Websocket port on 127.0.0.1 (default: any free one)"
+        )
         parser.add_argument("--venues", default=",".join(DIALECTS), help="Comma-separated dialects to host")
         parser.add_argument(
             "--account",
@@ -235,6 +309,13 @@ class Command(BaseCommand):
             help="Value fees paid in ASSET at PRICE, DISCOUNT of them waived (repeatable)",
         )
         parser.add_argument(
+            "--stream-fault",
+            action="append",
+            default=[],
+            metavar="VENUE:FAULT[=VALUE]:EVERY_SECONDS",
+            help=f"Inject a stream fault every so often (repeatable); faults: {', '.join(STREAM_FAULTS)}",
+        )
+        parser.add_argument(
             "--arrivals",
             type=Path,
             metavar="FILE",
@@ -247,6 +328,7 @@ class Command(BaseCommand):
         accounts += [parse_funding(spec, venues) for spec in options["fund"]]
         fee_assets = dict(parse_fee_asset(spec, venues) for spec in options["fee_asset"])
         fee_prices = tuple(parse_fee_price(spec, venues) for spec in options["fee_price"])
+        stream_faults = tuple(parse_stream_fault(spec, venues) for spec in options["stream_fault"])
         stopping = threading.Event()
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -261,20 +343,26 @@ class Command(BaseCommand):
             options["simulate"],
             fee_assets=fee_assets,
             fee_prices=fee_prices,
+            stream_port=options["stream_port"],
         )
         arrivals = ArrivalLog(options["arrivals"]) if options["arrivals"] else None
         emulator.on_arrival(arrivals)
         try:
-            for venue in venues:
-                self.stdout.write(f"{venue}: {emulator.url_for(venue)}")
-            for account in accounts:
-                funds = ", ".join(f"{asset} {amount}" for asset, amount in account.balances.items())
-                self.stdout.write(f"{account.venue} account funded with {funds}")
-            self.stdout.write("emulator running; Ctrl-C to stop")
-            while not stopping.wait(0.5):
+            self._announce(emulator, venues, accounts)
+            schedule = StreamFaultSchedule(stream_faults, time.monotonic())
+            while not stopping.wait(schedule.inject_due(emulator, time.monotonic())):
                 continue
         finally:
             emulator.stop()
             if arrivals is not None:
                 arrivals.close()
         self.stdout.write("emulator stopped")
+
+    def _announce(self, emulator: Emulator, venues: tuple[str, ...], accounts: list[AccountSpec]) -> None:
+        for venue in venues:
+            self.stdout.write(f"{venue}: {emulator.url_for(venue)}")
+            self.stdout.write(f"{venue} streams: {emulator.stream_url_for(venue)}")
+        for account in accounts:
+            funds = ", ".join(f"{asset} {amount}" for asset, amount in account.balances.items())
+            self.stdout.write(f"{account.venue} account funded with {funds}")
+        self.stdout.write("emulator running; Ctrl-C to stop")
