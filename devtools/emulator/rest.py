@@ -1,5 +1,5 @@
 """The emulator's REST side on the wire: requests and replies, the shape of a dialect, and the
-threaded HTTP server that hands every request to a router (the Emulator) and writes its reply.
+threaded HTTP server that hands every request to a route (the Emulator's) and writes its reply.
 
 One server on 127.0.0.1 hosts several venues, each under its own path prefix
 (`http://127.0.0.1:PORT/<venue>/...`) and each speaking one dialect. A dialect is a module with
@@ -83,18 +83,9 @@ class Dialect(Protocol):
         ...
 
 
-class Router(Protocol):
-    def handle(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        headers: Mapping[str, str],
-        body: bytes,
-        raw_query: str = "",
-    ) -> Reply | None:
-        """The reply to one request; None to answer nothing and close the connection."""
-        ...
+# Answers one request: (method, path, query, headers, body, the query as sent) -> the reply, or
+# None to answer nothing and close the connection.
+Route = Callable[[str, str, Mapping[str, str], Mapping[str, str], bytes, str], Reply | None]
 
 
 class RestServer(ThreadingHTTPServer):
@@ -102,9 +93,9 @@ class RestServer(ThreadingHTTPServer):
     # A handler may be sleeping out an injected delay; stop() must not wait for it.
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], router: Router) -> None:
+    def __init__(self, address: tuple[str, int], route: Route) -> None:
         super().__init__(address, _RequestHandler)
-        self.router = router
+        self.route = route
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
 
@@ -149,7 +140,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        reply = self.server.router.handle(
+        reply = self.server.route(
             self.command, url.path, dict(parse_qsl(url.query)), dict(self.headers.items()), body, url.query
         )
         if reply is None:

@@ -75,7 +75,7 @@ class Emulator:
 
     def start(self) -> Self:
         self._stopping.clear()
-        self._httpd = RestServer((self.host, self.port), self)
+        self._httpd = RestServer((self.host, self.port), self.handle)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="emulator", daemon=True)
         self._thread.start()
