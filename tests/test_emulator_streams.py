@@ -39,15 +39,16 @@ Sides = tuple[list[tuple[str, str]], list[tuple[str, str]]]
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
+def streaming() -> Iterator[Emulator]:
     with emulate() as running:
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _fresh_venues(emulator: Emulator) -> Iterator[None]:
-    yield
-    emulator.reset()
+@pytest.fixture
+def emulator(streaming: Emulator) -> Iterator[Emulator]:
+    """The module's emulator, its venues back to their defaults (and its faults gone) after."""
+    yield streaming
+    streaming.reset()
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -57,13 +58,19 @@ def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
 @contextlib.asynccontextmanager
 async def pro_client(emulator: Emulator, venue: str, **options: Any) -> AsyncIterator[Any]:
     """A ccxt.pro client of `venue` whose REST and websocket URLs are moved under the emulator's."""
+    roots = emulator.url_for(venue), emulator.stream_url_for(venue)
+    async with pro_client_at(venue, *roots, **options) as exchange:
+        yield exchange
+
+
+@contextlib.asynccontextmanager
+async def pro_client_at(venue: str, api_root: str, stream_root: str, **options: Any) -> AsyncIterator[Any]:
+    """A ccxt.pro client of `venue` whose REST URLs are moved under `api_root` and its websocket
+    URLs under `stream_root`."""
     exchange = getattr(ccxtpro, venue)({"options": {**EXCHANGE_OPTIONS.get(venue, {}), **options}})
     urls = dict(exchange.urls["api"])
     streams = urls.pop("ws")
-    exchange.urls["api"] = {
-        **rewrite_api_urls(urls, emulator.url_for(venue)),
-        "ws": rewrite_api_urls(streams, emulator.stream_url_for(venue)),
-    }
+    exchange.urls["api"] = {**rewrite_api_urls(urls, api_root), "ws": rewrite_api_urls(streams, stream_root)}
     try:
         yield exchange
     finally:
@@ -511,20 +518,11 @@ def test_run_emulator_streams_the_simulated_market_and_injects_its_stream_faults
     printed = dict(line.split(": ", 1) for line in child.output().splitlines() if line.startswith("binance"))
 
     async def watch() -> tuple[float, int, float]:
-        exchange = ccxtpro.binance({"options": EXCHANGE_OPTIONS["binance"]})
-        urls = dict(exchange.urls["api"])
-        streams = urls.pop("ws")
-        exchange.urls["api"] = {
-            **rewrite_api_urls(urls, printed["binance"]),
-            "ws": rewrite_api_urls(streams, printed["binance streams"]),
-        }
-        try:
+        async with pro_client_at("binance", printed["binance"], printed["binance streams"]) as exchange:
             first = await asyncio.wait_for(exchange.watch_order_book(SYMBOL), scaled(20))
             moves = await updates_until_a_network_error(exchange)  # dropped every two seconds
             again = await asyncio.wait_for(exchange.watch_order_book(SYMBOL), scaled(20))
             return mid(first), moves, mid(again)
-        finally:
-            await exchange.close()
 
     before, moves, after = run(watch)
     child.proc.send_signal(signal.SIGTERM)
