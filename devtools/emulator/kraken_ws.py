@@ -66,10 +66,10 @@ def answer(venue: EmulatedVenue, text: str) -> Answer:
     params = request.get("params") if isinstance(request.get("params"), dict) else {}
     if method not in ("subscribe", "unsubscribe") or params.get("channel") != "book":
         return Answer(replies=(_reply(request, error="Unsupported request", success=False),))
-    depth = params.get("depth", DEFAULT_DEPTH)
-    if depth not in DEPTHS:
-        return Answer(replies=(_reply(request, error=f"Invalid depth {depth}", success=False),))
-    return _book_request(venue, request, [str(symbol) for symbol in params.get("symbol") or ()], depth)
+    depth, symbols = params.get("depth", DEFAULT_DEPTH), params.get("symbol")
+    if depth not in DEPTHS or not isinstance(symbols, list):
+        return Answer(replies=(_reply(request, error="Invalid depth or symbol list", success=False),))
+    return _book_request(venue, request, [str(symbol) for symbol in symbols], depth)
 
 
 def _pong(request: dict[str, Any]) -> str:

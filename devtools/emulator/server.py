@@ -122,11 +122,7 @@ class Emulator:
         """The venue's websocket root, `ws://HOST:STREAM_PORT/<venue>`: below it each stream has the
         path of the venue's own websocket URL (Binance `/ws`, Kraken `/v2`), so a ccxt.pro client
         reaches it with its `urls["api"]["ws"]` moved under this root."""
-        if venue not in self._streams.venues:
-            raise KeyError(
-                f"the emulator streams no venue {venue!r}; it streams {sorted(self._streams.venues)}"
-            )
-        return f"ws://{self.host}:{self._streams.port}/{venue}"
+        return self._streams.url_for(venue)
 
     def set_book(
         self, venue: str, symbol: str, bids: Sequence[Sequence[Any]], asks: Sequence[Sequence[Any]]

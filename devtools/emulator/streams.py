@@ -232,29 +232,32 @@ class StreamServer:
     def venues(self) -> tuple[str, ...]:
         return tuple(self._venues)
 
+    def url_for(self, venue: str) -> str:
+        return f"ws://{self.host}:{self.port}/{self._of(venue).name}"
+
     def inject(self, venue: str, fault: StreamFault) -> None:
         """Carry out `fault` on `venue`'s streams (see StreamFault)."""
-        streams = self._venues[venue]
+        streams = self._of(venue)
         if fault.skip_ids:
             streams.venue.skip_versions(fault.skip_ids)
         self._call(self._inject(streams, fault))
 
     def clear_fault(self, venue: str) -> None:
         """End a stall and take back a bad checksum not yet sent."""
-        self._call(self._clear_fault(self._venues[venue]))
+        self._call(self._clear_fault(self._of(venue)))
 
     def apply(
         self, venue: str, symbol: str, books: Sequence[tuple[Levels, Levels]], per_second: float | None
     ) -> None:
         """Set `symbol`'s book to each of `books` in turn, `per_second` of them a second (None: as
         fast as they go); returns once the last is set (its frames may still be on their way)."""
-        self._call(self._apply(self._venues[venue].venue, symbol, books, per_second), timeout=None)
+        self._call(self._apply(self._of(venue).venue, symbol, books, per_second), timeout=None)
 
     def sent_frames(self, venue: str) -> list[SentFrame]:
-        return self._call(self._sent(self._venues[venue]))
+        return self._call(self._sent(self._of(venue)))
 
     def connections(self, venue: str) -> int:
-        return self._call(self._count(self._venues[venue]))
+        return self._call(self._count(self._of(venue)))
 
     def clear(self) -> None:
         """Forget every venue's frames sent and faults."""
@@ -263,6 +266,13 @@ class StreamServer:
                 streams.forget()
             return
         self._call(self._forget())
+
+    def _of(self, venue: str) -> _VenueStreams:
+        try:
+            return self._venues[venue]
+        except KeyError:
+            streamed = sorted(self._venues)
+            raise KeyError(f"the emulator streams no venue {venue!r}; it streams {streamed}") from None
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_TIMEOUT_S) -> T:
         if self._loop is None:
@@ -399,7 +409,13 @@ class StreamServer:
             await asyncio.sleep(SAMPLE_S)
             for streams in self._venues.values():
                 for symbol in streams.subscribed_symbols():
-                    streams.venue.book(symbol)
+                    self._look_at(streams, symbol)
+
+    def _look_at(self, streams: _VenueStreams, symbol: str) -> None:
+        try:
+            streams.venue.book(symbol)
+        except Exception:  # a test's feed that fails: its next look may pass, and others go on
+            log.exception("%s: the %s book could not be served", streams.name, symbol)
 
     async def _inject(self, streams: _VenueStreams, fault: StreamFault) -> None:
         streams.damage_next = streams.damage_next or fault.bad_checksum
