@@ -22,8 +22,9 @@ from backtest.engine.source import Slice, base_config, quote_chunks, venue_state
 from backtest.metrics import summarize
 from backtest.models import BacktestRun, BacktestTrade
 from backtest.report import write_report
-from trading.config import from_ms, strategy_params
+from trading.clock import from_ms
 from trading.core.types import split_symbol
+from trading.core_inputs import strategy_params
 from trading.models import Balance
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.conftest import PrivateRedis, fund, make_strategy
 from tests.quotes import book, publish
 from trading import balances, book_claims, execution, legs, lifecycle, pubsub, risk, settlement, trade_store
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.core.types import split_symbol
 from trading.listener import Listener
 from trading.models import Alert, Balance, Opportunity, Order, RiskLimits, Trade, Venue

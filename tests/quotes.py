@@ -8,7 +8,7 @@ from decimal import Decimal
 import redis
 
 from trading import pubsub
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.core.types import Quote
 from trading.listener import Listener
 from trading.models import Opportunity

@@ -111,7 +111,7 @@ def test_from_and_to_limit_the_replay_to_their_quotes() -> None:
 
 
 def _iso(ms: int) -> str:
-    from trading.config import from_ms
+    from trading.clock import from_ms
 
     return from_ms(ms).isoformat()
 

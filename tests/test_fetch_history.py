@@ -17,7 +17,7 @@ from backtest.importing.candles import CANDLE_HEADER
 from backtest.importing.rows import iso, timestamp_ms
 from devtools.emulator import Emulator, emulate
 from tests.conftest import emulated_venues
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.models import Quote as QuoteRow
 from trading.models import Venue
 

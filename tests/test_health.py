@@ -10,7 +10,7 @@ from tests.conftest import Child, make_strategy, make_venue
 from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import collector
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.listener import Listener
 from trading.models import Venue
 from trading.observability import heartbeats

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from tests.conftest import ROOT, child_env, free_port, fund, make_strategy, make_venue
 from tests.quotes import CHEAP, DEAR, FLAT, book
 from trading import pubsub, trade_store
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.core.types import Quote
 from trading.listener import Listener
 from trading.models import Opportunity
@@ -315,7 +315,7 @@ import django
 django.setup()
 from tests.quotes import CHEAP, DEAR, book
 from trading import pubsub
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.listener import Listener, connect
 listener = Listener(connect(), name="no-broker")
 listener.load_strategy()

@@ -30,8 +30,9 @@ from tests.conftest import (
 from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import accounts, execution, legs, pubsub, reconcile, risk, settlement
-from trading.config import announce_trading_mode, now_ms
+from trading.clock import now_ms
 from trading.listener import Listener
+from trading.mode import announce_trading_mode
 from trading.models import Alert, Balance, Deployment, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.venues import ccxt_gateway
 

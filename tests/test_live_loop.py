@@ -15,7 +15,7 @@ from tests.conftest import Child, PrivateRedis, child_env, set_limits
 from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, publish
 from trading import pubsub
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.models import Opportunity, Order, Trade
 from trading.pubsub import Names
 from trading.tasks import execute_opportunity

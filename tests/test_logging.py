@@ -18,7 +18,7 @@ from tests.conftest import ROOT, Child, child_env, client_id, fund, make_strateg
 from tests.deadlines import scaled, wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import pubsub
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.listener import Listener
 from trading.models import Opportunity, Trade
 from trading.observability.logs import MASK, correlation

@@ -16,7 +16,7 @@ from tests.conftest import Child, child_env, make_strategy, make_venue, start_wo
 from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import collector, pubsub
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.listener import Listener
 from trading.models import Opportunity, Trade, Venue
 from trading.tasks import execute_opportunity

@@ -22,7 +22,7 @@ from tests.conftest import PrivateRedis, fund, make_strategy, make_venue, orders
 from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, open_known_gap, publish
 from trading import execution, lifecycle, pubsub, risk, settlement, trade_store
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.listener import Listener
 from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, Trade
 from trading.notify import rules

@@ -18,7 +18,7 @@ from tests.chat_servers import Chat, chat_fixture, eager_tasks_fixture  # noqa: 
 from tests.conftest import Child, child_env, make_strategy, make_venue
 from tests.deadlines import scaled, wait_until
 from trading import alerts, collector, monitoring
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.core.risk import max_drawdown
 from trading.models import Alert, Opportunity, Trade, Venue
 from trading.monitoring import alive, stale_symbols

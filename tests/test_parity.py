@@ -17,8 +17,9 @@ from tests.conftest import fund, make_venue
 from tests.money_rules import make_rules_strategy
 from tests.quotes import book, publish
 from trading import execution, pubsub
-from trading.config import now_ms, strategy_params, venue_state
+from trading.clock import now_ms
 from trading.core.types import Quote
+from trading.core_inputs import strategy_params, venue_state
 from trading.listener import Listener
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
 

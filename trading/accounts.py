@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from trading import alerts, legs, lifecycle, pubsub
-from trading.config import NoActiveStrategy, active_strategy
+from trading.core_inputs import NoActiveStrategy, active_strategy
 from trading.legs import VenueFacts
 from trading.models import Balance, Deployment, Order, Venue
 from trading.venues.base import Gateway, VenueError

@@ -28,10 +28,11 @@ from django.conf import settings
 from django.db import Error as DatabaseError
 from django.utils import timezone
 
-from trading.config import NoActiveStrategy, active_strategy, now_ms
+from trading.clock import now_ms
 from trading.core import band
 from trading.core.types import Quote
 from trading.core.validate import QuoteRejected
+from trading.core_inputs import NoActiveStrategy, active_strategy
 from trading.models import Venue
 from trading.observability import heartbeats, metrics
 from trading.pubsub import connect, names, publish_quotes, reserve_sequences

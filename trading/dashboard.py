@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from trading import monitoring
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.models import Alert, Trade
 from trading.pubsub import connect
 

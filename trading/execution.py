@@ -22,7 +22,7 @@ from django.db import transaction
 from redis.client import Pipeline
 
 from trading import balances, book_claims, lifecycle, orders, pubsub, risk, settlement, trade_store
-from trading.config import now_ms, strategy_params, to_ms, venue_state
+from trading.clock import now_ms, to_ms
 from trading.core import liquidity
 from trading.core.fills import fill
 from trading.core.liquidity import Claim
@@ -30,6 +30,7 @@ from trading.core.policy import Role
 from trading.core.strategy import evaluate_pair
 from trading.core.types import ZERO, Quote, Side, StrategyParams, VenueState
 from trading.core.types import Opportunity as Sized
+from trading.core_inputs import strategy_params, venue_state
 from trading.models import Balance, Opportunity, Order, StrategyConfig
 from trading.observability import metrics
 from trading.observability.logs import correlation, opportunity_correlation

@@ -18,8 +18,8 @@ from typing import TypeVar
 
 from django.conf import settings
 
-from trading.config import credentials
 from trading.core.types import MarketRules
+from trading.credentials import credentials
 from trading.models import Venue
 from trading.venues.base import Gateway, OrderNotFound, OrderRequest, OrderResult, TemporaryVenueError
 from trading.venues.pool import POOL

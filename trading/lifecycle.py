@@ -31,7 +31,7 @@ from kombu.exceptions import OperationalError
 
 from arbsite.celery import app
 from trading import pubsub, trade_store
-from trading.config import from_ms
+from trading.clock import from_ms
 from trading.core.types import Decision
 from trading.models import Opportunity, StrategyConfig
 from trading.observability import metrics

@@ -29,12 +29,13 @@ from redis.retry import Retry
 
 from arbsite.celery import app
 from trading import book_claims, lifecycle, pubsub, risk
-from trading.config import from_ms, load_venue_states, now_ms, strategy_params, to_ms
+from trading.clock import from_ms, now_ms, to_ms
 from trading.core import band, liquidity, sequence
 from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.strategy import find_decisions
 from trading.core.types import Decision, Quote, StrategyParams, VenueState
 from trading.core.validate import QuoteRejected
+from trading.core_inputs import load_venue_states, strategy_params
 from trading.models import Opportunity, StrategyConfig, Venue
 from trading.observability import heartbeats, metrics
 from trading.observability.logs import correlation, opportunity_correlation

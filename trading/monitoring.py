@@ -20,8 +20,9 @@ from django.utils import timezone
 
 from trading import alerts, risk
 from trading.alerts import CRITICAL, WARNING, Condition, Transitions
-from trading.config import NoActiveStrategy, active_strategy, now_ms
+from trading.clock import now_ms
 from trading.core import risk as core_risk
+from trading.core_inputs import NoActiveStrategy, active_strategy
 from trading.models import KillSwitch, RiskLimits, Venue
 from trading.observability import heartbeats
 from trading.pubsub import connect, latest_books, names

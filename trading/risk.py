@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from trading import alerts, orders, trade_store
-from trading.config import from_ms, to_ms
+from trading.clock import from_ms, to_ms
 from trading.core import risk as core_risk
 from trading.core.policy import Placed
 from trading.core.types import Opportunity as Sized

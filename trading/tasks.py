@@ -11,7 +11,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from trading import accounts, collector, execution, lifecycle, monitoring, reconcile, risk, storage
-from trading.config import announce_trading_mode, now_ms
+from trading.clock import now_ms
+from trading.mode import announce_trading_mode
 from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, rules
 
 

@@ -18,8 +18,9 @@ from django.db.models import FloatField, Max, Min, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from backtest.engine.arrays import NO_VENUE_TS, QuoteArrays
-from trading.config import to_ms, venue_state
+from trading.clock import to_ms
 from trading.core.types import Fees, StrategyParams, VenueState
+from trading.core_inputs import venue_state
 from trading.models import Quote as QuoteRow
 from trading.models import StrategyConfig, Venue
 

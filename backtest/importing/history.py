@@ -26,7 +26,7 @@ from django.conf import settings
 from backtest.importing.candles import CANDLE_HEADER, Candle, CandleColumns, candle_line, parse_candle
 from backtest.importing.files import UnreadableFile, open_text
 from backtest.importing.rows import BadRow, timeframe_ms
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.models import Venue
 from trading.venues.ccxt_gateway import open_exchange, translate_error
 

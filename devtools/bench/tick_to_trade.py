@@ -30,8 +30,9 @@ from django.db import connection
 from devtools.bench import BenchmarkUnavailable
 from devtools.emulator import Emulator, emulate
 from trading import pubsub
-from trading.config import credential_names, now_ms
+from trading.clock import now_ms
 from trading.core.types import Quote
+from trading.credentials import credential_names
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Venue
 
 SYMBOL = "BTC/USDT"

@@ -22,7 +22,7 @@ from django.core.management.base import CommandError
 
 from devtools.demo.setup import DEMO_BALANCES, LIVE_VENUES
 from devtools.demo.supervisor import ProcessSpec
-from trading.config import credential_names
+from trading.credentials import credential_names
 
 # Secrets the children do not need, and Flower settings it would misread as its own options.
 WITHHELD = ("DEMO_ADMIN_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD")

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from trading import pubsub
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.core.types import Quote
 from trading.models import StrategyConfig, Venue
 from trading.observability import heartbeats

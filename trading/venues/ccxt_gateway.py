@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import ccxt.async_support as ccxt
 from django.conf import settings
 
-from trading.config import now_ms
+from trading.clock import now_ms
 from trading.core.ledger import Charge
 from trading.core.types import ZERO, Fill, MarketRules, Quote, split_symbol
 from trading.core.validate import parse_quote

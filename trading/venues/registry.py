@@ -8,8 +8,9 @@ from collections.abc import Callable
 from django.conf import settings
 
 from trading import pubsub
-from trading.config import credentials, market_rules
 from trading.core.types import Quote
+from trading.core_inputs import market_rules
+from trading.credentials import credentials
 from trading.models import Venue
 from trading.venues.base import Gateway, VenueError
 from trading.venues.ccxt_gateway import ORDER_DIALECTS, CcxtGateway

@@ -42,7 +42,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from devtools.emulator import DIALECTS, Emulator, emulate
 from devtools.emulator.fees import MODES, QUOTE, valid_asset
 from devtools.emulator.venue import Arrival, Book, BookFeed
-from trading.config import credential_names, credentials
+from trading.credentials import credential_names, credentials
 from trading.venues.simulated import simulated_book, wall_clock_ms
 
 

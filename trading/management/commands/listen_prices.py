@@ -10,8 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from trading import trade_store
-from trading.config import announce_trading_mode
 from trading.listener import Listener, connect
+from trading.mode import announce_trading_mode
 
 
 class Command(BaseCommand):

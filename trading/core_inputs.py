@@ -1,29 +1,17 @@
-"""Adapting database rows into the pure core's inputs: strategy params and venue states."""
+"""Database rows as the pure core's inputs: the active strategy, its params, and venues' rules and states."""
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from decimal import Decimal
-
-from django.conf import settings
 
 from trading.core.types import Fees, MarketRules, StrategyParams, VenueState
 from trading.models import Balance, StrategyConfig, Venue
 
-log = logging.getLogger(__name__)
-
 
 class NoActiveStrategy(LookupError):
     """No StrategyConfig is marked active: nothing may trade until one is."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def active_strategy() -> StrategyConfig:
@@ -91,48 +79,3 @@ def load_venue_states(
     for balance in Balance.objects.filter(venue__in=loaded):
         free[balance.venue_id][balance.asset] = balance.free
     return {v.name: venue_state(v, config, free[v.pk], tradeable(v)) for v in loaded}
-
-
-def to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def credential_names(venue: str) -> tuple[str, str]:
-    """The environment variables holding `venue`'s API key and secret: ARB_<VENUE>_API_KEY and
-    ARB_<VENUE>_API_SECRET, the name upper-cased with dashes as underscores."""
-    stem = f"ARB_{venue.upper().replace('-', '_')}"
-    return f"{stem}_API_KEY", f"{stem}_API_SECRET"
-
-
-def credentials(venue: str) -> tuple[str, str] | None:
-    """`venue`'s (key, secret) from the environment, or None unless both are set."""
-    key, secret = (os.environ.get(name, "") for name in credential_names(venue))
-    return (key, secret) if key and secret else None
-
-
-def venues_without_keys() -> list[str]:
-    """Enabled ccxt venues whose keys are missing from the environment."""
-    names = Venue.objects.filter(enabled=True, kind=Venue.Kind.CCXT).values_list("name", flat=True)
-    return [name for name in names if credentials(name) is None]
-
-
-def announce_trading_mode() -> str:
-    """Say at start which mode new opportunities trade in (TRADING_MODE), and in live mode which
-    enabled ccxt venues only quote because their keys are missing (naming the variables, never a
-    key). Returns the mode."""
-    mode = settings.TRADING_MODE
-    missing = venues_without_keys() if mode == "live" else []
-    if missing:
-        variables = [name for venue in missing for name in credential_names(venue)]
-        log.warning(
-            "trading mode: LIVE; quote-only for lack of keys: %s (%s)",
-            ", ".join(missing),
-            ", ".join(variables),
-        )
-    else:
-        log.warning("trading mode: %s", mode.upper())
-    return mode
