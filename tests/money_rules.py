@@ -27,7 +27,17 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tests.conftest import PrivateRedis, fund, make_strategy
 from tests.quotes import book, publish
-from trading import balances, book_claims, execution, legs, lifecycle, pubsub, risk, settlement, trade_store
+from trading import (
+    balances,
+    book_claims,
+    execution,
+    legs,
+    lifecycle,
+    pubsub,
+    risk_controls,
+    settlement,
+    trade_store,
+)
 from trading.clock import now_ms
 from trading.core.types import split_symbol
 from trading.listener import Listener
@@ -67,7 +77,7 @@ STEPS = {
     "ledger": (balances, "apply"),
     "cash flow": (settlement, "record_cash_flow"),
     "finish": (settlement, "finish"),
-    "daily loss": (risk, "enforce_daily_loss"),
+    "daily loss": (risk_controls, "enforce_daily_loss"),
 }
 
 
@@ -249,7 +259,9 @@ class MoneyRules(RuleBasedStateMachine):
 
     @invariant()
     def exposure_over_its_cap_is_named_in_an_open_alert(self) -> None:
-        over = [amount for amount in risk.open_exposure("BTC").values() if amount * MID > EXPOSURE_CAP]
+        over = [
+            amount for amount in risk_controls.open_exposure("BTC").values() if amount * MID > EXPOSURE_CAP
+        ]
         if over:
             keys = Alert.objects.filter(resolved_at__isnull=True).values_list("key", flat=True)
             assert any(key.startswith(("leg_hedge:", "settlement_interrupted:")) for key in keys)

@@ -29,7 +29,7 @@ from tests.conftest import (
 )
 from tests.deadlines import wait_until
 from tests.quotes import book, publish
-from trading import accounts, execution, legs, pubsub, reconcile, risk, settlement
+from trading import accounts, execution, legs, pubsub, reconcile, risk_controls, settlement
 from trading.clock import now_ms
 from trading.listener import Listener
 from trading.mode import announce_trading_mode
@@ -235,7 +235,7 @@ def test_rejected_leg_is_retried_then_the_filled_leg_is_hedged_back(live: Emulat
     }
     # bought 0.5 at 60000 and sold it back at 59990, 0.1% fee each way: flat BTC, nothing open
     assert live.balances("binance", KEYS["binance"]) == {"BTC": Decimal("0"), "USDT": Decimal("99935.005")}
-    assert risk.open_exposure("BTC") == {}
+    assert risk_controls.open_exposure("BTC") == {}
     # the loss is realized PnL: 30,030 paid, 29,960.005 got back
     assert Trade.objects.get().realized_pnl == Decimal("-64.995")
     assert set(Alert.objects.values_list("key", "severity")) == {
@@ -264,7 +264,7 @@ def test_partial_fills_are_retried_and_what_stays_one_sided_is_hedged(live: Emul
 
 @pytest.mark.django_db
 def test_the_kill_switch_stops_the_next_live_trade_before_any_order(live: Emulator, redis_client) -> None:
-    risk.trip("by hand", by="ops")
+    risk_controls.trip("by hand", by="ops")
     opportunity = open_gap(redis_client)
 
     assert execution.execute_opportunity(opportunity.pk) == "rejected"

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from tests.conftest import PrivateRedis, fund, make_strategy, make_venue, orders_by_key, set_limits
 from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, FLAT, book, open_known_gap, publish
-from trading import execution, lifecycle, pubsub, risk, settlement, trade_store
+from trading import execution, lifecycle, pubsub, risk_controls, settlement, trade_store
 from trading.clock import now_ms
 from trading.listener import Listener
 from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, Trade
@@ -162,7 +162,7 @@ def test_a_leg_failure_and_its_hedge_are_a_realized_loss_that_trips_the_daily_li
     with django_capture_on_commit_callbacks(execute=True):
         assert execution.execute_opportunity(one_sided.pk) == "failed"
 
-    assert risk.todays_pnls() == [Decimal("-34.995")]
+    assert risk_controls.todays_pnls() == [Decimal("-34.995")]
     assert KillSwitch.objects.get().tripped
     summary = dict(rules.summary_message(timezone.now().date()).facts)
     assert summary["Realized PnL"] == "-35.00"
@@ -177,7 +177,7 @@ def test_a_filled_leg_whose_partner_is_being_retried_counts_against_the_exposure
     Order.objects.filter(pk=legs["buy"].pk).update(status=Order.Status.FILLED, filled=Decimal("0.5"))
     Order.objects.filter(pk=legs["sell"].pk).update(status=Order.Status.REJECTED)
 
-    assert risk.open_exposure("BTC") == {("alpha", "BTC"): Decimal("0.5")}
+    assert risk_controls.open_exposure("BTC") == {("alpha", "BTC"): Decimal("0.5")}
 
 
 # --- the trade task before the record ------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_a_hedge_that_meets_a_redis_restart_is_sent_again_once_redis_is_back(
 
     hedge = orders_by_key(opportunity)["hedge"]
     assert (hedge.status, hedge.filled) == ("filled", Decimal("0.5"))
-    assert risk.open_exposure("BTC") == {}
+    assert risk_controls.open_exposure("BTC") == {}
     assert all(locked == 0 for _, locked in ledger().values())
 
 

@@ -20,7 +20,7 @@ from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from tests.test_live_execution import CHEAP, DEAR, emulator, live_env, running_emulator, settings_db  # noqa: F401
 from tests.test_live_execution import live as live
-from trading import lifecycle, reconcile, risk
+from trading import lifecycle, reconcile, risk_controls
 from trading.models import Balance, Opportunity, Order, StrategyConfig, Trade, Venue
 from trading.tasks import execute_opportunity, resume_abandoned
 
@@ -85,7 +85,7 @@ def test_a_trade_cut_off_by_its_soft_time_limit_mid_retries_is_resumed_and_ends_
 
     assert resumed_to_the_end(opportunity) in (Status.EXECUTED, Status.FAILED)
     assert reconcile.reconcile_all() == []  # recorded orders and balances are the venues'
-    assert risk.open_exposure("BTC") == {}
+    assert risk_controls.open_exposure("BTC") == {}
     assert all(b.locked == 0 for b in Balance.objects.all())
 
 

@@ -23,7 +23,7 @@ from tests.chat_servers import Chat, chat_fixture, eager_tasks_fixture  # noqa: 
 from tests.conftest import ROOT, child_env, set_limits
 from tests.deadlines import scaled
 from tests.quotes import open_known_gap
-from trading import execution, monitoring, risk
+from trading import execution, monitoring, risk_controls
 from trading.models import Alert, Balance, KillSwitch, Opportunity, Order, RiskLimits, Trade, Venue
 from trading.tasks import monitor_check
 
@@ -204,8 +204,8 @@ def test_the_monitoring_beat_trips_the_switch_on_a_loss_without_any_new_trade(
 
 
 def test_tripping_twice_keeps_the_first_reason_and_time_and_one_alert(market: None) -> None:
-    first = risk.trip("exchange hacked", by="alice")
-    second = risk.trip("another reason", by="bob")
+    first = risk_controls.trip("exchange hacked", by="alice")
+    second = risk_controls.trip("another reason", by="bob")
 
     assert (second.reason, second.tripped_by, second.tripped_at) == (
         "exchange hacked",
@@ -219,12 +219,12 @@ def test_tripping_twice_keeps_the_first_reason_and_time_and_one_alert(market: No
 def test_a_trade_checking_while_a_trip_is_being_written_waits_for_it_and_is_stopped(
     detected: Opportunity,
 ) -> None:
-    risk.kill_switch()  # the switch's row exists, armed, as it does once anything has read it
+    risk_controls.kill_switch()  # the switch's row exists, armed, as it does once anything has read it
     tripping, release = threading.Event(), threading.Event()
 
     def trip_and_hold() -> None:
         with transaction.atomic():
-            risk.trip("incident", by="alice")
+            risk_controls.trip("incident", by="alice")
             tripping.set()
             release.wait(scaled(10))
         connection.close()
@@ -254,7 +254,7 @@ def test_only_a_re_arm_clears_the_switch_not_monitoring_runs_or_a_fresh_process(
     detected: Opportunity, redis_client: redis.Redis, settings, django_capture_on_commit_callbacks
 ) -> None:
     settings.ALERT_CLEAR_SECONDS = 0
-    risk.trip("manual stop", by="alice")
+    risk_controls.trip("manual stop", by="alice")
     for _ in range(2):
         with django_capture_on_commit_callbacks(execute=True):
             monitoring.run_once()
@@ -264,7 +264,7 @@ def test_only_a_re_arm_clears_the_switch_not_monitoring_runs_or_a_fresh_process(
     assert Alert.objects.filter(key="kill_switch", resolved_at__isnull=True).exists()
     assert execution.execute_opportunity(detected.pk) == "rejected"
 
-    risk.rearm("carol")
+    risk_controls.rearm("carol")
     with django_capture_on_commit_callbacks(execute=True):
         monitoring.run_once()
     assert not Alert.objects.filter(key="kill_switch", resolved_at__isnull=True).exists()
@@ -337,7 +337,7 @@ def test_the_limits_are_edited_in_admin_and_apply_to_the_next_trade(
     )
 
     assert response.status_code == 302
-    assert risk.limits().daily_loss_limit == Decimal(250)
+    assert risk_controls.limits().daily_loss_limit == Decimal(250)
     assert execution.execute_opportunity(detected.pk) == "rejected"
     detected.refresh_from_db()
     assert detected.reason == "risk: venue_paused bravo"
@@ -361,7 +361,7 @@ def manage(*args: str) -> str:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_tripped_switch_is_still_tripped_in_a_new_process_until_someone_re_arms_it(market: None) -> None:
-    risk.trip("exchange incident", by="alice")
+    risk_controls.trip("exchange incident", by="alice")
 
     assert "TRIPPED" in manage("kill_switch", "status")
     assert "by dave" in manage("kill_switch", "rearm", "--by", "dave")

@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from trading import lifecycle, risk, strategies
+from trading import lifecycle, risk_controls, strategies
 from trading.core.types import split_symbol
 from trading.models import (
     Alert,
@@ -566,7 +566,7 @@ class KillSwitchAdmin(RecordAdmin):
     actions = ("trip_switch", "rearm_switch")
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        risk.kill_switch()
+        risk_controls.kill_switch()
         return super().changelist_view(request, extra_context)
 
     @admin.action(description="Trip: stop all new trades (give a reason)")
@@ -575,10 +575,10 @@ class KillSwitchAdmin(RecordAdmin):
         if not reason:
             self.message_user(request, "Give a reason to trip the kill switch.", messages.ERROR)
             return
-        switch = risk.trip(reason, by=f"{request.user.get_username()} (admin)")
-        self.message_user(request, f"Kill switch {risk.describe(switch)}", messages.WARNING)
+        switch = risk_controls.trip(reason, by=f"{request.user.get_username()} (admin)")
+        self.message_user(request, f"Kill switch {risk_controls.describe(switch)}", messages.WARNING)
 
     @admin.action(description="Re-arm: let trading resume")
     def rearm_switch(self, request: HttpRequest, queryset: QuerySet[KillSwitch]) -> None:
-        switch = risk.rearm(request.user.get_username())
-        self.message_user(request, f"Kill switch {risk.describe(switch)}", messages.SUCCESS)
+        switch = risk_controls.rearm(request.user.get_username())
+        self.message_user(request, f"Kill switch {risk_controls.describe(switch)}", messages.SUCCESS)

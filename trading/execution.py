@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import transaction
 from redis.client import Pipeline
 
-from trading import balances, book_claims, lifecycle, orders, pubsub, risk, settlement, trade_store
+from trading import balances, book_claims, lifecycle, orders, pubsub, risk_controls, settlement, trade_store
 from trading.clock import now_ms, to_ms
 from trading.core import liquidity
 from trading.core.fills import fill
@@ -138,7 +138,7 @@ def recheck_and_record(claimed: trade_store.Claimed) -> Plan | Dropped:
     age = now - to_ms(opportunity.detected_at)
     if age > params.ttl_ms:
         return Dropped(Status.EXPIRED, f"ttl_exceeded: {age} ms old, ttl {params.ttl_ms} ms")
-    halted = risk.halt_reason(guards)
+    halted = risk_controls.halt_reason(guards)
     if halted is not None:
         return Dropped(Status.REJECTED, halted)
     names = (opportunity.buy_venue.name, opportunity.sell_venue.name)
@@ -201,7 +201,7 @@ def _decide_and_reserve(
     if not decision.accepted or decision.opportunity is None:
         return f"no_longer_profitable: {decision.reason}"
     sized = decision.opportunity
-    violation = risk.limit_violation(opportunity, sized, now, guards)
+    violation = risk_controls.limit_violation(opportunity, sized, now, guards)
     if violation is not None:
         return violation
     pipe.multi()

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from arbsite.celery import app
-from trading import book_claims, lifecycle, pubsub, risk
+from trading import book_claims, lifecycle, pubsub, risk_controls
 from trading.clock import from_ms, now_ms, to_ms
 from trading.core import band, liquidity, sequence
 from trading.core.gaps import GapKey, GapState, track_gaps
@@ -163,7 +163,7 @@ class Listener:
         pair cooldown, and learn which opportunities settled (their crossings may re-arm)."""
         self.venue_ids = dict(Venue.objects.filter(enabled=True).values_list("name", "pk"))
         self.venues = load_venue_states(self.config, lambda v: tradeable(v, self.mode)) if self.config else {}
-        self.cooldown_ms = risk.limits().pair_cooldown_ms
+        self.cooldown_ms = risk_controls.limits().pair_cooldown_ms
         in_flight = {
             gap.opportunity_id: key for key, gap in self.open.items() if gap.state is GapState.IN_FLIGHT
         }

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from trading import alerts, risk
+from trading import alerts, risk_controls
 from trading.alerts import CRITICAL, WARNING, Condition, Transitions
 from trading.clock import now_ms
 from trading.core import risk as core_risk
@@ -162,14 +162,14 @@ def check_queue_backlog(client: redis.Redis, now: int) -> list[Condition]:
 
 
 def check_daily_loss(client: redis.Redis, now: int) -> list[Condition]:
-    realized, limit = sum(risk.todays_pnls(), Decimal(0)), RiskLimits.current().daily_loss_limit
+    realized, limit = sum(risk_controls.todays_pnls(), Decimal(0)), RiskLimits.current().daily_loss_limit
     if realized >= -limit:
         return []
     return [Condition("daily_loss", CRITICAL, f"Daily loss {-realized:,.2f} past the limit of {limit:,.2f}")]
 
 
 def check_drawdown(client: redis.Redis, now: int) -> list[Condition]:
-    drawdown, limit = core_risk.max_drawdown(risk.todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
+    drawdown, limit = core_risk.max_drawdown(risk_controls.todays_pnls()), Decimal(settings.MAX_DRAWDOWN)
     if drawdown <= limit:
         return []
     return [Condition("drawdown", CRITICAL, f"Drawdown {drawdown:,.2f} today past the limit of {limit:,.2f}")]
@@ -178,7 +178,7 @@ def check_drawdown(client: redis.Redis, now: int) -> list[Condition]:
 def check_kill_switch(client: redis.Redis, now: int) -> list[Condition]:
     """Keeps the kill switch's alert open while it stays tripped (tripping opens it at once)."""
     switch = KillSwitch.objects.filter(tripped_at__isnull=False).first()
-    return [] if switch is None else [risk.kill_switch_condition(switch)]
+    return [] if switch is None else [risk_controls.kill_switch_condition(switch)]
 
 
 Check = Callable[[redis.Redis, int], list[Condition]]

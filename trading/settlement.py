@@ -21,7 +21,7 @@ from functools import partial
 from django.conf import settings
 from django.db import transaction
 
-from trading import alerts, balances, legs, orders, pubsub, risk
+from trading import alerts, balances, legs, orders, pubsub, risk_controls
 from trading.core import ledger, policy
 from trading.core.ledger import Movement, held_asset, release
 from trading.core.policy import Done, Outcome, Role, Rules, Send
@@ -249,7 +249,7 @@ def _done(opportunity: Opportunity, rows: list[Order], step: Done) -> str:
     with transaction.atomic():
         trade = record_cash_flow(opportunity, rows, step)
         transaction.on_commit(lambda: _announce(trade))
-        risk.enforce_daily_loss()
+        risk_controls.enforce_daily_loss()
         if step.outcome is Outcome.OPEN:
             return _left_open(opportunity, step, bought, sold, hedged)
         if step.outcome is Outcome.HEDGED:

@@ -10,7 +10,7 @@ from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.utils import timezone
 
-from trading import accounts, collector, execution, lifecycle, monitoring, reconcile, risk, storage
+from trading import accounts, collector, execution, lifecycle, monitoring, reconcile, risk_controls, storage
 from trading.clock import now_ms
 from trading.mode import announce_trading_mode
 from trading.notify import Message, TemporaryNotifyError, announce_channels, deliver, rules
@@ -64,7 +64,7 @@ def refresh_accounts() -> None:
 
 @shared_task(name="monitor.check", ignore_result=True, time_limit=30, soft_time_limit=25)
 def monitor_check() -> None:
-    risk.enforce_daily_loss()  # first, so this run's checks already see a switch it trips
+    risk_controls.enforce_daily_loss()  # first, so this run's checks already see a switch it trips
     monitoring.run_once()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from trading import risk
+from trading import risk_controls
 
 
 class Command(BaseCommand):
@@ -27,12 +27,12 @@ class Command(BaseCommand):
         if action == "trip":
             if not options["reason"].strip():
                 raise CommandError("--reason must say why the switch is tripped")
-            switch = risk.trip(options["reason"], by=f"{options['by']} (command)")
+            switch = risk_controls.trip(options["reason"], by=f"{options['by']} (command)")
         elif action == "rearm":
             try:
-                switch = risk.rearm(options["by"])
+                switch = risk_controls.rearm(options["by"])
             except ValueError as exc:
                 raise CommandError(str(exc)) from exc
         else:
-            switch = risk.kill_switch()
-        self.stdout.write(f"kill switch {risk.describe(switch)}")
+            switch = risk_controls.kill_switch()
+        self.stdout.write(f"kill switch {risk_controls.describe(switch)}")

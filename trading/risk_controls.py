@@ -1,4 +1,4 @@
-"""Risk service: the limits in force, the check every trade passes before an order is sent, and
+"""Risk controls: the limits in force, the check every trade passes before an order is sent, and
 the kill switch.
 
 The questions themselves are pure (trading.core.risk); this module loads their inputs from the
