@@ -28,8 +28,7 @@ from trading.core.fills import fill
 from trading.core.liquidity import Claim
 from trading.core.policy import Role
 from trading.core.strategy import evaluate_pair
-from trading.core.types import ZERO, Quote, Side, StrategyParams, VenueState
-from trading.core.types import Opportunity as Sized
+from trading.core.types import ZERO, Quote, Side, SizedTrade, StrategyParams, VenueState
 from trading.core_inputs import strategy_params, venue_state
 from trading.models import Balance, Opportunity, Order, StrategyConfig
 from trading.observability import metrics
@@ -96,10 +95,11 @@ def _settling(opportunity: Opportunity, *, resuming: bool, fresh: Sequence[Order
 
 @dataclass(frozen=True)
 class Plan:
-    """What the re-check decided to send: the sized opportunity and the orders recorded for it."""
+    """What the re-check decided to send: the opportunity, its trade as sized and the orders recorded
+    for it."""
 
     opportunity: Opportunity
-    sized: Sized
+    sized: SizedTrade
     buy: Order
     sell: Order
 
@@ -152,7 +152,7 @@ def recheck_and_record(claimed: trade_store.Claimed) -> Plan | Dropped:
             Status.REJECTED, f"venue_unavailable: {', '.join(names)} must both trade {opportunity.mode}"
         )
 
-    def decide(pipe: Pipeline, claims: list[book_claims.Claims]) -> Sized | str:
+    def decide(pipe: Pipeline, claims: list[book_claims.Claims]) -> SizedTrade | str:
         return _decide_and_reserve(pipe, opportunity, books, claims, venues, params, now, guards)
 
     sized = book_claims.transact(pubsub.shared(), [books[names[0]], books[names[1]]], decide)
@@ -184,7 +184,7 @@ def _decide_and_reserve(
     params: StrategyParams,
     now: int,
     guards: trade_store.Guards,
-) -> Sized | str:
+) -> SizedTrade | str:
     """The re-check's decision on what is left of the books (queueing the reservation of what it
     takes on `pipe`), or the reason it is no longer traded."""
     claimant = str(opportunity.pk)
@@ -198,9 +198,9 @@ def _decide_and_reserve(
     decision = evaluate_pair(buy_left, sell_left, venues[buy_name], venues[sell_name], params, now)
     if decision is None:
         return "no_longer_profitable: gap_closed"
-    if not decision.accepted or decision.opportunity is None:
+    if not decision.accepted or decision.sized is None:
         return f"no_longer_profitable: {decision.reason}"
-    sized = decision.opportunity
+    sized = decision.sized
     violation = risk_controls.limit_violation(opportunity, sized, now, guards)
     if violation is not None:
         return violation
@@ -221,7 +221,9 @@ def _decide_and_reserve(
     return sized
 
 
-def _record_orders(claimed: trade_store.Claimed, sized: Sized, rows: dict[tuple[int, str], Balance]) -> Plan:
+def _record_orders(
+    claimed: trade_store.Claimed, sized: SizedTrade, rows: dict[tuple[int, str], Balance]
+) -> Plan:
     """Both legs' orders (in one statement) and the holds on their funds (in another, in the same
     round trip)."""
     opportunity = claimed.opportunity

@@ -86,7 +86,7 @@ def open_opportunity(
 
 
 def _expected(decision: Decision) -> dict[str, Any]:
-    sized = decision.opportunity
+    sized = decision.sized
     if sized is None:
         return {}
     return {

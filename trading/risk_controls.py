@@ -19,8 +19,7 @@ from trading import alerts, orders, trade_store
 from trading.clock import from_ms, to_ms
 from trading.core import risk as core_risk
 from trading.core.policy import Placed
-from trading.core.types import Opportunity as Sized
-from trading.core.types import split_symbol
+from trading.core.types import SizedTrade, split_symbol
 from trading.models import KillSwitch, Opportunity, RiskLimits, Trade
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def halt_reason(guards: trade_store.Guards) -> str | None:
 
 
 def limit_violation(
-    opportunity: Opportunity, sized: Sized, now: int, guards: trade_store.Guards
+    opportunity: Opportunity, sized: SizedTrade, now: int, guards: trade_store.Guards
 ) -> str | None:
     """The limit trading `sized` would break, as a reason starting "risk: ", or None to go ahead.
 

@@ -259,7 +259,7 @@ class Replay:
                 seen.take_over(replaced[decision.key])
 
     def _open(self, decision: Decision, now: int, books: Mapping[str, Quote]) -> SeenOpportunity:
-        sized = decision.opportunity
+        sized = decision.sized
         seen = SeenOpportunity(
             buy_venue=decision.buy_venue,
             sell_venue=decision.sell_venue,
@@ -284,7 +284,7 @@ class Replay:
     def _take(self, decision: Decision, now: int, books: Mapping[str, Quote]) -> SimTrade | None:
         """Reserve what both legs of an accepted decision take from the books it saw and send
         them; the trade, or None when it is dropped."""
-        sized = decision.opportunity
+        sized = decision.sized
         assert sized is not None  # an accepted decision is always sized
         slowest = max(self.setup.latency(sized.buy.venue), self.setup.latency(sized.sell.venue))
         if slowest > self.params.ttl_ms:

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from tests.core.builders import NOW, lot_amounts
 from trading.core import risk
 from trading.core.policy import Placed, Role
-from trading.core.types import Leg, Opportunity, Side
+from trading.core.types import Leg, Side, SizedTrade
 
 # Buy 0.5 BTC on alpha up to 30000, sell it on bravo down to 30100: 15,050 at stake.
-TRADE = Opportunity(
+TRADE = SizedTrade(
     symbol="BTC/USDT",
     buy=Leg("alpha", Side.BUY, Decimal("0.5"), Decimal("30000"), Decimal("30000"), Decimal("15")),
     sell=Leg("bravo", Side.SELL, Decimal("0.5"), Decimal("30100"), Decimal("30100"), Decimal("15.05")),

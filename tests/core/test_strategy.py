@@ -26,9 +26,9 @@ from trading.core.types import (
     BPS,
     Decision,
     MarketRules,
-    Opportunity,
     Quote,
     Side,
+    SizedTrade,
     StrategyParams,
     VenueState,
 )
@@ -50,36 +50,36 @@ def decide(
     )
 
 
-def accepted(decision: Decision | None) -> Opportunity:
+def accepted(decision: Decision | None) -> SizedTrade:
     assert decision is not None
     assert decision.accepted, decision.reason
     assert decision.reason == Reason.ACCEPTED
-    assert decision.opportunity is not None
-    return decision.opportunity
+    assert decision.sized is not None
+    return decision.sized
 
 
 def test_a_known_gap_is_accepted_with_the_hand_computed_profit() -> None:
     # Every unit earns at least 10 bps net, so the whole trade size is taken:
     # buy 0.5 @ 100.00 + 0.5 @ 100.50 = 100.25, fee 0.10025;
     # sell 0.3 @ 101.50 + 0.7 @ 101.00 = 101.15, fee 0.10115.
-    opportunity = accepted(decide(strategy=params(min_profit_bps="10", trade_size="1")))
+    sized = accepted(decide(strategy=params(min_profit_bps="10", trade_size="1")))
 
-    assert (opportunity.buy.venue, opportunity.buy.side, opportunity.buy.amount) == (
+    assert (sized.buy.venue, sized.buy.side, sized.buy.amount) == (
         "A",
         Side.BUY,
         Decimal(1),
     )
-    assert (opportunity.sell.venue, opportunity.sell.side, opportunity.sell.amount) == (
+    assert (sized.sell.venue, sized.sell.side, sized.sell.amount) == (
         "B",
         Side.SELL,
         Decimal(1),
     )
-    assert (opportunity.buy.price, opportunity.buy.worst_price) == (Decimal("100.25"), Decimal("100.50"))
-    assert (opportunity.sell.price, opportunity.sell.worst_price) == (Decimal("101.15"), Decimal("101.00"))
-    assert (opportunity.buy.fee, opportunity.sell.fee) == (Decimal("0.10025"), Decimal("0.10115"))
-    assert opportunity.gross_profit == Decimal("0.90")
-    assert opportunity.net_profit == Decimal("0.6986")
-    assert opportunity.net_bps.quantize(Decimal("0.01")) == Decimal("69.69")
+    assert (sized.buy.price, sized.buy.worst_price) == (Decimal("100.25"), Decimal("100.50"))
+    assert (sized.sell.price, sized.sell.worst_price) == (Decimal("101.15"), Decimal("101.00"))
+    assert (sized.buy.fee, sized.sell.fee) == (Decimal("0.10025"), Decimal("0.10115"))
+    assert sized.gross_profit == Decimal("0.90")
+    assert sized.net_profit == Decimal("0.6986")
+    assert sized.net_bps.quantize(Decimal("0.01")) == Decimal("69.69")
 
 
 def test_a_slippage_allowance_moves_each_guard_past_the_book_but_not_the_expected_prices() -> None:
@@ -107,24 +107,24 @@ def test_a_slippage_allowance_is_paid_for_out_of_the_balance_before_it_is_needed
     poorer = venue("A", balances={"USDT": funds, "BTC": Decimal(0)})
     strategy = params(trade_size="1", slippage_bps=Decimal(10))
 
-    opportunity = accepted(decide(buy_venue=poorer, strategy=strategy))
+    sized = accepted(decide(buy_venue=poorer, strategy=strategy))
 
-    assert opportunity.buy.amount < 1
-    assert opportunity.buy.amount * opportunity.buy.worst_price * Decimal("1.001") <= funds
+    assert sized.buy.amount < 1
+    assert sized.buy.amount * sized.buy.worst_price * Decimal("1.001") <= funds
 
 
 def test_units_that_miss_the_bar_at_their_limits_are_left_out_though_the_average_would_meet_it() -> None:
     # The whole 1 BTC earns 69.69 bps as the books stand, but sent with limits of 100.50 and
     # 101.00 it could fill at those: 29.7 bps. Up to 0.5 BTC the limits are 100.00 and 101.00:
     # 101.00 * 0.999 - 100.00 * 1.001 = 0.799 a unit, 79.9 bps however the legs fill.
-    opportunity = accepted(decide(strategy=params(min_profit_bps="50", trade_size="1")))
+    sized = accepted(decide(strategy=params(min_profit_bps="50", trade_size="1")))
 
-    assert opportunity.buy.amount == Decimal("0.5")
-    assert (opportunity.buy.worst_price, opportunity.sell.worst_price) == (
+    assert sized.buy.amount == Decimal("0.5")
+    assert (sized.buy.worst_price, sized.sell.worst_price) == (
         Decimal("100.00"),
         Decimal("101.00"),
     )
-    assert opportunity.worst_net == Decimal("0.3995")
+    assert sized.worst_net == Decimal("0.3995")
 
 
 def test_an_accepted_trade_clears_the_bar_with_both_legs_at_their_limits() -> None:
@@ -149,9 +149,9 @@ def test_an_accepted_trade_clears_the_bar_with_both_legs_at_their_limits() -> No
 def test_units_that_lose_after_fees_are_never_added_however_large_the_trade_size() -> None:
     deeper = replace(DEAR, bids=(*DEAR.bids, (Decimal("100.40"), Decimal(5))))
 
-    opportunity = accepted(decide(sell=deeper, strategy=params(trade_size="5")))
+    sized = accepted(decide(sell=deeper, strategy=params(trade_size="5")))
 
-    assert opportunity.buy.amount == Decimal("1.3")  # where B's bids fall below A's asks plus fees
+    assert sized.buy.amount == Decimal("1.3")  # where B's bids fall below A's asks plus fees
 
 
 def net_bps_of(amount: str) -> Decimal:
@@ -167,20 +167,20 @@ def test_a_bar_the_full_size_misses_is_met_by_trading_less() -> None:
     # (100.00 and 101.50); one step more reaches B's 101.00 bid, and at a limit of 101.00 every
     # unit would earn 79.9 bps. By hand: sell 0.3 @ 101.50 = 30.45, fee 0.03045; buy 0.3 @ 100 = 30,
     # fee 0.03.
-    opportunity = accepted(decide(strategy=params(min_profit_bps="100", trade_size="1")))
+    sized = accepted(decide(strategy=params(min_profit_bps="100", trade_size="1")))
 
-    assert opportunity.buy.amount == Decimal("0.3")
-    assert opportunity.gross_profit == Decimal("0.45")
-    assert opportunity.net_profit == opportunity.worst_net == Decimal("0.38955")
+    assert sized.buy.amount == Decimal("0.3")
+    assert sized.gross_profit == Decimal("0.45")
+    assert sized.net_profit == sized.worst_net == Decimal("0.38955")
     assert net_bps_of("0.3") >= 100
 
 
 def test_the_trade_size_caps_the_amount() -> None:
-    opportunity = accepted(decide(strategy=params(trade_size="0.2")))
+    sized = accepted(decide(strategy=params(trade_size="0.2")))
 
-    assert opportunity.buy.amount == Decimal("0.2")
+    assert sized.buy.amount == Decimal("0.2")
     # buy 0.2 @ 100.00 = 20.00, fee 0.02; sell 0.2 @ 101.50 = 20.30, fee 0.0203.
-    assert opportunity.net_profit == Decimal("0.2597")
+    assert sized.net_profit == Decimal("0.2597")
 
 
 def test_books_that_do_not_cross_give_no_decision_even_when_a_venue_is_down() -> None:
@@ -275,7 +275,7 @@ def test_a_gap_that_fees_eat_is_below_min_profit() -> None:
 
     assert rejected(decision) == Reason.BELOW_MIN_PROFIT
     assert decision is not None
-    assert decision.opportunity is None
+    assert decision.sized is None
 
 
 def test_a_profit_under_the_minimum_bps_is_below_min_profit() -> None:
@@ -290,15 +290,15 @@ def test_a_profit_under_the_minimum_bps_is_below_min_profit() -> None:
 
 def test_free_quote_balance_sizes_the_buy_down_at_its_guard_price_and_fee() -> None:
     # 10 USDT buys 10 / 1.001 / 100.00 = 0.0999000999... BTC, rounded down to the 0.00001 step.
-    opportunity = accepted(decide(buy_venue=venue("A", balances={"USDT": Decimal(10)})))
+    sized = accepted(decide(buy_venue=venue("A", balances={"USDT": Decimal(10)})))
 
-    assert opportunity.buy.amount == Decimal("0.09990")
+    assert sized.buy.amount == Decimal("0.09990")
 
 
 def test_free_base_balance_sizes_the_sale_down() -> None:
-    opportunity = accepted(decide(sell_venue=venue("B", balances={"BTC": Decimal("0.25")})))
+    sized = accepted(decide(sell_venue=venue("B", balances={"BTC": Decimal("0.25")})))
 
-    assert opportunity.sell.amount == Decimal("0.25")
+    assert sized.sell.amount == Decimal("0.25")
 
 
 @pytest.mark.parametrize(
@@ -336,9 +336,9 @@ def test_a_venue_minimum_cost_is_met_at_the_guard_price_of_its_order() -> None:
     # 0.6 BTC bought reaches the 100.50 level: the order goes out at 0.6 x 100.50 = 60.30 >= 60.25.
     rules = replace(venue("A").rules, min_cost=Decimal("60.25"))
 
-    opportunity = accepted(decide(buy_venue=venue("A", rules=rules), strategy=params(trade_size="0.6")))
+    sized = accepted(decide(buy_venue=venue("A", rules=rules), strategy=params(trade_size="0.6")))
 
-    assert opportunity.buy.amount == Decimal("0.6")
+    assert sized.buy.amount == Decimal("0.6")
 
 
 def test_a_notional_limit_sizes_the_sale_down_to_stay_within_it() -> None:
@@ -350,9 +350,9 @@ def test_a_notional_limit_sizes_the_sale_down_to_stay_within_it() -> None:
 
 def test_a_notional_limit_sizes_the_purchase_down_at_its_guard_price() -> None:
     # 0.5 @ 100.00 fits in 75; past it the whole amount is guarded at 100.50: 75 / 100.50 = 0.74626...
-    opportunity = accepted(decide(buy_venue=venue("A", max_notional=Decimal(75))))
+    sized = accepted(decide(buy_venue=venue("A", max_notional=Decimal(75))))
 
-    assert opportunity.buy.amount == Decimal("0.74626")
+    assert sized.buy.amount == Decimal("0.74626")
 
 
 def test_a_notional_limit_too_small_for_the_minimum_is_over_limit() -> None:
@@ -434,30 +434,30 @@ pairs = st.tuples(nearby_books(), venues("a"), venues("b"), strategy_params()).m
 
 
 def assert_within_every_limit(
-    opportunity: Opportunity,
+    sized: SizedTrade,
     buy: Quote,
     sell: Quote,
     buy_venue: VenueState,
     sell_venue: VenueState,
     p: StrategyParams,
 ) -> None:
-    amount = opportunity.buy.amount
-    assert opportunity.sell.amount == amount
+    amount = sized.buy.amount
+    assert sized.sell.amount == amount
     assert Decimal(0) < amount <= p.trade_size
-    for state, leg in ((buy_venue, opportunity.buy), (sell_venue, opportunity.sell)):
+    for state, leg in ((buy_venue, sized.buy), (sell_venue, sized.sell)):
         step = state.rules.amount_step
         assert step <= 0 or amount % step == 0
         assert amount >= state.rules.min_amount
         assert amount * leg.worst_price >= state.rules.min_cost
-    assert amount * opportunity.buy.worst_price * (1 + buy_venue.fees.taker) <= buy_venue.free("USDT")
+    assert amount * sized.buy.worst_price * (1 + buy_venue.fees.taker) <= buy_venue.free("USDT")
     assert amount <= sell_venue.free("BTC")
     bought = fill(buy.asks, Side.BUY, amount, buy_venue.fees.taker)
     sold = fill(sell.bids, Side.SELL, amount, sell_venue.fees.taker)
     for state, fills in ((buy_venue, bought), (sell_venue, sold)):
         assert state.max_notional is None or notional(fills) <= state.max_notional
     # the buy's limit bounds what it can cost however the book moves before it lands
-    assert buy_venue.max_notional is None or amount * opportunity.buy.worst_price <= buy_venue.max_notional
-    assert opportunity.net_profit == notional(sold) - notional(bought) - fees_paid(bought) - fees_paid(sold)
+    assert buy_venue.max_notional is None or amount * sized.buy.worst_price <= buy_venue.max_notional
+    assert sized.net_profit == notional(sold) - notional(bought) - fees_paid(bought) - fees_paid(sold)
 
 
 @given(case=pairs)
@@ -476,20 +476,20 @@ def test_every_accepted_decision_is_profitable_and_within_every_limit(
     if not decision.accepted:
         assert decision.reason in REJECTIONS
         # Sizing alone meets the bar: the final re-check of a sized trade never has to step in.
-        assert decision.opportunity is None
+        assert decision.sized is None
         return
-    opportunity = accepted(decision)
-    assert opportunity.net_profit > 0
-    assert opportunity.net_bps >= p.min_profit_bps
+    sized = accepted(decision)
+    assert sized.net_profit > 0
+    assert sized.net_bps >= p.min_profit_bps
     # filled in full at both limit prices, the trade still clears the bar
-    paid = opportunity.buy.amount * opportunity.buy.worst_price
-    at_limits = opportunity.sell.amount * opportunity.sell.worst_price * (
-        1 - sell_venue.fees.taker
-    ) - paid * (1 + buy_venue.fees.taker)
-    assert abs(at_limits - opportunity.worst_net) < Decimal("1e-18")  # Decimal's 28 digits apart
+    paid = sized.buy.amount * sized.buy.worst_price
+    at_limits = sized.sell.amount * sized.sell.worst_price * (1 - sell_venue.fees.taker) - paid * (
+        1 + buy_venue.fees.taker
+    )
+    assert abs(at_limits - sized.worst_net) < Decimal("1e-18")  # Decimal's 28 digits apart
     assert at_limits > 0
     assert at_limits * BPS >= p.min_profit_bps * paid - Decimal("1e-14")
-    assert_within_every_limit(opportunity, buy, sell, buy_venue, sell_venue, p)
+    assert_within_every_limit(sized, buy, sell, buy_venue, sell_venue, p)
 
 
 @given(case=pairs)
@@ -529,8 +529,6 @@ def test_find_decisions_decides_exactly_the_crossing_ordered_pairs(books: list[Q
 
 
 def test_net_bps_is_net_profit_over_cost() -> None:
-    opportunity = accepted(decide())
+    sized = accepted(decide())
 
-    assert (
-        opportunity.net_bps == opportunity.net_profit / (opportunity.buy.price * opportunity.buy.amount) * BPS
-    )
+    assert sized.net_bps == sized.net_profit / (sized.buy.price * sized.buy.amount) * BPS

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from trading.core.policy import Placed, Role
-from trading.core.types import ZERO, Opportunity, Quote, Side, VenueState, split_symbol
+from trading.core.types import ZERO, Quote, Side, SizedTrade, VenueState, split_symbol
 
 
 def is_stale(quote: Quote, max_age_ms: int, now_ms: int) -> bool:
@@ -53,16 +53,16 @@ class RiskState:
     last_pair_trade_ms: int | None
 
 
-def trade_notional(opportunity: Opportunity) -> Decimal:
+def trade_notional(sized: SizedTrade) -> Decimal:
     """What the trade puts at stake: the larger of its two legs' notionals at their guard prices."""
-    return max(leg.amount * leg.worst_price for leg in (opportunity.buy, opportunity.sell))
+    return max(leg.amount * leg.worst_price for leg in (sized.buy, sized.sell))
 
 
-def added_exposure(opportunity: Opportunity) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+def added_exposure(sized: SizedTrade) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
     """The base amount each venue is left holding (long on the buy venue, short on the sell venue)
     if the other leg fails, with the guard price that values it: {(venue, base): (amount, price)}."""
-    base, _ = split_symbol(opportunity.symbol)
-    return {(leg.venue, base): (leg.amount, leg.worst_price) for leg in (opportunity.buy, opportunity.sell)}
+    base, _ = split_symbol(sized.symbol)
+    return {(leg.venue, base): (leg.amount, leg.worst_price) for leg in (sized.buy, sized.sell)}
 
 
 def exposure(orders: Iterable[Placed]) -> dict[str, Decimal]:
@@ -92,16 +92,16 @@ def past_daily_loss(realized_pnls: Iterable[Decimal], limit: Decimal) -> bool:
     return sum(realized_pnls, Decimal(0)) < -limit
 
 
-def trade_violation(opportunity: Opportunity, limits: Limits, state: RiskState, now_ms: int) -> str | None:
+def trade_violation(sized: SizedTrade, limits: Limits, state: RiskState, now_ms: int) -> str | None:
     """The first limit the trade breaks, as a rejection reason starting "risk: ", or None."""
-    pair = f"{opportunity.buy.venue}->{opportunity.sell.venue}"
-    paused = sorted({opportunity.buy.venue, opportunity.sell.venue} & limits.paused_venues)
+    pair = f"{sized.buy.venue}->{sized.sell.venue}"
+    paused = sorted({sized.buy.venue, sized.sell.venue} & limits.paused_venues)
     if paused:
         return f"risk: venue_paused {', '.join(paused)}"
-    notional = trade_notional(opportunity)
+    notional = trade_notional(sized)
     if is_over(notional, limits.max_trade_notional):
         return f"risk: max_notional {plain(notional)} over {plain(limits.max_trade_notional)}"
-    for (venue, asset), (added, price) in added_exposure(opportunity).items():
+    for (venue, asset), (added, price) in added_exposure(sized).items():
         total = (state.exposure.get((venue, asset), Decimal(0)) + added) * price
         if is_over(total, limits.max_open_exposure):
             return f"risk: max_exposure {venue} {asset} {plain(total)} over {plain(limits.max_open_exposure)}"

@@ -18,9 +18,9 @@ from trading.core.types import (
     Leg,
     Level,
     MarketRules,
-    Opportunity,
     Quote,
     Side,
+    SizedTrade,
     StrategyParams,
     VenueState,
     split_symbol,
@@ -284,14 +284,14 @@ def _leg(venue: VenueState, side: Side, fills: Sequence[Fill], slippage_bps: Dec
     return leg, value
 
 
-def _opportunity(
+def _sized_trade(
     buy: Quote,
     sell: Quote,
     buy_venue: VenueState,
     sell_venue: VenueState,
     amount: Decimal,
     slippage_bps: Decimal,
-) -> Opportunity:
+) -> SizedTrade:
     """Both legs of trading `amount`, each guarded `slippage_bps` past the book; profit comes
     from the books' exact notionals, never rounded averages."""
     bought = fill(buy.asks, Side.BUY, amount, buy_venue.fees.taker)
@@ -301,14 +301,14 @@ def _opportunity(
     gross = proceeds - cost
     net = gross - buy_leg.fee - sell_leg.fee
     worst = amount * _edge(buy_leg.worst_price, sell_leg.worst_price, buy_venue, sell_venue)
-    return Opportunity(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS, worst)
+    return SizedTrade(buy.symbol, buy_leg, sell_leg, gross, net, net / cost * BPS, worst)
 
 
-def clears_at_limits(opportunity: Opportunity, min_bps: Decimal) -> bool:
+def clears_at_limits(sized: SizedTrade, min_bps: Decimal) -> bool:
     """Whether the trade nets more than zero, and at least `min_bps` of its cost, with both legs
     filled at their limit prices: the least it can make when both fill."""
-    cost = opportunity.buy.amount * opportunity.buy.worst_price
-    return opportunity.worst_net > ZERO and opportunity.worst_net * BPS >= min_bps * cost
+    cost = sized.buy.amount * sized.buy.worst_price
+    return sized.worst_net > ZERO and sized.worst_net * BPS >= min_bps * cost
 
 
 def evaluate_pair(
@@ -335,12 +335,12 @@ def evaluate_pair(
     amount, why_not = _size(buy, sell, buy_venue, sell_venue, params)
     if why_not:
         return _reject(buy, sell, why_not)
-    opportunity = _opportunity(buy, sell, buy_venue, sell_venue, amount, params.slippage_bps)
+    sized = _sized_trade(buy, sell, buy_venue, sell_venue, amount, params.slippage_bps)
     # Sizing already keeps every unit above the bar at its limit; re-checking the final figures is
     # the guard that nothing unprofitable is accepted should rounding ever disagree.
-    if not clears_at_limits(opportunity, params.min_profit_bps):
-        return Decision(buy.symbol, buy.venue, sell.venue, False, Reason.BELOW_MIN_PROFIT, opportunity)
-    return Decision(buy.symbol, buy.venue, sell.venue, True, Reason.ACCEPTED, opportunity)
+    if not clears_at_limits(sized, params.min_profit_bps):
+        return Decision(buy.symbol, buy.venue, sell.venue, False, Reason.BELOW_MIN_PROFIT, sized)
+    return Decision(buy.symbol, buy.venue, sell.venue, True, Reason.ACCEPTED, sized)
 
 
 def _pairs(books: Mapping[str, Quote], involving: frozenset[str] | None) -> list[tuple[Quote, Quote]]:

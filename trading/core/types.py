@@ -128,7 +128,7 @@ class Leg:
 
 
 @dataclass(frozen=True, slots=True)
-class Opportunity:
+class SizedTrade:
     """A sized cross-venue gap: buy `amount` on `buy.venue`, sell it on `sell.venue`.
 
     `net_profit` is what it makes filled as the books stand; `worst_net` what it makes if both
@@ -150,14 +150,15 @@ class Opportunity:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The strategy's verdict on one venue pair whose books cross: accepted, or rejected with why."""
+    """The strategy's verdict on one venue pair whose books cross: accepted, or rejected with why.
+    `sized` is the trade as sized: on an accepted decision, and on one rejected for its profit."""
 
     symbol: str
     buy_venue: str
     sell_venue: str
     accepted: bool
     reason: str
-    opportunity: Opportunity | None = None
+    sized: SizedTrade | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
