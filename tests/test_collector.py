@@ -343,7 +343,7 @@ def test_collection_goes_on_by_the_last_plan_while_the_database_is_away(
     make_strategy(symbols=["BTC/USDT"])
     assert sorted(collector.venues_to_collect()) == sorted(venue.pk for venue in venues.values())
 
-    def unreachable() -> collector.Plan:
+    def unreachable() -> collector.CollectionPlan:
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(collector, "read_plan", unreachable)

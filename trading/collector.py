@@ -60,7 +60,7 @@ PLAN_FIELDS = ("name", "kind", "ccxt_id", "api_url", "status")
 
 
 @dataclass(frozen=True)
-class Plan:
+class CollectionPlan:
     """What to collect: the enabled venues (by id, with PLAN_FIELDS) and the symbols."""
 
     venues: dict[int, dict[str, str]]
@@ -75,12 +75,12 @@ class Plan:
         return json.dumps({"venues": self.venues, "symbols": self.symbols})
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Plan:
+    def from_json(cls, raw: bytes | str) -> CollectionPlan:
         body: dict[str, Any] = json.loads(raw)
         return cls({int(pk): fields for pk, fields in body["venues"].items()}, list(body["symbols"]))
 
 
-def read_plan() -> Plan:
+def read_plan() -> CollectionPlan:
     """The plan from the database. Raises Django's database errors."""
     rows = Venue.objects.filter(enabled=True).values("pk", *PLAN_FIELDS)
     venues = {row.pop("pk"): row for row in rows}
@@ -89,10 +89,10 @@ def read_plan() -> Plan:
     except NoActiveStrategy as exc:
         log.warning("nothing to collect: %s", exc)
         symbols = []
-    return Plan(venues, symbols)
+    return CollectionPlan(venues, symbols)
 
 
-def collection_plan(client: redis.Redis) -> Plan:
+def collection_plan(client: redis.Redis) -> CollectionPlan:
     """The plan from the database, kept in Redis as it was read; while the database is away, the
     plan last kept. Raises the database's error when there is none."""
     key = names().collection_plan
@@ -103,7 +103,7 @@ def collection_plan(client: redis.Redis) -> Plan:
         if kept is None:
             raise
         log.warning("database unavailable (%s): collecting by the last plan read", str(exc).strip()[:200])
-        return Plan.from_json(kept)
+        return CollectionPlan.from_json(kept)
     client.set(key, plan.to_json())
     return plan
 
