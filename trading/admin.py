@@ -31,6 +31,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from trading import lifecycle, risk_controls, strategies
+from trading.core.numbers import plain
 from trading.core.types import split_symbol
 from trading.models import (
     Alert,
@@ -61,13 +62,6 @@ LEG_FIELDS = (
     "average_price",
     "fee",
 )
-
-
-def plain(value: Decimal | None) -> str:
-    """An exact decimal without trailing zeros (columns hold 12 places); '-' when empty."""
-    if value is None:
-        return "-"
-    return f"{value.normalize():f}"
 
 
 def decimal_column(field: str, description: str | None = None) -> Callable[[models.Model], str]:

@@ -18,6 +18,7 @@ from django.utils import timezone
 from trading import alerts, orders, trade_store
 from trading.clock import from_ms, to_ms
 from trading.core import risk as core_risk
+from trading.core.numbers import plain
 from trading.core.policy import Placed
 from trading.core.types import SizedTrade, split_symbol
 from trading.models import KillSwitch, Opportunity, RiskLimits, Trade
@@ -133,7 +134,7 @@ def enforce_daily_loss() -> KillSwitch | None:
         return None
     realized = sum(pnls, Decimal(0))
     return trip(
-        f"daily_loss: realized {core_risk.plain(realized)} today, limit {core_risk.plain(limit)}",
+        f"daily_loss: realized {plain(realized)} today, limit {plain(limit)}",
         by=DAILY_LOSS,
     )
 

@@ -24,8 +24,9 @@ from django.db import transaction
 from trading import alerts, balances, legs, orders, pubsub, risk_controls
 from trading.core import ledger, policy
 from trading.core.ledger import Movement, held_asset, release
+from trading.core.numbers import plain
 from trading.core.policy import Done, Outcome, Role, Rules, Send
-from trading.core.risk import exposure, plain
+from trading.core.risk import exposure
 from trading.core.types import Side, split_symbol
 from trading.lifecycle import finish
 from trading.models import Deployment, Opportunity, Order, Trade, Venue

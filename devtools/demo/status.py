@@ -12,6 +12,7 @@ from decimal import Decimal
 from django.db.models import F, Sum
 
 from trading.core import ledger
+from trading.core.numbers import plain
 from trading.core.types import split_symbol
 from trading.models import Balance, Opportunity, Quote, Trade
 
@@ -69,11 +70,6 @@ def holdings_change(before: dict[str, Decimal], start: datetime, currency: str) 
     return HoldingsChange(change, currency, None if valuation.unvalued else valuation.pnl)
 
 
-def money(amount: Decimal) -> str:
-    """Exact, without exponent or trailing zeros: Decimal('1.500000000000') -> '1.5'."""
-    return format(amount.normalize(), "f")
-
-
 def status_line(elapsed_s: float, now: Counts, before: Counts | None, interval_s: float) -> str:
     """One line: quotes per second since `before` (over `interval_s`), then the running totals."""
     fresh = now.quotes - (before.quotes if before else 0)
@@ -102,9 +98,9 @@ def summary(counts: Counts, held: HoldingsChange | None, seconds: float, restart
             "rejected": counts.rejected,
             "trades": counts.trades,
             "below_expected": counts.below_expected,
-            "pnl": money(counts.pnl),
-            "holdings_change": {a: money(v) for a, v in sorted(held.change.items())} if held else None,
-            "holdings_value": money(held.value) if held and held.value is not None else None,
+            "pnl": plain(counts.pnl),
+            "holdings_change": {a: plain(v) for a, v in sorted(held.change.items())} if held else None,
+            "holdings_value": plain(held.value) if held and held.value is not None else None,
             "seconds": round(seconds, 1),
             "restarts": restarts,
         }

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
+from trading.core.numbers import plain
 from trading.core.policy import Placed, Role
 from trading.core.types import ZERO, Quote, Side, SizedTrade, VenueState, split_symbol
 
@@ -100,11 +101,13 @@ def trade_violation(sized: SizedTrade, limits: Limits, state: RiskState, now_ms:
         return f"risk: venue_paused {', '.join(paused)}"
     notional = trade_notional(sized)
     if is_over(notional, limits.max_trade_notional):
-        return f"risk: max_notional {plain(notional)} over {plain(limits.max_trade_notional)}"
+        cap = plain(limits.max_trade_notional, missing="none")
+        return f"risk: max_notional {plain(notional)} over {cap}"
     for (venue, asset), (added, price) in added_exposure(sized).items():
         total = (state.exposure.get((venue, asset), Decimal(0)) + added) * price
         if is_over(total, limits.max_open_exposure):
-            return f"risk: max_exposure {venue} {asset} {plain(total)} over {plain(limits.max_open_exposure)}"
+            cap = plain(limits.max_open_exposure, missing="none")
+            return f"risk: max_exposure {venue} {asset} {plain(total)} over {cap}"
     if in_cooldown(state.last_pair_trade_ms, now_ms, limits.pair_cooldown_ms):
         waited = now_ms - (state.last_pair_trade_ms or 0)
         return f"risk: cooldown {pair} traded {waited} ms ago, cooldown {limits.pair_cooldown_ms} ms"
@@ -113,11 +116,6 @@ def trade_violation(sized: SizedTrade, limits: Limits, state: RiskState, now_ms:
 
 def is_over(amount: Decimal, limit: Decimal | None) -> bool:
     return limit is not None and amount > limit
-
-
-def plain(amount: Decimal | None) -> str:
-    """An amount as people write it: no exponent and no trailing zeros ("15050", "0.5")."""
-    return "none" if amount is None else f"{amount.normalize():f}"
 
 
 def max_drawdown(pnls: Iterable[Decimal]) -> Decimal:

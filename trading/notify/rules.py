@@ -20,6 +20,7 @@ from django.db.models import Count, Sum
 from kombu.exceptions import OperationalError
 
 from arbsite.celery import app
+from trading.core.numbers import plain
 from trading.models import Alert, Opportunity, Order, Trade
 from trading.notify.base import Message, enabled_channels
 from trading.pubsub import connect, names
@@ -81,11 +82,11 @@ def enqueue(channel: str, message: Message) -> str:
 
 
 def money(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{value:+,.2f}"
+    return plain(value, 2, grouped=True, signed=True, missing="n/a")
 
 
 def amount(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{value.normalize():f}"
+    return plain(value, missing="n/a")
 
 
 def leg_line(order: Order) -> str:

@@ -25,6 +25,7 @@ from django.conf import settings
 
 from trading.clock import now_ms
 from trading.core.ledger import Charge
+from trading.core.numbers import plain
 from trading.core.types import ZERO, Fill, MarketRules, Quote, split_symbol
 from trading.core.validate import parse_quote
 from trading.venues.base import (
@@ -215,11 +216,6 @@ def decimal(value: Any) -> Decimal | None:
     """ccxt's float (or string) as the Decimal the venue sent: floats go through their shortest
     repr, which gives back the venue's decimal string for up to 15 significant digits."""
     return None if value is None else Decimal(str(value))
-
-
-def text(value: Decimal) -> str:
-    """A Decimal as ccxt takes an exact number: a plain string, never a float."""
-    return format(value, "f")
 
 
 @dataclass(frozen=True)
@@ -483,8 +479,8 @@ class CcxtGateway(QuotesOnly):
                 request.symbol,
                 "limit",
                 request.side.value,
-                text(request.amount),
-                text(request.price),
+                plain(request.amount, trim=False),
+                plain(request.price, trim=False),
                 dialect.create_params(request.client_order_id),
             )
             if order.get("id"):
@@ -497,8 +493,10 @@ class CcxtGateway(QuotesOnly):
     def _check_precision(self, request: OrderRequest) -> None:
         """Refuse an amount off the venue's step or a price off its tick: ccxt would silently
         truncate the amount, and round the price, possibly past the limit."""
-        amount = Decimal(self._exchange.amount_to_precision(request.symbol, text(request.amount)))
-        price = Decimal(self._exchange.price_to_precision(request.symbol, text(request.price)))
+        amount = Decimal(
+            self._exchange.amount_to_precision(request.symbol, plain(request.amount, trim=False))
+        )
+        price = Decimal(self._exchange.price_to_precision(request.symbol, plain(request.price, trim=False)))
         if amount != request.amount or price != request.price:
             raise OrderRejected(
                 f"{self.name}: {request.client_order_id} amount {request.amount} or price {request.price} "

@@ -21,6 +21,7 @@ from backtest.metrics import RANKABLE
 from backtest.models import BacktestRun
 from backtest.runs import RunSpec, build_setup, run_backtest
 from backtest.sweep import SweepPlan, parse_grid, rolling_windows, run_sweep, split_window
+from trading.core.numbers import plain
 from trading.models import Quote as QuoteRow
 from trading.models import Venue
 
@@ -239,7 +240,7 @@ class Command(BaseCommand):
 
 def money(text: str) -> str:
     """An exact decimal string shown to 8 places, the precision a reader compares."""
-    return f"{Decimal(text):,.8f}"
+    return plain(Decimal(text), 8, grouped=True)
 
 
 def summary_lines(run: BacktestRun) -> list[str]:
