@@ -21,7 +21,6 @@ from trading import alerts, collector, monitoring
 from trading.clock import now_ms
 from trading.core.risk import max_drawdown
 from trading.models import Alert, Opportunity, Trade, Venue
-from trading.monitoring import alive, stale_symbols
 from trading.observability import heartbeats
 from trading.pubsub import Names, latest_books
 from trading.tasks import monitor_check
@@ -32,23 +31,11 @@ pytestmark = pytest.mark.django_db
 # --- the pure rules -------------------------------------------------------------------------------
 
 
-def test_a_symbol_is_stale_when_never_seen_or_older_than_the_limit() -> None:
-    assert stale_symbols({"BTC/USDT": 4_999, "ETH/USDT": 5_001, "SOL/USDT": None}, 5_000) == [
-        "ETH/USDT",
-        "SOL/USDT",
-    ]
-
-
 def test_drawdown_is_the_largest_fall_from_a_running_peak() -> None:
     pnls = [Decimal(p) for p in ("100", "-30", "50", "-150", "20")]
     assert max_drawdown(pnls) == Decimal("150")  # running 100, 70, 120, -30, -10: peak 120, trough -30
     assert max_drawdown([Decimal("-40"), Decimal("10")]) == Decimal("40")
     assert max_drawdown([]) == 0
-
-
-def test_a_heartbeat_older_than_the_limit_counts_as_missing() -> None:
-    beats = {"a": {"at_ms": 10_000}, "b": {"at_ms": 4_000}}
-    assert alive(beats, now=12_000, max_age_ms=5_000) == ["a"]
 
 
 # --- the checks, the alerts and their notifications -----------------------------------------------

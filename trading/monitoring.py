@@ -9,7 +9,7 @@ its alerts are neither bumped nor resolved while their state is unknown.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -22,6 +22,7 @@ from trading import alerts, risk_controls
 from trading.alerts import CRITICAL, WARNING, Condition, Transitions
 from trading.clock import now_ms
 from trading.core import risk as core_risk
+from trading.core.freshness import alive, stale_symbols
 from trading.core_inputs import NoActiveStrategy, active_strategy
 from trading.models import KillSwitch, RiskLimits, Venue
 from trading.observability import heartbeats
@@ -33,22 +34,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_MAX_AGE_MS = 15_000
 # Only one monitoring run at a time: two would race to open the same alert.
 RUN_LOCK_SECONDS = 30
-
-
-# --- pure helpers ---------------------------------------------------------------------------------
-
-
-def stale_symbols(ages_ms: Mapping[str, int | None], limit_ms: int) -> list[str]:
-    """Symbols with no book (age None) or a book older than `limit_ms`, sorted."""
-    return sorted(symbol for symbol, age in ages_ms.items() if age is None or age > limit_ms)
-
-
-def alive(bodies: Mapping[str, Mapping[str, object]], now: int, max_age_ms: int) -> list[str]:
-    """Names whose heartbeat is no older than `max_age_ms`."""
-    return sorted(name for name, body in bodies.items() if now - int(str(body.get("at_ms", 0))) <= max_age_ms)
-
-
-# --- the checks -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
