@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
-from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, QuerySet
 from django.http import HttpRequest
@@ -32,7 +31,6 @@ from django.utils.safestring import SafeString
 
 from trading import lifecycle, risk_controls, strategies
 from trading.core.numbers import plain
-from trading.core.types import split_symbol
 from trading.models import (
     Alert,
     Balance,
@@ -356,40 +354,6 @@ class BalanceAdmin(RecordAdmin):
     list_filter = ("venue", "asset")
 
 
-def valid_symbols(symbols: Any) -> list[str]:
-    """`symbols` if it is a non-empty list of BASE/QUOTE strings; raises ValidationError otherwise."""
-    if not isinstance(symbols, list) or not symbols:
-        raise ValidationError('A non-empty list of symbols, e.g. ["BTC/USDT"].')
-    for symbol in symbols:
-        try:
-            split_symbol(symbol)
-        except (TypeError, ValueError, AttributeError):
-            raise ValidationError(f"{symbol!r} is not a symbol like BTC/USDT.") from None
-    return symbols
-
-
-def check_limit(venue: str, raw: Any) -> None:
-    """Raises ValidationError unless `raw` is a positive, finite amount."""
-    try:
-        limit = Decimal(str(raw))
-    except InvalidOperation:
-        raise ValidationError(f"The limit for {venue} is not a number: {raw!r}.") from None
-    if not limit.is_finite() or limit <= 0:
-        raise ValidationError(f"The limit for {venue} must be positive, got {raw!r}.")
-
-
-def valid_venue_limits(limits: Any) -> dict[str, Any]:
-    """`limits` if it maps known venue names to positive amounts; raises ValidationError otherwise."""
-    if not isinstance(limits, dict):
-        raise ValidationError('An object of venue name to notional, e.g. {"binance": "5000"}.')
-    unknown = sorted(set(limits) - set(Venue.objects.filter(name__in=limits).values_list("name", flat=True)))
-    if unknown:
-        raise ValidationError(f"Unknown venue(s): {', '.join(unknown)}.")
-    for venue, raw in limits.items():
-        check_limit(venue, raw)
-    return limits
-
-
 STRATEGY_PARAMETERS = (
     "symbols",
     "min_profit_bps",
@@ -401,21 +365,12 @@ STRATEGY_PARAMETERS = (
 
 
 class StrategyConfigForm(forms.ModelForm):
+    """The operator's fields of a version; what the strategy could not use is refused by the
+    model's own validation (StrategyConfig.clean_fields), which the form runs."""
+
     class Meta:
         model = StrategyConfig
         fields = (*STRATEGY_PARAMETERS, "venue_limits", "note")
-
-    def clean_symbols(self) -> list[str]:
-        return valid_symbols(self.cleaned_data["symbols"])
-
-    def clean_venue_limits(self) -> dict[str, Any]:
-        return valid_venue_limits(self.cleaned_data["venue_limits"])
-
-    def clean_trade_size(self) -> Decimal:
-        size: Decimal = self.cleaned_data["trade_size"]
-        if size <= 0:
-            raise ValidationError("The trade size must be positive.")
-        return size
 
 
 def announce_strategy(request: HttpRequest, version: int) -> None:

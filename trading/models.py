@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import secrets
 import string
-from decimal import Decimal
-from typing import TypedDict
+from collections.abc import Callable, Collection
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypedDict
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+
+from trading.core.types import split_symbol
 
 
 class Digits(TypedDict):
@@ -96,8 +100,55 @@ class Quote(models.Model):
         return f"{self.venue_id} {self.symbol} #{self.seq} {self.bid}/{self.ask}"
 
 
+def validate_symbols(symbols: Any) -> None:
+    """Raises ValidationError unless `symbols` is a non-empty list of BASE/QUOTE strings."""
+    if not isinstance(symbols, list) or not symbols:
+        raise ValidationError('A non-empty list of symbols, e.g. ["BTC/USDT"].')
+    for symbol in symbols:
+        try:
+            split_symbol(symbol)
+        except (TypeError, ValueError, AttributeError):
+            raise ValidationError(f"{symbol!r} is not a symbol like BTC/USDT.") from None
+
+
+def validate_venue_limit(venue: str, raw: Any) -> None:
+    """Raises ValidationError unless `raw` is a positive, finite amount."""
+    try:
+        limit = Decimal(str(raw))
+    except InvalidOperation:
+        raise ValidationError(f"The limit for {venue} is not a number: {raw!r}.") from None
+    if not limit.is_finite() or limit <= 0:
+        raise ValidationError(f"The limit for {venue} must be positive, got {raw!r}.")
+
+
+def validate_venue_limits(limits: Any) -> None:
+    """Raises ValidationError unless `limits` maps known venue names to positive amounts."""
+    if not isinstance(limits, dict):
+        raise ValidationError('An object of venue name to notional, e.g. {"binance": "5000"}.')
+    unknown = sorted(set(limits) - set(Venue.objects.filter(name__in=limits).values_list("name", flat=True)))
+    if unknown:
+        raise ValidationError(f"Unknown venue(s): {', '.join(unknown)}.")
+    for venue, raw in limits.items():
+        validate_venue_limit(venue, raw)
+
+
+def validate_trade_size(size: Decimal) -> None:
+    if size <= 0:
+        raise ValidationError("The trade size must be positive.")
+
+
+# What a StrategyConfig must hold for the strategy to use it, checked by `full_clean` (and so by
+# every model form, the admin's among them) after Django's own checks of the field have passed.
+STRATEGY_CHECKS: dict[str, Callable[[Any], None]] = {
+    "symbols": validate_symbols,
+    "trade_size": validate_trade_size,
+    "venue_limits": validate_venue_limits,
+}
+
+
 class StrategyConfig(models.Model):
-    """A versioned parameter set for the strategy; exactly one is active."""
+    """A versioned parameter set for the strategy; exactly one is active. `full_clean` refuses one
+    the strategy could not use (STRATEGY_CHECKS)."""
 
     version = models.PositiveIntegerField(unique=True)
     active = models.BooleanField(default=False)
@@ -130,6 +181,24 @@ class StrategyConfig(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.version}{' (active)' if self.active else ''}"
+
+    def clean_fields(self, exclude: Collection[str] | None = None) -> None:
+        """Django's checks of each field, then STRATEGY_CHECKS on each field that passed them and
+        is not excluded. Raises one ValidationError naming every field that fails."""
+        errors: dict[str, Any] = {}
+        try:
+            super().clean_fields(exclude)
+        except ValidationError as error:
+            errors = error.update_error_dict(errors)
+        for name, check in STRATEGY_CHECKS.items():
+            if name in errors or name in (exclude or ()):
+                continue
+            try:
+                check(getattr(self, name))
+            except ValidationError as error:
+                errors[name] = error.error_list
+        if errors:
+            raise ValidationError(errors)
 
 
 class Opportunity(models.Model):
