@@ -1,4 +1,5 @@
-"""The durable record: venues, quotes, strategy configs, opportunities, orders, trades, balances."""
+"""The durable record: venues, quotes, strategy configs (and what makes one usable), opportunities,
+orders, trades, balances."""
 
 from __future__ import annotations
 
