@@ -54,6 +54,18 @@ class Quote:
 
 
 @dataclass(frozen=True, slots=True)
+class StaleMark:
+    """`venue`'s `symbol` book is no longer to be trusted, as of `at_ms` (epoch ms): its stream
+    broke (`kind` says how: trading.core.streams.StreamEvent). Nothing is decided on the book
+    withdrawn; the venue's next book replaces it."""
+
+    venue: str
+    symbol: str
+    kind: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fees:
     """Fee rates as fractions of notional (0.001 is 10 bps)."""
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from trading.core.types import ZERO, Level, Quote
+from trading.core.types import ZERO, Level, Quote, StaleMark
 
 MAX_LEVELS = 50
 # Bounds the work junk can cause: nothing bigger is a quote.
@@ -59,13 +59,15 @@ Number = Annotated[str, msgspec.Meta(max_length=MAX_NUMBER_LENGTH)] | int | floa
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Stamp = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_MS)]
 Levels = Annotated[list[tuple[Number, Number]], msgspec.Meta(min_length=1)]
+VenueName = Annotated[str, msgspec.Meta(pattern=r"\A[-a-zA-Z0-9_]+\Z", max_length=MAX_VENUE_LENGTH)]
+SymbolName = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z0-9]+/[A-Z0-9]+\Z", max_length=MAX_SYMBOL_LENGTH)]
 
 
 class _Payload(msgspec.Struct, forbid_unknown_fields=True):
     """The wire form of a Quote: levels are [price, amount], best first, numbers as strings."""
 
-    venue: Annotated[str, msgspec.Meta(pattern=r"\A[-a-zA-Z0-9_]+\Z", max_length=MAX_VENUE_LENGTH)]
-    symbol: Annotated[str, msgspec.Meta(pattern=r"\A[A-Z0-9]+/[A-Z0-9]+\Z", max_length=MAX_SYMBOL_LENGTH)]
+    venue: VenueName
+    symbol: SymbolName
     seq: Count
     received_ts: Stamp
     bids: Levels
@@ -74,6 +76,18 @@ class _Payload(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_Payload)
+
+
+class _StalePayload(msgspec.Struct, forbid_unknown_fields=True):
+    """The wire form of a StaleMark, on the symbol's price channel like its books."""
+
+    venue: VenueName
+    symbol: SymbolName
+    stale: Annotated[str, msgspec.Meta(pattern=r"\A[a-z_]+\Z", max_length=20)]  # the event's kind
+    at_ms: Stamp
+
+
+_STALE_DECODER = msgspec.json.Decoder(_StalePayload)
 
 
 class QuoteRejected(ValueError):
@@ -117,6 +131,36 @@ def decode_quote(raw: bytes | str) -> Quote:
         raise QuoteRejected("bad_json", str(error)[:200]) from None
     except RecursionError:
         raise QuoteRejected("malformed", "nested too deeply") from None
+
+
+def decode_price_event(raw: bytes | str) -> Quote | StaleMark:
+    """Decode anything that comes on a price channel: a book, or a venue's stale mark.
+
+    Raises QuoteRejected and nothing else, with decode_quote's reasons: a message that is
+    neither is rejected as the book it is not.
+    """
+    try:
+        return decode_quote(raw)
+    except QuoteRejected as rejected:
+        if rejected.reason not in {"missing_field", "unknown_field"}:
+            raise
+        mark = _stale_mark(raw)
+        if mark is None:
+            raise
+        return mark
+
+
+def _stale_mark(raw: bytes | str) -> StaleMark | None:
+    try:
+        payload = _STALE_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError, RecursionError):
+        return None
+    return StaleMark(venue=payload.venue, symbol=payload.symbol, kind=payload.stale, at_ms=payload.at_ms)
+
+
+def stale_to_payload(mark: StaleMark) -> dict[str, Any]:
+    """A StaleMark's JSON-ready wire form, which decode_price_event reads back."""
+    return {"venue": mark.venue, "symbol": mark.symbol, "stale": mark.kind, "at_ms": mark.at_ms}
 
 
 def parse_quote(payload: Any) -> Quote:
