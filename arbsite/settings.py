@@ -198,6 +198,20 @@ PRICE_BAND_HISTORY = env_int("PRICE_BAND_HISTORY", 5)
 SEQ_MAX_GAP = env_int("SEQ_MAX_GAP", 10_000)
 SEQ_CONFIRMATIONS = env_int("SEQ_CONFIRMATIONS", 2)
 
+# Streaming (manage.py stream_prices). A stream with no frame for STREAM_STALL_MS (a venue's
+# stream_stall_ms, where set) is stale and resynced. A venue's stream counts as live while its
+# heartbeat is no older than STREAM_HEARTBEAT_MAX_AGE_MS and says so; otherwise the collector
+# polls the venue. Resyncs after faults in a row back off up to STREAM_MAX_BACKOFF_SECONDS.
+STREAM_STALL_MS = env_int("STREAM_STALL_MS", 3_000)
+STREAM_HEARTBEAT_MAX_AGE_MS = env_int("STREAM_HEARTBEAT_MAX_AGE_MS", 5_000)
+STREAM_MAX_BACKOFF_SECONDS = env_int("STREAM_MAX_BACKOFF_SECONDS", 30)
+# STREAM_FAULT_LIMIT faults of a venue's stream within STREAM_FAULT_WINDOW_SECONDS open an alert.
+STREAM_FAULT_LIMIT = env_int("STREAM_FAULT_LIMIT", 3)
+STREAM_FAULT_WINDOW_SECONDS = env_int("STREAM_FAULT_WINDOW_SECONDS", 300)
+# A venue fed by both: its polled book and its streamed one further apart than this (bps of mid,
+# best bid or best ask) disagree, which opens an alert.
+STREAM_CROSSCHECK_BPS = env_int("STREAM_CROSSCHECK_BPS", 10)
+
 # One logging configuration for every process (web, worker, beat, listener, commands): JSON lines
 # on stdout, each with the correlation id of the work in progress and with secrets masked.
 # Celery applies this same dictionary (arbsite/celery.py), so `celery -l` does not change it.

@@ -159,6 +159,7 @@ def test_healthz_is_200_with_a_real_worker_a_listener_and_fresh_venues(
         "listeners",
         "workers",
         "venues",
+        "streams",
     }
     assert list(checks["listeners"]["processes"]) == ["main"]
     assert set(checks["venues"]["venues"]) == {"alpha", "bravo"}

@@ -17,6 +17,7 @@ from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import collector, pubsub
 from trading.clock import now_ms
+from trading.core.types import StaleMark
 from trading.listener import Listener
 from trading.models import Opportunity, Trade, Venue
 from trading.tasks import execute_opportunity
@@ -167,11 +168,12 @@ def test_every_listener_heartbeat_counter_is_exported(redis_client: redis.Redis)
     listener.load_strategy()
     listener.stats.ignored, listener.stats.errors, listener.stats.reconnects = 3, 2, 1
     listener.on_price(pubsub.encode_quote(book("nowhere", *CHEAP, seq=1)), now_ms())
+    listener.on_price(pubsub.encode_stale(StaleMark("alpha", "BTC/USDT", "gap", now_ms())), now_ms())
     listener.heartbeat()
 
     samples = scrape()
 
-    exported = {key for key, _, _ in LISTENER_COUNTERS} | {"rejected", "venue_rejected"}
+    exported = {key for key, _, _ in LISTENER_COUNTERS} | {"rejected", "venue_rejected", "stale"}
     assert set(Stats().as_dict()) == exported
     assert value(samples, "arb_listener_ignored_total", listener="counted") == 3
     assert value(samples, "arb_listener_errors_total", listener="counted") == 2
@@ -186,6 +188,8 @@ def test_every_listener_heartbeat_counter_is_exported(redis_client: redis.Redis)
         )
         == 1
     )
+    stale = {"listener": "counted", "venue": "alpha", "kind": "gap"}
+    assert value(samples, "arb_listener_stale_books_total", **stale) == 1
     assert value(samples, "arb_metrics_source_up", source="redis") == 1
     assert value(samples, "arb_metrics_source_up", source="database") == 1
 

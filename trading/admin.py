@@ -315,6 +315,7 @@ class VenueAdmin(admin.ModelAdmin):
         "name",
         "kind",
         "ccxt_id",
+        "feed",
         "enabled",
         "status",
         "status_reason",
@@ -323,7 +324,7 @@ class VenueAdmin(admin.ModelAdmin):
         decimal_column("maker_fee", "maker fee"),
         "max_quote_age_ms",
     )
-    list_filter = ("kind", "enabled", "status")
+    list_filter = ("kind", "feed", "enabled", "status")
     # A URL typed without a scheme is taken as https: an exchange or sandbox, never plain http by accident.
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
@@ -331,6 +332,7 @@ class VenueAdmin(admin.ModelAdmin):
         ("Fees", {"fields": ("taker_fee", "maker_fee")}),
         ("Precision and limits", {"fields": ("amount_step", "min_amount", "min_cost", "max_notional")}),
         ("Quotes", {"fields": ("max_quote_age_ms",)}),
+        ("Streaming (manage.py stream_prices)", {"fields": ("feed", "stream_url", "stream_stall_ms")}),
         (
             "Status (set by the collector)",
             {"fields": ("status", "status_reason", "status_changed_at")},

@@ -7,6 +7,12 @@ A book that fails validation, or whose mid is outside the price band (trading.co
 counted by venue and reason and logged, never published: so a worker that re-checks against the
 latest books in Redis never sees an absurd one either.
 
+A venue whose books are streamed (Venue.feed, trading.core.streams.collection) is polled only while
+its stream is not live, and its polled books are then published in the stream's place; one fed by
+both is polled as a cross-check while its stream is live: each polled book is compared with the
+streamed one, and a disagreement past STREAM_CROSSCHECK_BPS is counted as the stream's mismatch
+(which monitoring alerts on), nothing published.
+
 What collection needs from the database (the enabled venues, the active strategy's symbols) is
 kept in Redis as last read, so collection goes on publishing while the database is away; books
 queued for storage meanwhile wait in Redis, up to QUOTE_BUFFER_MAX (see pubsub.publish_quotes).
@@ -28,14 +34,17 @@ from django.conf import settings
 from django.db import Error as DatabaseError
 from django.utils import timezone
 
+from trading import streams
 from trading.clock import now_ms
 from trading.core import band
+from trading.core import streams as stream_rules
+from trading.core.streams import Collection, StreamEvent
 from trading.core.types import Quote
 from trading.core.validate import QuoteRejected
 from trading.core_inputs import NoActiveStrategy, active_strategy
 from trading.models import Venue
 from trading.observability import heartbeats, metrics
-from trading.pubsub import connect, names, publish_quotes, reserve_sequences
+from trading.pubsub import connect, latest_book, names, publish_quotes, reserve_sequences
 from trading.venues.base import TemporaryVenueError, VenueError
 from trading.venues.registry import book_gateway
 
@@ -55,15 +64,15 @@ class Round:
     rejected: list[QuoteRejected]
 
 
-# The Venue fields a book gateway and the collector read, kept in the plan.
-PLAN_FIELDS = ("name", "kind", "ccxt_id", "api_url", "status")
+# The Venue fields a book gateway, the collector and the streamer read, kept in the plan.
+PLAN_FIELDS = ("name", "kind", "ccxt_id", "api_url", "status", "feed", "stream_url", "stream_stall_ms")
 
 
 @dataclass(frozen=True)
 class CollectionPlan:
     """What to collect: the enabled venues (by id, with PLAN_FIELDS) and the symbols."""
 
-    venues: dict[int, dict[str, str]]
+    venues: dict[int, dict[str, Any]]
     symbols: list[str]
 
     def venue(self, venue_id: int) -> Venue | None:
@@ -109,7 +118,7 @@ def collection_plan(client: redis.Redis) -> CollectionPlan:
 
 
 def venues_to_collect() -> list[int]:
-    """Ids of the enabled venues that are not backing off."""
+    """Ids of the enabled venues that are not backing off, and not served by a live stream."""
     n = names()
     with connect() as client:
         venues = list(collection_plan(client).venues.items())
@@ -119,20 +128,28 @@ def venues_to_collect() -> list[int]:
         for _, fields in venues:
             pipe.exists(n.venue_key(fields["name"], "backoff"))
         waiting = pipe.execute()
-    return [pk for (pk, _), backing_off in zip(venues, waiting, strict=True) if not backing_off]
+        rounds = streams.collections(client, [fields for _, fields in venues], now_ms())
+    return [
+        pk
+        for (pk, _), backing_off, round_ in zip(venues, waiting, rounds, strict=True)
+        if not backing_off and round_ is not Collection.SKIP
+    ]
 
 
 def collect_venue(venue_id: int) -> int:
     """Fetch, validate, band-check, number and publish the venue's books; returns how many were
     published. A venue error is recorded as a failure (back-off, maybe marked down) and publishes
-    nothing. Works from the plan last read while the database is away."""
+    nothing. A venue whose live stream serves it is not polled; one fed by both is polled as a
+    cross-check of its live stream, publishing nothing. Works from the plan last read while the
+    database is away."""
     with connect() as client:
         plan = collection_plan(client)
         venue = plan.venue(venue_id)
         if venue is None:
             log.info("venue %s is gone or disabled: nothing to collect", venue_id)
             return 0
-        if not plan.symbols:
+        [round_] = streams.collections(client, [plan.venues[venue_id]], now_ms())
+        if not plan.symbols or round_ is Collection.SKIP:
             return 0
         try:
             books = asyncio.run(fetch_books(venue, plan.symbols))
@@ -141,14 +158,50 @@ def collect_venue(venue_id: int) -> int:
             metrics.COLLECT_FAILURES.labels(venue=venue.name).inc()
             heartbeats.write_collector(client, venue.name, 0, f"{type(error).__name__}: {error}"[:200])
             return 0
-        peers = [fields["name"] for fields in plan.venues.values()]
-        quotes, off_band = within_band(client, venue, peers, books.quotes, now_ms())
-        record_rejections(client, venue, [*books.rejected, *off_band])
-        published = publish_quotes(client, number_quotes(client, quotes))
+        if round_ is Collection.CROSS_CHECK:
+            cross_check(client, venue, books.quotes)
+            published = 0
+        else:
+            published = publish_round(client, plan, venue, books)
         record_success(client, venue)
-        metrics.QUOTES_PUBLISHED.labels(venue=venue.name).inc(published)
         heartbeats.write_collector(client, venue.name, published, None)
     return published
+
+
+def publish_round(client: redis.Redis, plan: CollectionPlan, venue: Venue, books: Round) -> int:
+    """Band-check, number and publish a round's books; count what was refused. Returns how many
+    were published."""
+    peers = [fields["name"] for fields in plan.venues.values()]
+    quotes, off_band = within_band(client, venue, peers, books.quotes, now_ms())
+    record_rejections(client, venue, [*books.rejected, *off_band])
+    published = publish_quotes(client, number_quotes(client, quotes))
+    metrics.QUOTES_PUBLISHED.labels(venue=venue.name).inc(published)
+    return published
+
+
+def cross_check(client: redis.Redis, venue: Venue, polled: Sequence[Quote]) -> list[str]:
+    """Compare each polled book with the venue's streamed book kept as its latest: each that is
+    further from it than STREAM_CROSSCHECK_BPS is logged and counted as a mismatch of the venue's
+    stream (which monitoring alerts on). Returns the symbols whose books disagreed."""
+    tolerance = Decimal(settings.STREAM_CROSSCHECK_BPS)
+    disagreed = []
+    for quote in polled:
+        streamed = latest_book(client, quote.symbol, venue.name)
+        if streamed is None or (gap := stream_rules.disagreement(quote, streamed, tolerance)) is None:
+            continue
+        log.warning(
+            "%s: polled %s book %s/%s is %.1f bps from the streamed %s/%s",
+            venue.name,
+            quote.symbol,
+            quote.best_bid,
+            quote.best_ask,
+            gap,
+            streamed.best_bid,
+            streamed.best_ask,
+        )
+        streams.record_event(client, venue.name, StreamEvent.MISMATCH, quote.received_ts)
+        disagreed.append(quote.symbol)
+    return disagreed
 
 
 def price_band() -> band.PriceBand:
@@ -171,7 +224,7 @@ def within_band(
     pipe = client.pipeline(transaction=False)
     for quote in quotes:
         for name in venues:
-            pipe.lrange(n.venue_key(name, f"mids:{quote.symbol}"), 0, rules.history - 1)
+            pipe.lrange(n.band_mids(name, quote.symbol), 0, rules.history - 1)
     answers = iter(pipe.execute())
     kept: list[Quote] = []
     refused: list[QuoteRejected] = []
@@ -183,7 +236,7 @@ def within_band(
             kept.append(quote)
         else:
             refused.append(QuoteRejected(band.BAND_REASON, f"{quote.symbol}: {breach.describe()}"))
-        key = n.venue_key(venue.name, f"mids:{quote.symbol}")
+        key = n.band_mids(venue.name, quote.symbol)
         pipe.lpush(key, f"{quote.received_ts}:{band.mid(quote)}")
         pipe.ltrim(key, 0, max(rules.history, 1) - 1)
         pipe.expire(key, max(rules.window_ms // 1000, 1) * 10)

@@ -3,8 +3,9 @@
 Each step is a method a test can call alone; `Listener.run` wires them to a Redis subscription.
 Pub/Sub may drop messages (a slow subscriber, a reconnect), so every stream is numbered and the
 listener counts what it missed, across reconnects too; nothing that must not be lost lives only
-here. Every message ends as exactly one of: a tick, a rejection counted by reason, or ignored (a
-symbol this listener does not own); nothing a message holds can stop the loop.
+here. Every message ends as exactly one of: a tick, a venue's book withdrawn (a stale mark: the
+venue's stream broke, trading.streamer), a rejection counted by reason, or ignored (a symbol this
+listener does not own); nothing a message holds can stop the loop.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from trading.clock import from_ms, now_ms, to_ms
 from trading.core import band, liquidity, sequence
 from trading.core.gaps import GapKey, GapState, track_gaps
 from trading.core.strategy import find_decisions
-from trading.core.types import Decision, Quote, StrategyParams, VenueState
+from trading.core.types import Decision, Quote, StaleMark, StrategyParams, VenueState
 from trading.core.validate import QuoteRejected
 from trading.core_inputs import load_venue_states, strategy_params
 from trading.models import Opportunity, StrategyConfig, Venue
@@ -64,15 +65,22 @@ class Stats:
     dispatched: int = 0
     errors: int = 0  # steps that failed (database, Redis, or a fault in the code), each logged
     reconnects: int = 0
+    stale: Counter[tuple[str, str]] = field(default_factory=Counter)  # books withdrawn, by (venue, kind)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["rejected"] = dict(self.rejected)
-        by_venue: dict[str, dict[str, int]] = defaultdict(dict)
-        for (venue, reason), count in self.venue_rejected.items():
-            by_venue[venue][reason] = count
-        data["venue_rejected"] = dict(by_venue)
+        data["venue_rejected"] = by_venue(self.venue_rejected)
+        data["stale"] = by_venue(self.stale)
         return data
+
+
+def by_venue(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Counts by (venue, what) as {venue: {what: count}}."""
+    nested: dict[str, dict[str, int]] = defaultdict(dict)
+    for (venue, what), count in counts.items():
+        nested[venue][what] = count
+    return dict(nested)
 
 
 def connect() -> redis.Redis:
@@ -181,10 +189,10 @@ class Listener:
 
     # --- the steps of one price event ----------------------------------------------------------
 
-    def decode(self, raw: object) -> Quote | None:
-        """The quote in a message, or None when it was rejected (counted by reason)."""
+    def decode(self, raw: object) -> Quote | StaleMark | None:
+        """The quote or stale mark in a message, or None when it was rejected (counted by reason)."""
         try:
-            return pubsub.decode_quote(raw)  # type: ignore[arg-type]  # anything: rejected by name
+            return pubsub.decode_price_event(raw)  # type: ignore[arg-type]  # anything: rejected by name
         except QuoteRejected as exc:
             self.reject(exc.reason, exc.detail)
             return None
@@ -195,26 +203,32 @@ class Listener:
             self.stats.venue_rejected[(venue, reason)] += 1
         log.warning("price event rejected (%s): %s", reason, detail[:200])
 
-    def on_channel(self, quote: Quote, channel: bytes | str | None) -> bool:
-        """Whether the quote came on its symbol's channel (None: not from a subscription)."""
+    def on_channel(self, event: Quote | StaleMark, channel: bytes | str | None) -> bool:
+        """Whether the quote (or stale mark) came on its symbol's channel (None: not from a
+        subscription)."""
         if channel is None:
             return True
-        expected = self.names.prices(quote.symbol)
+        expected = self.names.prices(event.symbol)
         if (channel.decode(errors="replace") if isinstance(channel, bytes) else channel) == expected:
             return True
-        self.reject("wrong_channel", f"a {quote.symbol} book on {channel!r}", quote.venue)
+        self.reject("wrong_channel", f"a {event.symbol} book on {channel!r}", event.venue)
         return False
+
+    def followed(self, event: Quote | StaleMark) -> bool:
+        """Whether the event's symbol is this listener's (else it is ignored) and its venue an
+        enabled one (else it is rejected)."""
+        if event.symbol not in self.symbols:
+            self.stats.ignored += 1
+            return False
+        if event.venue not in self.venues:
+            self.reject("unknown_venue", f"{event.venue!r} is not an enabled venue", event.venue)
+            return False
+        return True
 
     def accept(self, quote: Quote, now: int | None = None) -> bool:
         """Take the quote into the book unless its venue, symbol, sequence number or price says
         not to (see trading.core.sequence and trading.core.band)."""
-        if quote.symbol not in self.symbols:
-            self.stats.ignored += 1
-            return False
-        if quote.venue not in self.venues:
-            self.reject("unknown_venue", f"{quote.venue!r} is not an enabled venue", quote.venue)
-            return False
-        if not self.in_sequence(quote):
+        if not self.followed(quote) or not self.in_sequence(quote):
             return False
         kept = self.books[quote.symbol].get(quote.venue)
         if kept is not None and quote.timestamp < kept.timestamp:
@@ -276,6 +290,19 @@ class Listener:
         taken = {name: liquidity.total(c.values()) for name, c in zip(names, claims, strict=True)}
         return liquidity.books_less(books, taken)
 
+    def withdraw(self, mark: StaleMark, now: int) -> bool:
+        """Drop the venue's book (and its recent mids, which the band judges by) when a stale mark
+        says it can no longer be trusted, and close the crossings it was part of: nothing is
+        decided on it until its next book. False when the mark is not this listener's."""
+        if not self.followed(mark):
+            return False
+        self.books[mark.symbol].pop(mark.venue, None)
+        self.recent[mark.symbol].pop(mark.venue, None)
+        self.stats.stale[(mark.venue, mark.kind)] += 1
+        log.warning("%s %s book withdrawn: its stream broke (%s)", mark.venue, mark.symbol, mark.kind)
+        self.track(mark.symbol, mark.venue, [], now)
+        return True
+
     def record(self, quote: Quote, decisions: list[Decision], now: int) -> list[int]:
         """Open one Opportunity per new crossing, keep persisting ones, close those that are gone
         (with the same rules as the backtest: trading.core.gaps). Returns the new opportunities' ids.
@@ -285,8 +312,12 @@ class Listener:
         """
         if not decisions and not self.open:
             return []  # the usual tick: nothing crosses and nothing was open
+        return self.track(quote.symbol, quote.venue, decisions, now)
+
+    def track(self, symbol: str, venue: str, decisions: list[Decision], now: int) -> list[int]:
+        """`record`'s work once `venue`'s `symbol` book changed (or went) with these decisions."""
         states = {key: self.gap_state(gap, now) for key, gap in self.open.items()}
-        changes = track_gaps(states, decisions, quote.symbol, frozenset((quote.venue,)))
+        changes = track_gaps(states, decisions, symbol, frozenset((venue,)))
         for key in changes.persisting:
             self.open[key].ticks += 1
             self.open[key].last_seen_ms = now
@@ -397,7 +428,12 @@ class Listener:
         """One price event, end to end, from any bytes at all. Returns the ids of opportunities it
         opened. `channel` is the one it came on, when it came from a subscription."""
         quote = self.decode(raw)
-        if quote is None or not self.on_channel(quote, channel) or not self.accept(quote, now):
+        if quote is None or not self.on_channel(quote, channel):
+            return []
+        if isinstance(quote, StaleMark):
+            self.withdraw(quote, now)
+            return []
+        if not self.accept(quote, now):
             return []
         self.stats.ticks += 1
         started = time.perf_counter()

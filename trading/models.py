@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models
 from django.db.models import Q
 
@@ -41,11 +42,33 @@ class Venue(models.Model):
         UP = "up"
         DOWN = "down"
 
+    class Feed(models.TextChoices):
+        POLL = "poll", "poll (REST)"
+        STREAM = "stream", "stream (websocket; polled while the stream is down)"
+        BOTH = "both", "stream, with polling as a cross-check"
+
     name = models.SlugField(max_length=40, unique=True, help_text="Our name for the venue")
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.CCXT)
     ccxt_id = models.CharField(max_length=40, blank=True, help_text="ccxt exchange id, e.g. binance")
     api_url = models.URLField(
         blank=True, help_text="Overrides the venue's API root (an emulator or a sandbox)"
+    )
+    feed = models.CharField(
+        max_length=6,
+        choices=Feed.choices,
+        default=Feed.POLL,
+        help_text="How its books arrive: streams are ccxt venues' only (manage.py stream_prices)",
+    )
+    stream_url = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[URLValidator(schemes=["ws", "wss"])],
+        help_text="Overrides the venue's websocket root (ws:// or wss://); empty: ccxt's default",
+    )
+    stream_stall_ms = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="A stream silent this long is stale and resynced; empty: STREAM_STALL_MS",
     )
     taker_fee = models.DecimalField(max_digits=8, decimal_places=6, default=Decimal("0.001"))
     maker_fee = models.DecimalField(max_digits=8, decimal_places=6, default=Decimal("0.001"))
@@ -77,6 +100,10 @@ class Venue(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.feed != Venue.Feed.POLL and self.kind != Venue.Kind.CCXT:
+            raise ValidationError({"feed": "Only ccxt venues stream; a simulated venue is polled."})
 
 
 class Quote(models.Model):

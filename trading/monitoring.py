@@ -9,7 +9,7 @@ its alerts are neither bumped nor resolved while their state is unknown.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -18,11 +18,13 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from trading import alerts, risk_controls
+from trading import alerts, risk_controls, streams
 from trading.alerts import CRITICAL, WARNING, Condition, Transitions
 from trading.clock import now_ms
 from trading.core import risk as core_risk
+from trading.core import streams as stream_rules
 from trading.core.freshness import alive, stale_symbols
+from trading.core.streams import StreamEvent
 from trading.core_inputs import NoActiveStrategy, active_strategy
 from trading.models import KillSwitch, RiskLimits, Venue
 from trading.observability import heartbeats
@@ -117,6 +119,65 @@ def check_price_band(client: redis.Redis, now: int) -> list[Condition]:
     return found
 
 
+def streamed_venues() -> list[str]:
+    """The enabled venues whose books are streamed (fed by stream or both)."""
+    rows = Venue.objects.filter(enabled=True).exclude(feed=Venue.Feed.POLL)
+    return list(rows.values_list("name", flat=True))
+
+
+def stream_down(beat: Mapping[str, object] | None, now: int) -> str | None:
+    """Why a venue's stream counts as down, or None: live, or out of it (resyncing) for no longer
+    than STREAM_HEARTBEAT_MAX_AGE_MS; a fault of its own is counted, and alerted when it repeats."""
+    if beat is None:
+        return "no streamer serves it"
+    if streams.live(beat, now):
+        return None
+    down_ms = now - int(str(beat.get("since_ms") or 0))
+    if down_ms <= settings.STREAM_HEARTBEAT_MAX_AGE_MS:
+        return None
+    return f"{beat.get('state')} for {down_ms // 1000}s: {beat.get('reason') or 'heartbeat late'}"
+
+
+def check_streams_down(client: redis.Redis, now: int) -> list[Condition]:
+    """Streamed venues whose stream is down: they are polled meanwhile, less promptly."""
+    found = []
+    for venue, beat in streams.beats(client, streamed_venues()).items():
+        why = stream_down(beat, now)
+        if why is not None:
+            subject = f"Venue {venue} stream down ({why}); polled meanwhile"
+            found.append(Condition(f"stream_down:{venue}", WARNING, subject))
+    return found
+
+
+def check_stream_faults(client: redis.Redis, now: int) -> list[Condition]:
+    """Venues whose stream faulted STREAM_FAULT_LIMIT times within STREAM_FAULT_WINDOW_SECONDS."""
+    found = []
+    window = settings.STREAM_FAULT_WINDOW_SECONDS
+    for venue in streamed_venues():
+        kinds = [kind for kind in streams.recent_events(client, venue, now) if kind in stream_rules.FAULTS]
+        faults = stream_rules.repeated_faults(kinds, settings.STREAM_FAULT_LIMIT)
+        if faults is not None:
+            counts = ", ".join(f"{kind} {kinds.count(kind)}" for kind in sorted(set(kinds)))
+            subject = f"Venue {venue} stream faulted {faults} times in {window}s ({counts}), resynced"
+            found.append(Condition(f"stream_faults:{venue}", WARNING, subject))
+    return found
+
+
+def check_stream_mismatch(client: redis.Redis, now: int) -> list[Condition]:
+    """Venues fed by both whose polled books disagreed with their streamed ones (past
+    STREAM_CROSSCHECK_BPS) within STREAM_FAULT_WINDOW_SECONDS."""
+    found = []
+    for venue in streamed_venues():
+        mismatches = streams.recent_events(client, venue, now).count(StreamEvent.MISMATCH)
+        if mismatches:
+            subject = (
+                f"Venue {venue}: polled book {mismatches} time(s) more than {settings.STREAM_CROSSCHECK_BPS} "
+                f"bps from the streamed one in {settings.STREAM_FAULT_WINDOW_SECONDS}s"
+            )
+            found.append(Condition(f"stream_mismatch:{venue}", WARNING, subject))
+    return found
+
+
 def check_listener(client: redis.Redis, now: int) -> list[Condition]:
     if alive(heartbeats.read_all(client, "listener"), now, HEARTBEAT_MAX_AGE_MS):
         return []
@@ -171,6 +232,9 @@ CHECKS: dict[str, Check] = {
     "venue_stale": check_venue_stale,
     "venue_errors": check_venue_errors,
     "price_band": check_price_band,
+    "stream_down": check_streams_down,
+    "stream_faults": check_stream_faults,
+    "stream_mismatch": check_stream_mismatch,
     "listener_missing": check_listener,
     "workers_missing": check_workers,
     "queue_backlog": check_queue_backlog,

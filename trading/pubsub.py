@@ -18,8 +18,8 @@ import redis
 from django.conf import settings
 
 from trading.core import validate
-from trading.core.types import Quote
-from trading.core.validate import QuoteRejected, quote_to_payload
+from trading.core.types import Quote, StaleMark
+from trading.core.validate import QuoteRejected, quote_to_payload, stale_to_payload
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,15 @@ class Names:
     def venue_key(self, venue: str, what: str) -> str:
         return f"{self.prefix}venue:{venue}:{what}"
 
+    def band_mids(self, venue: str, symbol: str) -> str:
+        """A venue's recent mids of `symbol`, newest first, which the price band judges by."""
+        return self.venue_key(venue, f"mids:{symbol}")
+
+    @property
+    def stream_venues(self) -> str:
+        """Set of the venues whose stream events are counted (trading.streams)."""
+        return f"{self.prefix}stream:venues"
+
 
 def names() -> Names:
     return Names(settings.ARB_PREFIX)
@@ -123,9 +132,18 @@ def encode_quote(quote: Quote) -> bytes:
     return encode(quote_to_payload(quote))
 
 
+def encode_stale(mark: StaleMark) -> bytes:
+    return encode(stale_to_payload(mark))
+
+
 def decode_quote(raw: bytes | str) -> Quote:
     """Decode a price message. Raises QuoteRejected (reason bad_json, or parse_quote's reasons)."""
     return validate.decode_quote(raw)
+
+
+def decode_price_event(raw: bytes | str) -> Quote | StaleMark:
+    """Decode a message of a price channel: a book or a stale mark. Raises QuoteRejected."""
+    return validate.decode_price_event(raw)
 
 
 def reserve_sequences(client: redis.Redis, keys: Sequence[tuple[str, str]]) -> list[int]:
@@ -203,6 +221,21 @@ def publish_quotes(client: redis.Redis, quotes: Iterable[Quote], *, store: bool 
             unstored,
         )
     return count
+
+
+def withdraw_books(client: redis.Redis, marks: Iterable[StaleMark]) -> None:
+    """Withdraw each mark's venue book: publish the mark on its symbol's price channel (listeners
+    drop the venue's book), and remove the venue's latest book (which the trade re-check reads)
+    and its recent mids (which the price band judges by), in one transaction, so no reader sees
+    the book gone from one place and still in the other."""
+    n = names()
+    pipe = client.pipeline(transaction=True)
+    for mark in marks:
+        pipe.hdel(n.latest_books(mark.symbol), mark.venue)
+        pipe.hdel(n.latest_book_times(mark.symbol), mark.venue)
+        pipe.delete(n.band_mids(mark.venue, mark.symbol))
+        pipe.publish(n.prices(mark.symbol), encode_stale(mark))
+    pipe.execute()
 
 
 def latest_books(client: redis.Redis, symbol: str) -> dict[str, Quote]:

@@ -14,8 +14,9 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError
 
-from trading import pubsub
+from trading import pubsub, streams
 from trading.clock import now_ms
+from trading.core.streams import Feed
 from trading.core.types import Quote
 from trading.models import StrategyConfig, Venue
 from trading.observability import heartbeats
@@ -28,13 +29,15 @@ class VenueLimit:
     name: str
     status: str
     max_age_ms: int
+    feed: str = Feed.POLL
 
 
 def health_report() -> tuple[bool, dict[str, Any]]:
     """(healthy, report). Healthy means: the database and Redis answer, at least one listener and
-    one worker have a live heartbeat, and every enabled venue has a book younger than its
-    `max_quote_age_ms` for every symbol of the active strategy. The report has one entry per
-    check, each with "ok" and what it was decided from."""
+    one worker have a live heartbeat, every enabled venue has a book younger than its
+    `max_quote_age_ms` for every symbol of the active strategy, and every streamed venue's
+    stream is live (a venue whose stream is down is polled meanwhile: degraded, not blind). The
+    report has one entry per check, each with "ok" and what it was decided from."""
     database, venues, symbols = _database()
     checks: dict[str, Check] = {"database": database}
     checks.update(_redis_checks(venues, symbols, now_ms()))
@@ -45,7 +48,7 @@ def health_report() -> tuple[bool, dict[str, Any]]:
 def _database() -> tuple[Check, list[VenueLimit], list[str]]:
     """The database check, with what the venue check needs from it: enabled venues and symbols."""
     try:
-        rows = Venue.objects.filter(enabled=True).values_list("name", "status", "max_quote_age_ms")
+        rows = Venue.objects.filter(enabled=True).values_list("name", "status", "max_quote_age_ms", "feed")
         venues = [VenueLimit(*row) for row in rows]
         symbols = StrategyConfig.objects.filter(active=True).values_list("symbols", flat=True).first()
     except DatabaseError as exc:
@@ -63,10 +66,11 @@ def _redis_checks(venues: list[VenueLimit], symbols: list[str], now: int) -> dic
                 "listeners": _processes(heartbeats.read_all(client, "listener"), now),
                 "workers": _processes(heartbeats.read_all(client, "worker"), now),
                 "venues": _venues(client, venues, symbols, now),
+                "streams": _streams(client, [venue.name for venue in venues if venue.feed != Feed.POLL], now),
             }
     except redis.RedisError as exc:
         failed = {"ok": False, "error": f"redis: {exc}"[:200]}
-        return dict.fromkeys(("redis", "listeners", "workers", "venues"), failed)
+        return dict.fromkeys(("redis", "listeners", "workers", "venues", "streams"), failed)
 
 
 def _processes(beats: dict[str, dict[str, Any]], now: int) -> Check:
@@ -80,6 +84,34 @@ def _venues(client: redis.Redis, venues: list[VenueLimit], symbols: list[str], n
     collectors = heartbeats.read_all(client, "collector")
     report = {venue.name: _venue(venue, books, collectors.get(venue.name), now) for venue in venues}
     return {"ok": all(entry["ok"] for entry in report.values()), "symbols": symbols, "venues": report}
+
+
+def _streams(client: redis.Redis, venues: list[str], now: int) -> Check:
+    """OK when every streamed venue's stream is live."""
+    beats = streams.beats(client, venues)
+    events = streams.event_counts(client, venues)
+    report = {venue: _stream(beat, events[venue], now) for venue, beat in beats.items()}
+    return {
+        "ok": all(entry["ok"] for entry in report.values()),
+        "processes": _processes(heartbeats.read_all(client, "streamer"), now)["processes"],
+        "venues": report,
+    }
+
+
+def _stream(beat: dict[str, Any] | None, events: dict[str, int], now: int) -> Check:
+    """A venue's stream: its state and since when, the streamer serving it, the books it published
+    and its events by kind (faults and cross-check mismatches, ever)."""
+    body = beat or {}
+    return {
+        "ok": streams.live(beat, now),
+        "state": body.get("state"),
+        "age_ms": _age(body.get("at_ms"), now),
+        "since_ms": body.get("since_ms"),
+        "reason": body.get("reason"),
+        "streamer": body.get("streamer"),
+        "published": body.get("published", 0),
+        "events": events,
+    }
 
 
 def _venue(

@@ -1,7 +1,8 @@
 """Heartbeats: each running process says it is alive, in Redis, with an expiry.
 
-A heartbeat is a JSON body under `names().heartbeat("<kind>:<name>")` (kind "listener", "worker"
-or "collector") that expires after its TTL, so a process that dies simply disappears. Each kind
+A heartbeat is a JSON body under `names().heartbeat("<kind>:<name>")` (kind "listener", "worker",
+"collector", "streamer" for a stream_prices process, or "stream" for one venue's stream, named by
+the venue) that expires after its TTL, so a process that dies simply disappears. Each kind
 also has an index (a sorted set scored by expiry time), so that reading every heartbeat of a kind
 costs two round trips instead of a scan of the keyspace.
 """
@@ -26,7 +27,7 @@ WORKER_HEARTBEAT_TTL_SECONDS = 15
 # Long enough to outlast a venue's longest back-off, so its last failure stays visible; freshness
 # is judged from `last_quote_ms`, not from the heartbeat being there.
 COLLECTOR_HEARTBEAT_TTL_SECONDS = 120
-Kind = Literal["listener", "worker", "collector"]
+Kind = Literal["listener", "worker", "collector", "streamer", "stream"]
 
 
 def write(client: redis.Redis, process: str, body: dict[str, Any], ttl: int, n: Names | None = None) -> None:
@@ -72,6 +73,16 @@ def read(client: redis.Redis, process: str) -> dict[str, Any] | None:
     return _decode(process, client.get(names().heartbeat(process)))
 
 
+def read_many(client: redis.Redis, processes: list[str]) -> list[dict[str, Any] | None]:
+    """The live heartbeats of `processes` ("<kind>:<name>" each), in one round trip: None for
+    each that has none."""
+    if not processes:
+        return []
+    n = names()
+    bodies = client.mget([n.heartbeat(process) for process in processes])
+    return [_decode(process, raw) for process, raw in zip(processes, bodies, strict=True)]
+
+
 def read_all(client: redis.Redis, kind: Kind) -> dict[str, dict[str, Any]]:
     """Every live heartbeat of `kind`, keyed by the process's name within the kind (the part after
     "<kind>:", e.g. a worker's hostname). Expired entries are pruned from the index on the way."""
@@ -81,11 +92,8 @@ def read_all(client: redis.Redis, kind: Kind) -> dict[str, dict[str, Any]]:
     pipe.zremrangebyscore(index, "-inf", time.time())
     pipe.zrange(index, 0, -1)
     members = [as_text(member) for member in pipe.execute()[1]]
-    if not members:
-        return {}
-    bodies = client.mget([n.heartbeat(f"{kind}:{name}") for name in members])
-    beats = {name: _decode(f"{kind}:{name}", raw) for name, raw in zip(members, bodies, strict=True)}
-    return {name: body for name, body in beats.items() if body is not None}
+    bodies = read_many(client, [f"{kind}:{name}" for name in members])
+    return {name: body for name, body in zip(members, bodies, strict=True) if body is not None}
 
 
 def _now_ms() -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from trading import streams
 from trading.observability import heartbeats
 from trading.pubsub import connect, names
 
@@ -176,6 +178,11 @@ class ListenerStats:
             "Decoded price events refused, by venue and reason",
             labels=["listener", "venue", "reason"],
         )
+        stale = CounterMetricFamily(
+            "arb_listener_stale_books",
+            "Venue books the listener dropped on a stale mark (their stream broke), by venue and kind",
+            labels=["listener", "venue", "kind"],
+        )
         latency = HistogramMetricFamily(
             "arb_decision_seconds",
             "Time from a decoded price event to its decisions recorded",
@@ -186,12 +193,57 @@ class ListenerStats:
                 family.add_metric([name], beat.get(key, 0))
             for reason, count in beat.get("rejected", {}).items():
                 rejected.add_metric([name, reason], count)
-            for venue, reasons in beat.get("venue_rejected", {}).items():
-                for reason, count in reasons.items():
-                    by_venue.add_metric([name, venue, reason], count)
+            _add_by_venue(by_venue, name, beat.get("venue_rejected", {}))
+            _add_by_venue(stale, name, beat.get("stale", {}))
             if "decision_seconds" in beat:
                 latency.add_metric([name], *_histogram(beat["decision_seconds"]))
-        yield from (*counters.values(), rejected, by_venue, latency)
+        yield from (*counters.values(), rejected, by_venue, stale, latency)
+
+
+def _add_by_venue(family: CounterMetricFamily, listener: str, counts: dict[str, dict[str, int]]) -> None:
+    """A listener's counts by venue and what ({venue: {what: count}}) as the family's samples."""
+    for venue, by_what in counts.items():
+        for what, count in by_what.items():
+            family.add_metric([listener, venue, what], count)
+
+
+class StreamStats:
+    """Each streamed venue's books published and whether its stream is live, from its stream
+    heartbeat; and every event of each venue's stream by kind, as counted in Redis."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with connect() as client:
+                beats = heartbeats.read_all(client, "stream")
+                events = streams.event_counts(client)
+        except redis.RedisError as exc:
+            log.warning("stream figures left out of /metrics: %s", exc)
+            self.sources.reached("redis", False)
+            return
+        self.sources.reached("redis", True)
+        updates = CounterMetricFamily(
+            "arb_stream_updates", "Streamed books published, by venue", labels=["venue", "streamer"]
+        )
+        live = GaugeMetricFamily(
+            "arb_stream_live", "1 while the venue's stream is live, else 0", labels=["venue"]
+        )
+        now = time.time_ns() // 1_000_000
+        for venue, beat in sorted(beats.items()):
+            updates.add_metric([venue, str(beat.get("streamer", ""))], int(beat.get("published", 0)))
+            live.add_metric([venue], 1 if streams.live(beat, now) else 0)
+        counted = CounterMetricFamily(
+            "arb_stream_events",
+            "Events of venues' streams by kind: faults (each withdrew the venue's books and resynced "
+            "it) and cross-check mismatches",
+            labels=["venue", "kind"],
+        )
+        for venue, kinds in sorted(events.items()):
+            for kind, count in sorted(kinds.items()):
+                counted.add_metric([venue, kind], count)
+        yield from (updates, live, counted)
 
 
 class StorageQueue:
@@ -278,5 +330,6 @@ def exposition() -> tuple[bytes, str]:
     registry.register(TradeTotals(sources))
     registry.register(ListenerStats(sources))
     registry.register(StorageQueue(sources))
+    registry.register(StreamStats(sources))
     registry.register(SourceStatus(sources))  # last: it reports what the others reached
     return generate_latest(registry), CONTENT_TYPE_LATEST

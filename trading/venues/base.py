@@ -22,6 +22,16 @@ class TemporaryVenueError(VenueError):
     """Worth retrying later: timeouts, rate limits (429), server errors (5xx), network trouble."""
 
 
+class StreamFault(TemporaryVenueError):
+    """A venue's stream can no longer be trusted: `kind` (trading.core.streams.StreamEvent) says
+    how. Its books are withdrawn and the stream is resynced from a fresh snapshot."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
 class OrderRejected(VenueError):
     """The venue refused the order; retrying the same order will not help."""
 

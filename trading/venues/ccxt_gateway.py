@@ -108,15 +108,32 @@ def translate_error(venue: str, exc: Exception, secrets: tuple[str, ...] = ()) -
 
 
 def rewrite_api_urls(urls: Any, root: str) -> Any:
-    """Every URL in ccxt's `urls["api"]` (a str or nested dicts of them) moved under `root`:
-    https://api.binance.com/api/v3 under http://127.0.0.1:8000/binance becomes
-    http://127.0.0.1:8000/binance/api/v3."""
+    """Every URL in ccxt's `urls["api"]` (a str or nested dicts of them) moved under `root`, in
+    its scheme: https://api.binance.com/api/v3 under http://127.0.0.1:8000/binance becomes
+    http://127.0.0.1:8000/binance/api/v3, and wss://stream.binance.com:9443/ws under
+    ws://127.0.0.1:8000/binance becomes ws://127.0.0.1:8000/binance/ws."""
     if isinstance(urls, dict):
         return {key: rewrite_api_urls(value, root) for key, value in urls.items()}
     if not isinstance(urls, str):
         return urls
     base, original = urlsplit(root), urlsplit(urls)
     return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + original.path, original.query, ""))
+
+
+# The entry of ccxt's urls["api"] that holds a websocket client's roots (ccxt.pro's).
+WEBSOCKET_URLS = "ws"
+
+
+def pointed_urls(api: Any, api_url: str, stream_url: str = "") -> Any:
+    """ccxt's `urls["api"]` with its REST URLs under `api_url` and its websocket URLs (the "ws"
+    entry of a ccxt.pro client) under `stream_url`, each only when given."""
+    if not isinstance(api, dict):
+        return rewrite_api_urls(api, api_url) if api_url else api
+    pointed = {}
+    for key, urls in api.items():
+        root = stream_url if key == WEBSOCKET_URLS else api_url
+        pointed[key] = rewrite_api_urls(urls, root) if root else urls
+    return pointed
 
 
 def _overloads_are_temporary(exchange: Any) -> None:
@@ -172,27 +189,45 @@ def open_exchange(
     credentials: tuple[str, str] | None = None,
     *,
     rate_limited: bool = True,
+    stream_url: str = "",
+    library: Any = ccxt,
+    options: dict[str, Any] | None = None,
 ) -> Any:
-    """A ccxt async client, rate limited unless told otherwise, its API pointed at `api_url` when
-    given, signing with `credentials` (api key, secret) when given."""
-    if ccxt_id not in ccxt.exchanges:
+    """A ccxt client of `library` (ccxt's async clients, or ccxt.pro's websocket ones), rate
+    limited unless told otherwise, its REST API pointed at `api_url` and its websocket API at
+    `stream_url` when given, signing with `credentials` (api key, secret) when given, with
+    `options` over the exchange's own."""
+    if ccxt_id not in library.exchanges:
         raise VenueError(f"ccxt knows no exchange {ccxt_id!r}")
     config: dict[str, Any] = {
         "enableRateLimit": rate_limited,
         "timeout": timeout_ms,
-        "options": EXCHANGE_OPTIONS.get(ccxt_id, {}),
+        "options": {**EXCHANGE_OPTIONS.get(ccxt_id, {}), **(options or {})},
     }
     if credentials is not None:
         config["apiKey"], config["secret"] = credentials
         config["logger"] = WIRE_LOG
         _credential_redaction.secrets.update(credentials)
-    exchange = getattr(ccxt, ccxt_id)(config)
-    if api_url:
-        exchange.urls = {**exchange.urls, "api": rewrite_api_urls(exchange.urls["api"], api_url)}
+    exchange = getattr(library, ccxt_id)(config)
+    exchange.urls = {**exchange.urls, "api": pointed_urls(exchange.urls["api"], api_url, stream_url)}
     _overloads_are_temporary(exchange)
     if ccxt_id in NONCE_ORDERED:
         _private_calls_take_turns(exchange)
     return exchange
+
+
+async def load_markets(exchange: Any, key: tuple[str, str], venue: str) -> None:
+    """Give `exchange` its markets, once: those this process loaded for `key` (ccxt id, API root)
+    within the hour, else loaded now. Raises ccxt's errors."""
+    if exchange.markets:
+        return
+    cached = _markets.get(key)
+    if cached is not None and time.monotonic() - cached[0] < MARKETS_TTL_S:
+        exchange.set_markets(cached[1], cached[2])
+        return
+    await exchange.load_markets()
+    _markets[key] = (time.monotonic(), exchange.markets, exchange.currencies)
+    log.info("%s: loaded %d markets", venue, len(exchange.markets))
 
 
 def book_payload(venue: str, symbol: str, book: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -419,15 +454,7 @@ class CcxtGateway(QuotesOnly):
         return self._dialect
 
     async def _load_markets(self) -> None:
-        if self._exchange.markets:
-            return
-        cached = _markets.get(self._markets_key)
-        if cached is not None and time.monotonic() - cached[0] < MARKETS_TTL_S:
-            self._exchange.set_markets(cached[1], cached[2])
-            return
-        await self._exchange.load_markets()
-        _markets[self._markets_key] = (time.monotonic(), self._exchange.markets, self._exchange.currencies)
-        log.info("%s: loaded %d markets", self.name, len(self._exchange.markets))
+        await load_markets(self._exchange, self._markets_key, self.name)
 
     async def fetch_order_book(self, symbol: str, depth: int) -> Quote:
         """The top `depth` levels. Raises QuoteRejected for a book that must not be used, and

@@ -1,0 +1,138 @@
+"""Streamed order books through ccxt.pro's websocket clients, which keep each book whole: a snapshot
+and the venue's diffs after it, checked by update ids (Binance) or checksums (Kraken).
+
+ccxt's errors stop here: each one is translated into a StreamFault naming what broke the stream
+(trading.core.streams.StreamEvent). A stream is never repaired in place: its owner closes it and
+opens a new one, which starts from a fresh snapshot with nothing of the old book kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ccxt.pro as ccxtpro
+from django.conf import settings
+
+from trading.clock import now_ms
+from trading.core.streams import StreamEvent
+from trading.core.types import Quote
+from trading.core.validate import QuoteRejected, parse_quote
+from trading.venues.base import StreamFault, VenueError
+from trading.venues.ccxt_gateway import book_payload, load_markets, open_exchange
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamDialect:
+    """How one exchange's ccxt.pro client streams books: the depth it keeps (Binance: its REST
+    snapshot's; Kraken: its subscription's, which its checksum covers), what its ChecksumError
+    means (Binance raises it for a gap in the update ids), and options over ccxt's own."""
+
+    depth: int | None = None
+    integrity: StreamEvent = StreamEvent.CHECKSUM
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# Both check their books: Binance its update ids (ccxt's default), Kraken its checksums (off in
+# ccxt by default).
+CHECKED = {"watchOrderBook": {"checksum": True}}
+STREAM_DIALECTS: dict[str, StreamDialect] = {
+    "binance": StreamDialect(depth=100, integrity=StreamEvent.GAP, options=CHECKED),
+    "kraken": StreamDialect(depth=10, integrity=StreamEvent.CHECKSUM, options=CHECKED),
+}
+
+
+def fault_kind(exc: Exception, dialect: StreamDialect) -> StreamEvent:
+    """What a ccxt error ending a watch says of the stream (ChecksumError is an InvalidNonce, which
+    is a NetworkError: most specific first)."""
+    if isinstance(exc, ccxtpro.ChecksumError):
+        return dialect.integrity
+    if isinstance(exc, ccxtpro.InvalidNonce):
+        return StreamEvent.GAP
+    if isinstance(exc, ccxtpro.RequestTimeout):
+        return StreamEvent.STALL
+    if isinstance(exc, ccxtpro.NetworkError):
+        return StreamEvent.DISCONNECT
+    return StreamEvent.ERROR
+
+
+def rejection_kind(rejected: QuoteRejected) -> StreamEvent:
+    return StreamEvent.CROSSED if rejected.reason == "crossed" else StreamEvent.INVALID
+
+
+class CcxtStream:
+    """One session of a venue's streamed books through ccxt.pro: REST (markets, and Binance's
+    snapshots) under `api_url` and websockets under `stream_url`, each when given. Closed by its
+    owner, once, whatever happened."""
+
+    def __init__(
+        self,
+        name: str,
+        ccxt_id: str,
+        *,
+        api_url: str = "",
+        stream_url: str = "",
+        depth: int,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.name = name
+        self.depth = depth
+        self._clock = clock
+        self._dialect = STREAM_DIALECTS.get(ccxt_id, StreamDialect())
+        self._markets_key = (ccxt_id, api_url)
+        self._exchange = open_exchange(
+            ccxt_id,
+            api_url,
+            settings.COLLECT_TIMEOUT_MS,
+            stream_url=stream_url,
+            library=ccxtpro,
+            options=self._dialect.options,
+        )
+        self._on_frame(self._exchange)
+        self.last_frame_ms = clock()  # a session that never hears from its venue stalls too
+
+    def _on_frame(self, exchange: Any) -> None:
+        """Note the time of every frame the venue sends (a book's diff, a heartbeat, a pong),
+        before ccxt handles it: silence is measured on frames, not on books that changed."""
+        handle = exchange.handle_message
+
+        def stamped(client: Any, message: Any) -> Any:
+            self.last_frame_ms = self._clock()
+            return handle(client, message)
+
+        exchange.handle_message = stamped
+
+    async def listed(self, symbols: list[str]) -> list[str]:
+        """Those of `symbols` the venue lists (loading its markets once). Raises StreamFault."""
+        try:
+            await load_markets(self._exchange, self._markets_key, self.name)
+        except ccxtpro.BaseError as exc:
+            raise self._fault(exc) from None
+        return [symbol for symbol in symbols if symbol in self._exchange.markets]
+
+    async def next_book(self, symbol: str) -> Quote:
+        """The venue's `symbol` book as soon as it changes (the first: once its snapshot is in),
+        its top `depth` levels, stamped with the venue's time and ours, numbered later. Raises
+        StreamFault when the stream broke or the book it keeps cannot be used."""
+        try:
+            book = await self._exchange.watch_order_book(symbol, self._dialect.depth)
+        except ccxtpro.BaseError as exc:
+            raise self._fault(exc) from None
+        try:
+            return parse_quote(book_payload(self.name, symbol, book, self.depth))
+        except QuoteRejected as rejected:
+            raise StreamFault(rejection_kind(rejected), f"{self.name} {symbol}: {rejected}") from None
+
+    def _fault(self, exc: Exception) -> StreamFault:
+        return StreamFault(fault_kind(exc, self._dialect), f"{self.name}: {type(exc).__name__}: {exc}"[:300])
+
+    async def close(self) -> None:
+        """Close every connection of the session. Never raises for the venue's sake."""
+        try:
+            await self._exchange.close()
+        except (ccxtpro.BaseError, OSError, VenueError) as exc:
+            log.info("%s: closing the stream: %s", self.name, exc)
