@@ -24,7 +24,7 @@ from gunicorn.config import Config as GunicornConfig
 from .conftest import ROOT
 
 DOCKER = ROOT / "docker"
-APP_SERVICES = {"web", "worker", "beat", "listener", "flower"}
+APP_SERVICES = {"web", "worker", "beat", "listener", "streamer", "flower"}
 REQUIRED_SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")
 
 

@@ -226,6 +226,7 @@ def process_specs(
         ),
         ProcessSpec("beat", [*celery, "beat", "-S", "django", "-l", "INFO"], env),
         ProcessSpec("listener", [python, manage, "listen_prices"], trading_env),
+        ProcessSpec("streamer", [python, manage, "stream_prices"], env),
         ProcessSpec("web", [python, manage, "runserver", f"127.0.0.1:{config.web_port}", "--noreload"], env),
         ProcessSpec(
             "flower",

@@ -2,8 +2,9 @@
 
 Uses REDIS_URL and DATABASE_URL when set; otherwise starts its own redis-server on a free port
 and uses the SQLite default. Migrates, creates the demo's venues, balances, strategy and admin,
-then runs worker, beat, listener, web and Flower as supervised children, prints where to look and
-a status line every few seconds, and stops everything on Ctrl-C, SIGTERM or after DEMO_SECONDS.
+then runs worker, beat, listener, streamer, web and Flower as supervised children, prints where
+to look and a status line every few seconds, and stops everything on Ctrl-C, SIGTERM or after
+DEMO_SECONDS.
 The last line of output is one JSON object: quotes, opportunities, trades, pnl and more.
 
 With DEMO_MODE=live it trades live instead: real ccxt orders, signed with keys made for the run,
