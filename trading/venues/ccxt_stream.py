@@ -8,6 +8,7 @@ opens a new one, which starts from a fresh snapshot with nothing of the old book
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from trading.venues.base import StreamFault, VenueError
 from trading.venues.ccxt_gateway import book_payload, load_markets, open_exchange
 
 log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,21 @@ class CcxtStream:
         return StreamFault(fault_kind(exc, self._dialect), f"{self.name}: {type(exc).__name__}: {exc}"[:300])
 
     async def close(self) -> None:
-        """Close every connection of the session. Never raises for the venue's sake."""
+        """Close every connection of the session, within CLOSE_TIMEOUT_S: a venue that does not
+        answer the websocket's closing handshake (one that stalled, say) has its connections
+        dropped instead. Never raises for the venue's sake."""
         try:
-            await self._exchange.close()
+            await asyncio.wait_for(self._exchange.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.info("%s: the venue did not answer the close: connections dropped", self.name)
+            await self._drop()
         except (ccxtpro.BaseError, OSError, VenueError) as exc:
             log.info("%s: closing the stream: %s", self.name, exc)
+
+    async def _drop(self) -> None:
+        """Close the client's HTTP session, and with it every connection of its pool, websockets
+        included."""
+        session, self._exchange.session = self._exchange.session, None
+        if session is not None:
+            await session.close()
+        await self._exchange.close_connector()
