@@ -11,9 +11,12 @@ from tests.deadlines import wait_until
 from tests.quotes import book, publish
 from trading import collector
 from trading.clock import now_ms
+from trading.core.streams import StreamEvent
 from trading.listener import Listener
 from trading.models import Venue
 from trading.observability import heartbeats
+from trading.streamer import StreamSpec, VenueStream
+from trading.venues.base import StreamFault
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -211,3 +214,32 @@ def test_healthz_is_503_when_redis_does_not_answer(running: Listener, settings) 
     assert status == 503
     assert report["checks"]["database"]["ok"] is True
     assert report["checks"]["redis"]["ok"] is False
+
+
+# --- streams --------------------------------------------------------------------------------------
+
+
+def test_healthz_shows_each_streamed_venues_stream_and_is_503_while_one_is_not_live(
+    running: Listener, redis_client: redis.Redis
+) -> None:
+    Venue.objects.filter(name="alpha").update(kind=Venue.Kind.CCXT, ccxt_id="binance", feed=Venue.Feed.STREAM)
+    spec = StreamSpec("alpha", "binance", "", "", 3_000, ("BTC/USDT",))
+    alpha = VenueStream(spec, redis_client, "streamer-1")
+    alpha.on_book(book("alpha", *SPREAD))
+
+    status, report = healthz()
+    assert status == 200, report
+    entry = report["checks"]["streams"]["venues"]["alpha"]
+    assert (entry["ok"], entry["state"], entry["streamer"]) == (True, "live", "streamer-1")
+    assert entry["published"] == 1
+    assert set(report["checks"]["streams"]["venues"]) == {"alpha"}  # bravo is polled only
+
+    alpha.mark_stale(StreamFault(StreamEvent.CHECKSUM, "alpha: checksum 1 != 2"))
+
+    status, report = healthz()
+    assert status == 503
+    streams_check = report["checks"]["streams"]
+    assert streams_check["ok"] is False
+    entry = streams_check["venues"]["alpha"]
+    assert (entry["state"], entry["events"]) == ("stale", {"checksum": 1})
+    assert "checksum 1 != 2" in entry["reason"]

@@ -17,10 +17,13 @@ from tests.deadlines import wait_until
 from tests.quotes import CHEAP, DEAR, book, publish
 from trading import collector, pubsub
 from trading.clock import now_ms
+from trading.core.streams import StreamEvent
 from trading.core.types import StaleMark
 from trading.listener import Listener
 from trading.models import Opportunity, Trade, Venue
+from trading.streamer import StreamSpec, VenueStream
 from trading.tasks import execute_opportunity
+from trading.venues.base import StreamFault
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -213,3 +216,22 @@ def test_metrics_show_the_storage_queue_and_what_it_could_not_keep(
 
     assert value(samples, "arb_quotes_buffered") == 1
     assert value(samples, "arb_quotes_unstored_total", venue="alpha") == 1
+
+
+def test_each_streamed_venues_books_state_and_events_are_exported(redis_client: redis.Redis) -> None:
+    spec = StreamSpec("alpha", "binance", "", "", 3_000, ("BTC/USDT",))
+    alpha = VenueStream(spec, redis_client, "streamer-1")
+    alpha.on_book(book("alpha", *CHEAP))
+    alpha.on_book(book("alpha", *DEAR))
+    alpha.heartbeat()  # as the streamer's loop does every second
+    samples = scrape()
+    assert value(samples, "arb_stream_updates_total", venue="alpha", streamer="streamer-1") == 2
+    assert value(samples, "arb_stream_live", venue="alpha") == 1
+
+    for kind in (StreamEvent.GAP, StreamEvent.GAP, StreamEvent.STALL):
+        alpha.mark_stale(StreamFault(kind, "alpha: broke"))
+
+    samples = scrape()
+    assert value(samples, "arb_stream_live", venue="alpha") == 0
+    assert value(samples, "arb_stream_events_total", venue="alpha", kind="gap") == 2
+    assert value(samples, "arb_stream_events_total", venue="alpha", kind="stall") == 1
