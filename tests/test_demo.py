@@ -415,6 +415,12 @@ def test_live_demo_trades_real_orders_on_the_emulator_with_keys_only_its_own(
     )
     with run.cleaned_up():
         run.wait_for(run.trading, "quotes and a listening listener", Deadline(2 * LIVE_DEMO_UP_S))
+        # the emulator's venues stream their books, each live once its first book is in
+        wait_until(
+            lambda: all(f"{venue}: stream live" in run.log("streamer") for venue in LIVE_VENUES),
+            timeout=LIVE_DEMO_UP_S,
+            what="both venues' streams live",
+        )
         up_ms = _now_ms()
         moves = _moves(seed, up_ms, up_ms + MOVE_SEARCH_MS)
         assert moves, f"seed {seed}: no move in the {MOVE_SEARCH_MS // 1000} s after the demo came up"
@@ -432,11 +438,13 @@ def test_live_demo_trades_real_orders_on_the_emulator_with_keys_only_its_own(
     assert "exchange emulator: binance and kraken on http://127.0.0.1:" in output
     with psycopg.connect(fresh_database) as conn:
         venues = conn.execute("SELECT name, kind, enabled FROM trading_venue ORDER BY name").fetchall()
+        feeds = conn.execute("SELECT DISTINCT feed FROM trading_venue WHERE enabled").fetchall()
         modes = conn.execute("SELECT DISTINCT mode FROM trading_trade").fetchall()
         trades, pnl = conn.execute(
             "SELECT count(*), coalesce(sum(realized_pnl), 0) FROM trading_trade"
         ).fetchone()
     assert venues == [("binance", "ccxt", True), ("kraken", "ccxt", True)]
+    assert feeds == [("stream",)]
     # every order went to the emulator and came back with its id there; every trade is live
     orders = _orders(fresh_database)
     assert _all_answered(orders), orders

@@ -92,6 +92,22 @@ def test_the_live_demo_trades_on_the_emulator_venues_and_the_paper_demo_gets_its
 
 
 @pytest.mark.django_db
+def test_the_live_demo_venues_stream_from_the_emulators_websocket_root() -> None:
+    setup_demo("admin", None, emulator_root="http://127.0.0.1:8600", stream_root="ws://127.0.0.1:8602")
+
+    streamed = Venue.objects.filter(enabled=True).values_list("name", "feed", "stream_url")
+    assert set(streamed) == {
+        ("binance", Venue.Feed.STREAM, "ws://127.0.0.1:8602/binance"),
+        ("kraken", Venue.Feed.STREAM, "ws://127.0.0.1:8602/kraken"),
+    }
+
+    setup_demo("admin", None, emulator_root="http://127.0.0.1:8600")  # an emulator without streams
+    assert set(Venue.objects.filter(enabled=True).values_list("feed", "stream_url")) == {
+        (Venue.Feed.POLL, "")
+    }
+
+
+@pytest.mark.django_db
 def test_setup_demo_shows_a_generated_admin_password_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -167,11 +167,15 @@ def live_environment(env: Mapping[str, str]) -> dict[str, str]:
     return live
 
 
-def emulator_spec(port: int, env: dict[str, str], seed: int, base_dir: Path) -> ProcessSpec:
-    """The exchange emulator of the live demo: Binance and Kraken on the simulated market, one
-    account each for the keys in `env`, funded like the demo's venues."""
+def emulator_spec(
+    port: int, env: dict[str, str], seed: int, base_dir: Path, stream_port: int = 0
+) -> ProcessSpec:
+    """The exchange emulator of the live demo: Binance and Kraken on the simulated market, their
+    books streamed on `stream_port` too, one account each for the keys in `env`, funded like the
+    demo's venues."""
     funds = ",".join(f"{asset}={amount}" for asset, amount in DEMO_BALANCES.items())
     args = [sys.executable, str(base_dir / "manage.py"), "run_emulator", "--port", str(port)]
+    args += ["--stream-port", str(stream_port)]
     args += ["--venues", ",".join(LIVE_VENUES), "--simulate", str(seed)]
     for venue in LIVE_VENUES:
         args += ["--fund", f"{venue}:{funds}"]

@@ -68,11 +68,14 @@ def ensure_venues() -> list[Venue]:
     return venues
 
 
-def ensure_live_venues(api_root: str) -> list[Venue]:
+def ensure_live_venues(api_root: str, stream_root: str | None = None) -> list[Venue]:
     """The emulator's venues at `api_root`, enabled and funded as the emulator funds this run's
-    accounts (the emulator keeps nothing between runs); the simulated demo venues are disabled."""
+    accounts (the emulator keeps nothing between runs), streaming from `stream_root` when given
+    (polled while their streams are down), polled otherwise; the simulated demo venues are
+    disabled."""
     venues = []
     for name in LIVE_VENUES:
+        streams = {"feed": Venue.Feed.STREAM, "stream_url": f"{stream_root}/{name}"} if stream_root else {}
         venue, _ = Venue.objects.update_or_create(
             name=name,
             defaults={
@@ -80,11 +83,15 @@ def ensure_live_venues(api_root: str) -> list[Venue]:
                 "ccxt_id": name,
                 "api_url": f"{api_root}/{name}",
                 "enabled": True,
+                "feed": Venue.Feed.POLL,
+                "stream_url": "",
+                **streams,
             },
             create_defaults={
                 "kind": Venue.Kind.CCXT,
                 "ccxt_id": name,
                 "api_url": f"{api_root}/{name}",
+                **streams,
                 "taker_fee": EMULATOR_TAKER_FEE,
                 "maker_fee": EMULATOR_TAKER_FEE,
             },
@@ -154,15 +161,20 @@ def ensure_admin(username: str, password: str | None) -> str | None:
 
 
 @transaction.atomic
-def setup_demo(admin_user: str, admin_password: str | None, emulator_root: str | None = None) -> DemoSetup:
+def setup_demo(
+    admin_user: str,
+    admin_password: str | None,
+    emulator_root: str | None = None,
+    stream_root: str | None = None,
+) -> DemoSetup:
     """The demo's data, on paper with the simulated venues, or live on the emulator venues at
-    `emulator_root` when given."""
+    `emulator_root` when given (streaming from its websocket root `stream_root`, when given)."""
     if emulator_root is None:
         venues = ensure_venues()
         ensure_balances(venues)
         retire_live_venues()
     else:
-        venues = ensure_live_venues(emulator_root)
+        venues = ensure_live_venues(emulator_root, stream_root)
     strategy = ensure_strategy()
     password = ensure_admin(admin_user, admin_password)
     return DemoSetup(venues, strategy, admin_user, password)

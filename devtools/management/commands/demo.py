@@ -97,8 +97,8 @@ class Command(BaseCommand):
         try:
             env = child_environment(os.environ, self.start_redis(supervisor))
             traders = live_environment(env) if config.live else None
-            emulator_root = self.start_emulator(supervisor, traders) if traders is not None else None
-            currency = self.prepare_database(config, emulator_root)
+            roots = self.start_emulator(supervisor, traders) if traders is not None else None
+            currency = self.prepare_database(config, roots)
             before = holdings()
             for spec in process_specs(env, config, settings.BASE_DIR, traders):
                 supervisor.start(spec)
@@ -122,22 +122,28 @@ class Command(BaseCommand):
         self.say(f"redis: own redis-server on 127.0.0.1:{port}")
         return url
 
-    def start_emulator(self, supervisor: Supervisor, env: dict[str, str]) -> str:
-        """Start the live demo's exchange emulator; its API root."""
-        port = free_port()
-        supervisor.start(emulator_spec(port, env, settings.SIMULATION_SEED, settings.BASE_DIR))
+    def start_emulator(self, supervisor: Supervisor, env: dict[str, str]) -> tuple[str, str]:
+        """Start the live demo's exchange emulator; its API root and its websocket root."""
+        port, stream_port = free_port(), free_port()
+        supervisor.start(emulator_spec(port, env, settings.SIMULATION_SEED, settings.BASE_DIR, stream_port))
         wait_for_port(port, "the exchange emulator")
-        self.say(f"exchange emulator: binance and kraken on http://127.0.0.1:{port}, trading LIVE")
-        return f"http://127.0.0.1:{port}"
+        wait_for_port(stream_port, "the exchange emulator's streams")
+        self.say(
+            f"exchange emulator: binance and kraken on http://127.0.0.1:{port}, streaming on "
+            f"ws://127.0.0.1:{stream_port}, trading LIVE"
+        )
+        return f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{stream_port}"
 
-    def prepare_database(self, config: DemoConfig, emulator_root: str | None) -> str:
-        """Migrate and set the demo up; the currency its strategy counts money in."""
+    def prepare_database(self, config: DemoConfig, emulator_roots: tuple[str, str] | None) -> str:
+        """Migrate and set the demo up (live on the emulator at `emulator_roots`, its API and
+        websocket roots, when given); the currency its strategy counts money in."""
         db = settings.DATABASES["default"]
         self.say(f"database: {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}; migrating...")
         config.log_dir.mkdir(parents=True, exist_ok=True)
         with (config.log_dir / "setup.log").open("a") as log:
             call_command("migrate", interactive=False, verbosity=1, stdout=log)
-        setup = setup_demo(config.admin.user, config.admin.password, emulator_root)
+        api_root, stream_root = emulator_roots or (None, None)
+        setup = setup_demo(config.admin.user, config.admin.password, api_root, stream_root)
         venues = ", ".join(venue.name for venue in setup.venues)
         self.say(f"venues: {venues}; strategy {setup.strategy} on {', '.join(setup.strategy.symbols)}")
         return split_symbol(setup.strategy.symbols[0])[1]
