@@ -7,6 +7,8 @@ a burst is taken in stride."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,10 +19,13 @@ import redis
 from redis.client import PubSub
 
 from devtools.emulator import Emulator, emulate
-from tests.deadlines import Deadline, wait_until
+from tests.conftest import ROOT, make_strategy, make_venue
+from tests.deadlines import Deadline, scaled, wait_until
 from trading import pubsub, streams
+from trading.clock import now_ms
 from trading.core.streams import StreamState
 from trading.core.types import Level, Quote, StaleMark
+from trading.models import Venue
 from trading.streamer import StreamSpec, VenueStream
 
 SYMBOL = "BTC/USDT"
@@ -223,3 +228,42 @@ def test_a_burst_is_followed_to_the_book_it_ends_on_without_a_fault(
     books = [event for event in received(prices) if isinstance(event, Quote)]
     assert [book.seq for book in books] == list(range(1, len(books) + 1))
     assert streams.event_counts(redis_client, [venue]) == {venue: {}}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_stream_prices_streams_the_emulators_venues_and_closes_its_clients_on_sigterm(
+    emulator: Emulator, redis_client: redis.Redis, spawn
+) -> None:
+    make_strategy(symbols=[SYMBOL])
+    for venue in ("binance", "kraken"):
+        make_venue(
+            venue,
+            kind=Venue.Kind.CCXT,
+            ccxt_id=venue,
+            api_url=emulator.url_for(venue),
+            stream_url=emulator.stream_url_for(venue),
+            feed=Venue.Feed.STREAM,
+            stream_stall_ms=QUIET_STALL_MS,
+        )
+    child = spawn(sys.executable, str(ROOT / "manage.py"), "stream_prices", "--name", "e2e", name="streamer")
+    child.wait_for("binance: stream live", timeout=60)
+    child.wait_for("kraken: stream live", timeout=60)
+    books = pubsub.latest_books(redis_client, SYMBOL)
+    assert {venue: (book.bids, book.asks) for venue, book in books.items()} == {
+        venue: (levels(BEFORE[0]), levels(BEFORE[1])) for venue in ("binance", "kraken")
+    }
+    assert all(
+        streams.live(beat, now_ms()) for beat in streams.beats(redis_client, ["binance", "kraken"]).values()
+    )
+
+    child.proc.send_signal(signal.SIGTERM)
+
+    assert child.proc.wait(timeout=scaled(30)) == 0, child.output()
+    assert "streamer stopped" in child.output()
+    assert "Unclosed" not in child.output()  # ccxt's clients and their HTTP sessions all closed
+    wait_until(
+        lambda: emulator.stream_connections("binance") == emulator.stream_connections("kraken") == 0,
+        what="every stream connection closed",
+    )
+    assert streams.beats(redis_client, ["binance", "kraken"]) == {"binance": None, "kraken": None}
