@@ -1,8 +1,8 @@
 """Streamed books through the real ccxt.pro client against the emulator's Binance and Kraken
 streams, with real Redis: books reach Pub/Sub numbered and stamped; each stream fault the emulator
-injects (skipped update ids, a bad checksum, a stall, a dropped connection) withdraws the venue's
-book, is counted, and resyncs to the venue's book as it is, with no level of the broken one left;
-a burst is taken in stride."""
+injects (skipped update ids, a bad checksum, a stall, a dropped connection) and a book that
+crosses withdraws the venue's book, is counted, and resyncs to the venue's book as it is, with no
+level of the broken one left; a burst is taken in stride."""
 
 from __future__ import annotations
 
@@ -267,3 +267,22 @@ def test_stream_prices_streams_the_emulators_venues_and_closes_its_clients_on_si
         what="every stream connection closed",
     )
     assert streams.beats(redis_client, ["binance", "kraken"]) == {"binance": None, "kraken": None}
+
+
+@pytest.mark.slow
+def test_a_streamed_book_that_crosses_is_withdrawn_and_resynced(
+    emulator: Emulator, redis_client: redis.Redis, prices: PubSub
+) -> None:
+    crossed = ([("64020", "1")], [("64010", "1")])
+    with streaming(emulator, redis_client, "binance") as stream:
+        live_with(stream, redis_client, BEFORE)
+        emulator.stream_updates("binance", SYMBOL, [crossed])
+        wait_until(
+            lambda: streams.event_counts(redis_client, ["binance"])["binance"].get("crossed"), what="crossed"
+        )
+        assert pubsub.latest_book(redis_client, SYMBOL, "binance") is None  # withdrawn, nothing put back
+        emulator.set_book("binance", SYMBOL, *AFTER)
+        live_with(stream, redis_client, AFTER)
+
+    marks = [event for event in received(prices) if isinstance(event, StaleMark)]
+    assert "crossed" in {mark.kind for mark in marks}
