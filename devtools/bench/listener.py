@@ -20,9 +20,10 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from devtools.bench.common import activate_strategy, percentile
 from devtools.bench.publisher import CHUNK, SYMBOL, VENUES, publish
 from trading.listener import Listener
-from trading.models import Balance, StrategyConfig, Venue
+from trading.models import Balance, Venue
 from trading.pubsub import Names
 
 
@@ -90,20 +91,11 @@ def _measure(
 
 
 def _bench_market() -> None:
-    StrategyConfig.objects.update(active=False)
-    version = (StrategyConfig.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
-    StrategyConfig.objects.create(
-        version=version, active=True, symbols=[SYMBOL], min_profit_bps=Decimal(5), trade_size=Decimal("0.1")
-    )
+    activate_strategy(symbols=[SYMBOL], min_profit_bps=Decimal(5), trade_size=Decimal("0.1"))
     for name in VENUES:
         venue, _ = Venue.objects.get_or_create(name=name, defaults={"kind": Venue.Kind.SIMULATED})
         for asset, amount in (("BTC", "10"), ("USDT", "300000")):
             Balance.objects.update_or_create(venue=venue, asset=asset, defaults={"free": Decimal(amount)})
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(out: Callable[[str], None], **options: Any) -> dict[str, float]:
@@ -150,8 +142,8 @@ def run(out: Callable[[str], None], **options: Any) -> dict[str, float]:
         "listener_msgs_per_s": round(count / listener_s),
         "baseline_msgs_per_s": round(count / baseline_s),
         "ratio": round(baseline_s / listener_s, 3),
-        "p50_ms": round(_percentile(latencies, 0.50), 3),
-        "p99_ms": round(_percentile(latencies, 0.99), 3),
+        "p50_ms": round(percentile(latencies, 0.50), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
         "messages": count,
         "opportunities": listener.stats.opportunities,
         "missed": listener.stats.missed,

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -28,12 +26,23 @@ from django.conf import settings
 from django.db import connection
 
 from devtools.bench import BenchmarkUnavailable
+from devtools.bench.common import (
+    activate_strategy,
+    child_env,
+    emulated_venue,
+    log_path,
+    manage,
+    percentile,
+    spawn,
+    stop,
+    wait_for,
+)
 from devtools.emulator import Emulator, emulate
 from trading import pubsub
 from trading.clock import now_ms
 from trading.core.types import Quote
 from trading.credentials import credential_names
-from trading.models import Balance, Opportunity, Order, StrategyConfig, Venue
+from trading.models import Balance, Opportunity, Order, Venue
 
 SYMBOL = "BTC/USDT"
 FEE = Decimal("0.0001")
@@ -44,7 +53,6 @@ KRAKEN = (((Decimal("59995"), Decimal(10)),), ((Decimal("60005"), Decimal(10)),)
 NEUTRAL = (((Decimal("59996"), Decimal(10)),), ((Decimal("60004"), Decimal(10)),))
 CROSSING = (((Decimal("59940"), Decimal(10)),), ((Decimal("59950"), Decimal(10)),))
 WARM_UP_EVENTS = 10
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(out: Callable[[str], None], **options: Any) -> dict[str, float]:
@@ -74,9 +82,9 @@ def run(out: Callable[[str], None], **options: Any) -> dict[str, float]:
     return {
         "events": count,
         "traded": len(latencies),
-        "p50_ms": round(_percentile(latencies, 0.50), 2),
-        "p90_ms": round(_percentile(latencies, 0.90), 2),
-        "p99_ms": round(_percentile(latencies, 0.99), 2),
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p90_ms": round(percentile(latencies, 0.90), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
         "rate_per_s": rate,
     }
@@ -87,24 +95,11 @@ def _market(emulator: Emulator, tag: str) -> dict[str, Venue]:
     strategy that trades 0.01 BTC on a 1 bps bar."""
     venues = {}
     for dialect in ("binance", "kraken"):
-        venue = Venue.objects.create(
-            name=f"bench-{dialect}-{tag}",
-            kind=Venue.Kind.CCXT,
-            ccxt_id=dialect,
-            api_url=emulator.url_for(dialect),
-            taker_fee=FEE,
-            maker_fee=FEE,
-            price_tick=Decimal("0.01"),
-            min_cost=Decimal(5),
-        )
+        venue = emulated_venue(emulator, dialect, f"bench-{dialect}-{tag}", FEE)
         for asset, amount in FUNDS.items():
             Balance.objects.create(venue=venue, asset=asset, free=amount)
         venues[dialect] = venue
-    version = (StrategyConfig.objects.order_by("-version").values_list("version", flat=True).first() or 0) + 1
-    StrategyConfig.objects.update(active=False)
-    StrategyConfig.objects.create(
-        version=version,
-        active=True,
+    activate_strategy(
         symbols=[SYMBOL],
         min_profit_bps=Decimal(1),
         trade_size=TRADE_SIZE,
@@ -132,32 +127,15 @@ def _secret(dialect: str) -> str:
 
 
 def _child_env(prefix: str, keys: dict[str, str]) -> dict[str, str]:
-    db = settings.DATABASES["default"]
-    env = dict(os.environ, **keys)
-    env.update(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
-        ARB_PREFIX=prefix,
-        TRADING_MODE="live",
-        LIVE_RATE_LIMITED="0",
-        PYTHONUNBUFFERED="1",
-        # As in production: debug mode keeps every query's SQL and wraps every cursor.
-        DEBUG="0",
-        SECRET_KEY=os.environ.get("SECRET_KEY") or uuid.uuid4().hex,
-    )
-    return env
+    return child_env(prefix, TRADING_MODE="live", LIVE_RATE_LIMITED="0", **keys)
 
 
 @contextmanager
 def _processes(env: dict[str, str], out: Callable[[str], None]) -> Iterator[Callable[[], None]]:
     """A worker on the trade queue and a listener, stopped on the way out; yields a function that
     waits until both are ready."""
-    logs = Path(env.get("DEMO_LOG_DIR", "/tmp"))
-    worker_log, listener_log = (
-        logs / f"bench-t2t-worker-{os.getpid()}.log",
-        logs / f"bench-t2t-listener-{os.getpid()}.log",
-    )
-    worker = _spawn(
+    worker_log, listener_log = log_path(env, "bench-t2t-worker"), log_path(env, "bench-t2t-listener")
+    worker = spawn(
         [
             sys.executable,
             "-m",
@@ -180,39 +158,17 @@ def _processes(env: dict[str, str], out: Callable[[str], None]) -> Iterator[Call
         env,
         worker_log,
     )
-    listener = _spawn([sys.executable, str(ROOT / "manage.py"), "listen_prices"], env, listener_log)
+    listener = spawn(manage("listen_prices"), env, listener_log)
 
     def ready() -> None:
-        _wait_for(worker_log, "ready.", worker)
-        _wait_for(listener_log, "listening on", listener)
+        wait_for(worker_log, "ready.", worker)
+        wait_for(listener_log, "listening on", listener)
         out(f"worker and listener ready (logs: {worker_log}, {listener_log})")
 
     try:
         yield ready
     finally:
-        for process in (listener, worker):
-            process.terminate()
-        for process in (listener, worker):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def _wait_for(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"{text!r} not seen in {log} within {timeout:.0f} s")
+        stop((listener, worker))
 
 
 def _events(
@@ -282,8 +238,3 @@ def _latencies(emulator: Emulator, venues: dict[str, Venue], published: list[int
         if len(times) == 2 and sent is not None:
             latencies.append((max(times) - sent) / 1e6)
     return latencies
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
