@@ -197,6 +197,9 @@ PRICE_BAND_HISTORY = env_int("PRICE_BAND_HISTORY", 5)
 # row (the claiming one included) carry it on.
 SEQ_MAX_GAP = env_int("SEQ_MAX_GAP", 10_000)
 SEQ_CONFIRMATIONS = env_int("SEQ_CONFIRMATIONS", 2)
+# For benchmarks: the listener notes when it decided on each book (venue, symbol, seq, wall ns)
+# and appends them to a Redis list with each heartbeat (pubsub.Names.decision_trace).
+LISTENER_TRACE_DECISIONS = env_bool("LISTENER_TRACE_DECISIONS", False)
 
 # Streaming (manage.py stream_prices). A stream with no frame for STREAM_STALL_MS (a venue's
 # stream_stall_ms, where set) is stale and resynced. A venue's stream counts as live while its

@@ -151,6 +151,8 @@ class Listener:
         self.symbols: frozenset[str] = frozenset()
         self._events_channel = self.names.opportunity_events.encode()
         self.reserved: list[int] = []  # ids for the next accepted opportunities, smallest last
+        # Each book decided on, when traced (LISTENER_TRACE_DECISIONS), until the next heartbeat.
+        self.decided: list[str] | None = [] if settings.LISTENER_TRACE_DECISIONS else None
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -446,6 +448,8 @@ class Listener:
             return []
         finally:
             self.latency.observe(time.perf_counter() - started)
+            if self.decided is not None:
+                self.decided.append(f"{quote.venue}\t{quote.symbol}\t{quote.seq}\t{time.time_ns()}")
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -506,6 +510,13 @@ class Listener:
             "decision_seconds": self.latency.as_dict(),
         }
         heartbeats.write(self.client, f"listener:{self.name}", beat, HEARTBEAT_TTL_SECONDS, self.names)
+        self.write_trace()
+
+    def write_trace(self) -> None:
+        """Append the books decided on since the last heartbeat to the decision trace, if traced."""
+        if self.decided:
+            self.client.rpush(self.names.decision_trace(self.name), *self.decided)
+            self.decided.clear()
 
     def reconnect(self, should_stop: Callable[[], bool]) -> redis.client.PubSub | None:
         """After a lost connection: forget books that may be stale, then resubscribe with back-off.
@@ -552,6 +563,7 @@ class Listener:
     def sign_off(self) -> None:
         """A clean stop removes the heartbeat at once: the listener is gone, not merely late."""
         try:
+            self.write_trace()
             heartbeats.remove(self.client, f"listener:{self.name}", self.names)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("heartbeat left to expire: %s", exc)

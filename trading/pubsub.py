@@ -84,6 +84,11 @@ class Names:
     def store_lock(self) -> str:
         return f"{self.prefix}quotes:store-lock"
 
+    def decision_trace(self, listener: str) -> str:
+        """List of `venue\tsymbol\tseq\twall_ns` of each book a listener decided on, while it traces
+        them (LISTENER_TRACE_DECISIONS)."""
+        return f"{self.prefix}listener:{listener}:decisions"
+
     def heartbeat(self, process: str) -> str:
         return f"{self.prefix}heartbeat:{process}"
 
