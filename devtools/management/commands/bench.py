@@ -1,4 +1,4 @@
-"""`manage.py bench backtest|listener|storage|tick-to-trade`: run a benchmark; the last line of
+"""`manage.py bench backtest|listener|storage|stream|tick-to-trade`: run a benchmark; the last line of
 output is its figures as JSON."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from devtools.bench import BenchmarkUnavailable
 
-BENCHMARKS = ("backtest", "listener", "storage", "tick-to-trade")
+BENCHMARKS = ("backtest", "listener", "storage", "stream", "tick-to-trade")
 
 
 def positive_int(raw: str) -> int:
@@ -22,13 +22,17 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def positive_ints(raw: str) -> list[int]:
+    return [positive_int(part) for part in raw.split(",") if part.strip()]
+
+
 def format_figure(value: float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
 
 
 class Command(BaseCommand):
     help = (
-        "Run a benchmark (backtest, listener, storage or tick-to-trade). "
+        "Run a benchmark (backtest, listener, storage, stream or tick-to-trade). "
         "The last line of output is one JSON object of figures."
     )
 
@@ -45,9 +49,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--rate",
             type=positive_int,
-            help="listener: ticks/s for the latency run (default 1,000); tick-to-trade: events/s (default 5)",
+            help=(
+                "listener: ticks/s for the latency run (default 1,000); tick-to-trade: events/s (default 5); "
+                "stream: updates/s for the latency run (default 1,000)"
+            ),
         )
         parser.add_argument("--events", type=positive_int, help="tick-to-trade: timed events (default 200)")
+        parser.add_argument(
+            "--rates",
+            type=positive_ints,
+            help="stream: updates/s over both venues for throughput, comma-separated (default 1000,10000)",
+        )
+        parser.add_argument("--seconds", type=positive_int, help="stream: seconds of each rate (default 5)")
+        parser.add_argument(
+            "--dislocations", type=positive_int, help="stream: dislocations of each market (default 30)"
+        )
 
     def handle(self, *args: Any, which: str, **options: Any) -> None:
         benchmark = importlib.import_module(f"devtools.bench.{which.replace('-', '_')}")
