@@ -24,6 +24,7 @@ emulator's record of frames sent says when that update went out.
 
 from __future__ import annotations
 
+import bisect
 import multiprocessing
 import random
 import subprocess
@@ -32,7 +33,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -71,7 +71,6 @@ DISLOCATED = (Decimal(59940), Decimal(59950))
 MARKET_RATE = 100  # book changes a second of each venue in the simulated market
 DISLOCATION_S = 0.3
 SLOT_S = 3.0  # one dislocation at a random moment of each slot, at least a second after the last
-CATCH_SLACK_S = 0.25  # an opportunity opened this long after a dislocation closed is still its
 POLL_S = 1.0
 SETTLE_S = 2.0  # for the last books to be published and decided on, and the trace written
 
@@ -156,8 +155,12 @@ class StreamBench:
         Venue.objects.filter(pk__in=[v.pk for v in self.venues.values()]).update(feed=feed)
 
     def close(self) -> None:
+        """Stop what runs, disable the run's venues and remove its keys from Redis."""
         self.stop(*list(self.running))
         Venue.objects.filter(pk__in=[v.pk for v in self.venues.values()]).update(enabled=False)
+        keys = list(self.client.scan_iter(match=f"{self.names.prefix}*", count=1000))
+        if keys:
+            self.client.delete(*keys)
 
     # --- the market -----------------------------------------------------------------------------
 
@@ -259,46 +262,69 @@ class StreamBench:
 
     # --- dislocations ---------------------------------------------------------------------------
 
-    def market(self, starts: Sequence[float]) -> dict[str, list[Book]]:
+    def market(self, starts: Sequence[float]) -> tuple[dict[str, list[Book]], dict[int, int]]:
         """Both venues' books at MARKET_RATE a second, Binance's ask below Kraken's bid for
-        DISLOCATION_S from each of `starts` (seconds from the beginning)."""
+        DISLOCATION_S from each of `starts` (seconds from the beginning); and which dislocation
+        each of Binance's dislocated books (by index) belongs to."""
+        first = self.index
         books = self.updates(int((len(starts) * SLOT_S + 1) * MARKET_RATE))
-        for start in starts:
-            first = int(start * MARKET_RATE)
-            for step in range(first, first + int(DISLOCATION_S * MARKET_RATE)):
-                books["binance"][step] = book(*DISLOCATED, self.index + step)
-        return books
+        dislocated: dict[int, int] = {}
+        for number, start in enumerate(starts):
+            step = int(start * MARKET_RATE)
+            for index in range(first + step, first + step + int(DISLOCATION_S * MARKET_RATE)):
+                books["binance"][index - first] = book(*DISLOCATED, index)
+                dislocated[index] = number
+        return books, dislocated
 
     def caught(self, starts: Sequence[float], polled: bool) -> int:
-        """Of the dislocations at `starts`, how many the listener opened an opportunity on."""
-        books = self.market(starts)
-        polling = threading.Event()
-        poller = threading.Thread(target=self.poll, args=(polling,)) if polled else None
-        if poller is not None:
+        """Of the dislocations at `starts`, how many the listener opened an opportunity on: the
+        Binance book it decided on as it opened one (by the decision trace) is one of theirs."""
+        books, dislocated = self.market(starts)
+        trace = self.names.decision_trace(f"bench-{self.tag}")
+        self.client.delete(trace)
+        self.queued()
+        stopping = threading.Event()
+        pollers = [threading.Thread(target=self.poll, args=(v, stopping)) for v in self.venues.values()]
+        for poller in pollers if polled else ():
             poller.start()
         try:
             played = self.play(books, per_second=MARKET_RATE)
         finally:
-            polling.set()
-        if poller is not None:
+            stopping.set()
+        for poller in pollers if polled else ():
             poller.join()
         time.sleep(SETTLE_S)
-        began = from_ms(played.started_ns // 1_000_000)
-        detected = list(
-            Opportunity.objects.filter(buy_venue=self.venues["binance"], detected_at__gte=began).values_list(
-                "detected_at", flat=True
-            )
-        )
-        windows = [
-            (began + timedelta(seconds=s), timedelta(seconds=DISLOCATION_S + CATCH_SLACK_S)) for s in starts
-        ]
-        return sum(any(start <= at <= start + span for at in detected) for start, span in windows)
+        return len({dislocated[i] for i in self.opened_on(played, trace) if i in dislocated})
 
-    def poll(self, stopping: threading.Event) -> None:
-        """The collector's round for each venue every POLL_S until `stopping`."""
-        while not stopping.wait(POLL_S):
-            for venue in self.venues.values():
-                collector.collect_venue(venue.pk)
+    def opened_on(self, played: Played, trace: str) -> list[int]:
+        """The index of the Binance book each opportunity of the run was opened on: the first
+        Binance book the listener was done deciding on from the opportunity's detection on."""
+        binance = self.venues["binance"].name
+        index = {q.seq: marker(q) for q in self.queued() if q.venue == binance}
+        decided = []
+        for line in self.client.lrange(trace, 0, -1):
+            venue, _, seq, at = pubsub.as_text(line).split("\t")
+            if venue == binance and int(seq) in index:
+                decided.append((int(at), index[int(seq)]))
+        decided.sort()
+        moments = [at for at, _ in decided]
+        began = from_ms(played.started_ns // 1_000_000)
+        detected = Opportunity.objects.filter(buy_venue=self.venues["binance"], detected_at__gte=began)
+        found = []
+        for moment in detected.values_list("detected_at", flat=True):
+            position = bisect.bisect_left(moments, int(moment.timestamp() * 1000) * 1_000_000)
+            if position < len(decided):
+                found.append(decided[position][1])
+        return found
+
+    def poll(self, venue: Venue, stopping: threading.Event) -> None:
+        """The collector's round for `venue` every POLL_S until `stopping` (a round that takes
+        longer delays only the next one)."""
+        started = time.monotonic()
+        rounds = 0
+        while not stopping.wait(max(0.0, started + (rounds + 1) * POLL_S - time.monotonic())):
+            rounds += 1
+            collector.collect_venue(venue.pk)
 
 
 def per_second(count: int, seconds: float) -> float:
