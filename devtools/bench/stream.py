@@ -319,12 +319,15 @@ class StreamBench:
 
     def poll(self, venue: Venue, stopping: threading.Event) -> None:
         """The collector's round for `venue` every POLL_S until `stopping` (a round that takes
-        longer delays only the next one)."""
+        longer delays only the next one), on a database connection of the thread's own."""
         started = time.monotonic()
         rounds = 0
-        while not stopping.wait(max(0.0, started + (rounds + 1) * POLL_S - time.monotonic())):
-            rounds += 1
-            collector.collect_venue(venue.pk)
+        try:
+            while not stopping.wait(max(0.0, started + (rounds + 1) * POLL_S - time.monotonic())):
+                rounds += 1
+                collector.collect_venue(venue.pk)
+        finally:
+            connection.close()  # this thread's own
 
 
 def per_second(count: int, seconds: float) -> float:
