@@ -191,6 +191,42 @@ def test_stop_leaves_no_process_of_a_group_behind(tmp_path: Path) -> None:
     wait_until(lambda: not _alive(grandchild), 2, "the grandchild killed")  # SIGKILL lands asynchronously
 
 
+def test_stop_lets_a_child_finish_the_work_its_own_children_are_doing(tmp_path: Path) -> None:
+    """As a Celery worker's warm shutdown does: SIGTERM reaches the child alone, which waits for
+    its grandchild's job (the grandchild does not handle SIGTERM) before it exits."""
+    done, started = tmp_path / "done", tmp_path / "started"
+    job = f"import time; open({str(started)!r}, 'w').close(); time.sleep(1); open({str(done)!r}, 'w').close()"
+    code = (
+        "import signal, subprocess, sys, time; "
+        f"child = subprocess.Popen([sys.executable, '-c', {job!r}]); "
+        "signal.signal(signal.SIGTERM, lambda *_: (child.wait(), sys.exit(0))); time.sleep(60)"
+    )
+    supervisor = Supervisor(tmp_path, ROOT, report=lambda line: None)
+    supervisor.start(_python("worker", code))
+    wait_until(started.exists, 10, "the job started")
+    supervisor.stop_all(grace_s=30)
+    assert done.exists()
+
+
+def test_stop_all_stops_first_what_makes_new_work(tmp_path: Path) -> None:
+    """Children stopped in stages note their names as they are told to stop: `first` before the
+    others, although it was started after them."""
+    marks, names = tmp_path / "marks", ("other", "first")
+    supervisor = Supervisor(tmp_path, ROOT, report=lambda line: None)
+    for name in names:
+        note = f"open({str(marks)!r}, 'a').write({name!r} + chr(10))"
+        up = tmp_path / f"{name}.up"
+        code = (
+            "import signal, sys, time; "
+            f"signal.signal(signal.SIGTERM, lambda *_: ({note}, sys.exit(0))); "
+            f"open({str(up)!r}, 'w').close(); time.sleep(60)"
+        )
+        supervisor.start(_python(name, code))
+    wait_until(lambda: all((tmp_path / f"{name}.up").exists() for name in names), 10, "both up")
+    supervisor.stop_all(grace_s=10, first=("first",))
+    assert marks.read_text().split() == ["first", "other"]
+
+
 def test_children_get_debug_a_per_run_secret_and_the_chosen_redis_but_not_passwords() -> None:
     parent = {"DEMO_ADMIN_PASSWORD": "a", "FLOWER_PASSWORD": "b", "FLOWER_USER": "c", "PATH": "/bin"}
     env = child_environment(parent, "redis://127.0.0.1:4242/0")

@@ -1,9 +1,11 @@
 """Supervised child processes: each in its own process group, logging to its own file, restarted
-with a growing back-off when it dies, and stopped group by group (SIGTERM, then SIGKILL).
+with a growing back-off when it dies, and stopped in stages (SIGTERM to each child, then SIGKILL
+to its whole group).
 
-A process group per child means a stop reaches the grandchildren too (Celery's pool processes,
-for instance), and Ctrl-C in the terminal reaches only the supervisor, which then stops the
-children in order.
+SIGTERM goes to the child alone, so a Celery worker shuts down warm: its pool processes finish the
+tasks they are running before it exits. A process group per child means the SIGKILL that follows
+reaches the grandchildren too, and Ctrl-C in the terminal reaches only the supervisor, which then
+stops the children in order.
 """
 
 from __future__ import annotations
@@ -128,12 +130,12 @@ class Supervisor:
         )
 
     def stop(self, names: Iterable[str], grace_s: float) -> None:
-        """SIGTERM the named children's groups, wait up to `grace_s` for them, then SIGKILL."""
+        """SIGTERM the named children, wait up to `grace_s` for them, then SIGKILL their groups."""
         children = [self.children[name] for name in names if name in self.children]
         for child in children:
             child.restart_at = None
-            if child.proc is not None:
-                signal_group(child.proc.pid, signal.SIGTERM)
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
         deadline = self.clock() + grace_s
         for child in children:
             self._wait_or_kill(child, deadline)
@@ -152,9 +154,12 @@ class Supervisor:
             child.log.close()
             child.log = None
 
-    def stop_all(self, grace_s: float, last: Sequence[str] = ()) -> None:
-        """Stop every child, those named in `last` only after all the others (e.g. their broker)."""
-        self.stop([name for name in self.children if name not in last], grace_s)
+    def stop_all(self, grace_s: float, first: Sequence[str] = (), last: Sequence[str] = ()) -> None:
+        """Stop every child: those named in `first` before the others (what makes new work, so
+        that the rest finish what is under way), those in `last` after all of them (e.g. their
+        broker)."""
+        self.stop(first, grace_s)
+        self.stop([name for name in self.children if name not in (*first, *last)], grace_s)
         self.stop(last, grace_s)
 
     @property

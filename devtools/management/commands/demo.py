@@ -106,7 +106,11 @@ class Command(BaseCommand):
             self.watch(supervisor, stop, config, started_at)
         finally:
             self.say("stopping every demo process...")
-            supervisor.stop_all(STOP_GRACE_S, last=("emulator", "redis"))
+            # Nothing new is decided once the listener, the streamer and beat are gone; the worker
+            # then finishes the trades under way against venues and a broker still up.
+            supervisor.stop_all(
+                STOP_GRACE_S, first=("listener", "streamer", "beat"), last=("emulator", "redis")
+            )
         held = holdings_change(before, started_at, currency) if before is not None else None
         self.print_summary(counts_since(started_at), held, time.monotonic() - started, supervisor)
 
