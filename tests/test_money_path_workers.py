@@ -73,6 +73,11 @@ def test_a_trade_cut_off_by_its_soft_time_limit_mid_retries_is_resumed_and_ends_
     the retries. The trade stays executing, alerted; the sweep hands it on, and once kraken
     answers again its retry fills: every order recorded as the venues have it."""
     worker = start_worker(spawn, pool="prefork", concurrency=1, env=child_env(**live_env()))
+    # A first trade warms the pool process (its gateways, markets and connections), so that on a
+    # loaded machine the 2 s limit below falls among the retries, not before the orders go out.
+    warm = dispatched()
+    wait_until(lambda: status_of(warm) in FINAL, timeout=90, what="the warm-up trade finished")
+    assert status_of(warm) == Status.EXECUTED
     live.set_fault("kraken", reject="market closed", delay_s=1.5)
     opportunity = dispatched(soft_time_limit=2, time_limit=60)
 
